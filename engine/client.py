@@ -1,0 +1,58 @@
+"""EngineClient: the one interface the TUI and the CLI use to reach the engine, and its in-process form."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from engine.config import ModelSpec
+from engine.records import ScoredRollout
+from engine.workbench import Workbench, WorkbenchInfo
+
+
+@runtime_checkable
+class EngineClient(Protocol):
+    """What a UI may ask of the engine. Every answer is a plain record; none is a tensor."""
+
+    def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo: ...
+
+    def info(self) -> WorkbenchInfo: ...
+
+    def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]: ...
+
+    def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
+              with_teacher: bool = True) -> ScoredRollout: ...
+
+
+class LocalClient:
+    """Runs the engine in this process: for the CLI, for tests, and for the TUI before a daemon exists."""
+
+    def __init__(self, workbench: Workbench | None = None) -> None:
+        self.workbench = workbench or Workbench()
+
+    def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
+        return self.workbench.load(base, teacher)
+
+    def info(self) -> WorkbenchInfo:
+        return self.workbench.info()
+
+    def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
+        return self.workbench.prompt_ids(problem, template)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.workbench.tokenize(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.workbench.detokenize(ids)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self.workbench.token_texts(ids)
+
+    def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
+              with_teacher: bool = True) -> ScoredRollout:
+        return self.workbench.score(prompt, completion, top_k, with_teacher)

@@ -1,0 +1,80 @@
+"""The loaded models and the interactive operations on them: what the daemon serves and clients call."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+from engine.config import ModelSpec, ScoreSpec
+from engine.errors import RmxError
+from engine.models import LoadedModel, load_pair
+from engine.prompts import completion_ids, prompt_ids
+from engine.records import ModelInfo, ScoredRollout
+from engine.scoring import score
+
+
+@dataclass(frozen=True)
+class WorkbenchInfo:
+    """Which models are loaded."""
+
+    base: ModelInfo | None
+    teacher: ModelInfo | None
+
+
+class Workbench:
+    """Holds a base and an optional teacher; every call is serialised on one lock (one device, one model)."""
+
+    def __init__(self) -> None:
+        self._base: LoadedModel | None = None
+        self._teacher: LoadedModel | None = None
+        self._lock = threading.RLock()
+
+    def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
+        """Load (or replace) the base and teacher; on failure the previous models stay loaded."""
+        with self._lock:
+            if self._base is not None and self._base.spec == base and (
+                (self._teacher.spec if self._teacher else None) == teacher
+            ):
+                return self.info()
+            self._base, self._teacher = load_pair(base, teacher)
+            return self.info()
+
+    def info(self) -> WorkbenchInfo:
+        return WorkbenchInfo(
+            base=self._base.info() if self._base else None,
+            teacher=self._teacher.info() if self._teacher else None,
+        )
+
+    @property
+    def base(self) -> LoadedModel:
+        if self._base is None:
+            raise RmxError("no model is loaded: load a base model first")
+        return self._base
+
+    @property
+    def teacher(self) -> LoadedModel | None:
+        return self._teacher
+
+    def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
+        return prompt_ids(self.base.tokenizer, problem, template)
+
+    def tokenize(self, text: str) -> list[int]:
+        return completion_ids(self.base.tokenizer, text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.base.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return [self.base.token_text(int(i)) for i in ids]
+
+    def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
+              with_teacher: bool = True) -> ScoredRollout:
+        """Score one completion under the base (and the teacher, when loaded and asked for)."""
+        with self._lock:
+            teacher = self._teacher if with_teacher else None
+            return score(self.base, [(prompt, completion)], teacher, ScoreSpec(top_k=top_k))[0]
+
+    def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
+                   with_teacher: bool = True) -> ScoredRollout:
+        return self.score(self.prompt_ids(prompt, template), self.tokenize(completion), top_k, with_teacher)

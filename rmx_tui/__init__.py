@@ -1,0 +1,1 @@
+"""rmx's terminal front: the Textual workbench and the `rmx` command line."""

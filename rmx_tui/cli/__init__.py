@@ -1,0 +1,56 @@
+"""The `rmx` command line: a typer app whose commands live one group per module in this package."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+
+import typer
+
+from engine.errors import RmxError
+
+app = typer.Typer(
+    name="rmx",
+    help="rmx: see where a model hesitates, force a different token, and train the cheap fix.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """rmx: see where a model hesitates, force a different token, and train the cheap fix."""
+
+
+def _register_commands() -> None:
+    """Each module here that defines `register(app)` adds its commands; heavy imports stay inside commands."""
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except RmxError as error:
+        print(f"rmx: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("rmx: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # an rmx bug: keep the one-line promise, keep the trace on request
+        if os.environ.get("RMX_DEBUG"):
+            raise
+        print(f"rmx: internal error: {type(error).__name__}: {error} (set RMX_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,40 @@
+"""Shared CLI options: each maps one to one onto a field of an engine config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from engine.config import ModelSpec
+
+Base = Annotated[str, typer.Option("--base", help="Base model: a hub id, a folder, a .gguf file, or 'demo'.")]
+Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model (same tokenizer as the base).")]
+Adapter = Annotated[Optional[str], typer.Option("--adapter", help="PEFT LoRA adapter folder stacked on the base.")]
+TeacherAdapter = Annotated[
+    Optional[str], typer.Option("--teacher-adapter", help="PEFT LoRA adapter stacked on the teacher (teacher = base + adapter).")
+]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision when the model is a hub id.")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the checkpoint.")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_adapter: str | None,
+                dtype: str, device: str, revision: str | None, trust_remote_code: bool
+                ) -> tuple[ModelSpec, ModelSpec | None]:
+    """Build the base and teacher specs; `--teacher-adapter` without `--teacher` means base + adapter."""
+    common = dict(dtype=dtype, device=device, revision=revision, trust_remote_code=trust_remote_code)
+    base_spec = ModelSpec(base, adapter=adapter, **common)
+    if teacher is None and teacher_adapter is None:
+        return base_spec, None
+    return base_spec, ModelSpec(teacher or base, adapter=teacher_adapter, **common)
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout (NaN-free; floats as Python writes them)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random-weight models on disk, an isolated rmx cache, and the GPU marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import build_adapter, build_model
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_root) -> Path:
+    return build_model(tiny_root / "llama", "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_teacher(tiny_root, tiny_llama) -> Path:
+    """A second Llama with the same tokenizer and different weights: it disagrees with the base often."""
+    return build_model(tiny_root / "llama-teacher", "llama", seed=7, tokenizer_from=tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_adapter(tiny_root, tiny_llama) -> Path:
+    return build_adapter(tiny_root / "llama-adapter", tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_root) -> Path:
+    return build_model(tiny_root / "gpt2", "gpt2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_adapter(tiny_root, tiny_gpt2) -> Path:
+    return build_adapter(tiny_root / "gpt2-adapter", tiny_gpt2)
+
+
+@pytest.fixture(scope="session")
+def tiny_other_vocab(tiny_root) -> Path:
+    """A Llama whose tokenizer has a different vocabulary size."""
+    return build_model(tiny_root / "llama-other-vocab", "llama", seed=3, vocab_size=320)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    """Keep caches and run dirs out of the user's home; the demo conversion cache is shared per session."""
+    shared_cache = os.environ.get("RMX_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "rmx-cache")
+    monkeypatch.setenv("RMX_CACHE_DIR", shared_cache)
+    monkeypatch.setenv("RMX_DATA_DIR", str(tmp_path_factory.mktemp("rmx-data")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,1 @@
+"""Textual themes and heatmap palettes for rmx."""
