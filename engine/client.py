@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 from engine.config import ModelSpec
+from engine.data import Problem
+from engine.decode import SamplingSpec, Step
+from engine.grading import GradeResult
 from engine.records import ScoredRollout
 from engine.workbench import Workbench, WorkbenchInfo
 
@@ -27,6 +30,13 @@ class EngineClient(Protocol):
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
               with_teacher: bool = True) -> ScoredRollout: ...
+
+    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
+               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]: ...
+
+    def grade(self, completion: str, gold: str) -> GradeResult: ...
+
+    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]: ...
 
 
 class LocalClient:
@@ -56,3 +66,13 @@ class LocalClient:
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
               with_teacher: bool = True) -> ScoredRollout:
         return self.workbench.score(prompt, completion, top_k, with_teacher)
+
+    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
+               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:
+        return self.workbench.decode(prompt, sampling, rollout, force, n, top)
+
+    def grade(self, completion: str, gold: str) -> GradeResult:
+        return self.workbench.grade(completion, gold)
+
+    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
+        return self.workbench.problems(dataset, limit)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from engine.config import ModelSpec, ScoreSpec
+from engine.data import Problem, load_problems
+from engine.decode import DecodeSession, SamplingSpec, Step
 from engine.errors import RmxError
+from engine.grading import GradeResult, grade
 from engine.models import LoadedModel, load_pair
 from engine.prompts import completion_ids, prompt_ids
 from engine.records import ModelInfo, ScoredRollout
@@ -23,12 +26,17 @@ class WorkbenchInfo:
 
 
 class Workbench:
-    """Holds a base and an optional teacher; every call is serialised on one lock (one device, one model)."""
+    """Holds a base and an optional teacher; model calls are serialised on one lock (one device, one model).
+
+    The lock is a plain Lock, never re-entered: a decode stream may be closed from another thread
+    than the one that opened it (a cancelled TUI worker), and only a Lock may be released there.
+    """
 
     def __init__(self) -> None:
         self._base: LoadedModel | None = None
         self._teacher: LoadedModel | None = None
-        self._lock = threading.RLock()
+        self._session: DecodeSession | None = None
+        self._lock = threading.Lock()
 
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
         """Load (or replace) the base and teacher; on failure the previous models stay loaded."""
@@ -38,6 +46,7 @@ class Workbench:
             ):
                 return self.info()
             self._base, self._teacher = load_pair(base, teacher)
+            self._session = DecodeSession(self._base, self._teacher)
             return self.info()
 
     def info(self) -> WorkbenchInfo:
@@ -78,3 +87,27 @@ class Workbench:
     def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
                    with_teacher: bool = True) -> ScoredRollout:
         return self.score(self.prompt_ids(prompt, template), self.tokenize(completion), top_k, with_teacher)
+
+    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
+               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:
+        """Stream a continuation step by step: a fresh rollout, or a fork of `rollout` at the forced positions.
+
+        The KV cache of the last decoded sequence is kept, so forking the rollout being browsed
+        only feeds the tokens after the fork. Inputs are checked before the first step.
+        """
+        base = self.base
+        with self._lock:
+            steps = self._session.decode(prompt, sampling, rollout=rollout, force=force, n=n, top=top)
+        return self._locked(steps, base)
+
+    def _locked(self, steps: Iterator[Step], base: LoadedModel) -> Iterator[Step]:
+        with self._lock:
+            if self._base is not base:
+                raise RmxError("the models were reloaded while this stream waited: start it again")
+            yield from steps
+
+    def grade(self, completion: str, gold: str) -> GradeResult:
+        return grade(completion, gold)
+
+    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
+        return load_problems(dataset, limit=limit)

@@ -79,5 +79,66 @@ def score(
     print_scored(rollout, gate)
 
 
+
+
+def analyze(
+    base: opt.Base = "demo",
+    teacher: opt.Teacher = None,
+    adapter: opt.Adapter = None,
+    teacher_adapter: opt.TeacherAdapter = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")] = "smoke",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    tau: Annotated[str, typer.Option("--tau", help="Decision threshold: nats (1.4) or a quantile (q0.97).")] = "1.4",
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template (auto: chat if the tokenizer has one, else qwen).")] = "auto",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy tokens per problem.")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Problems decoded and scored together.")] = 8,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Table 2: greedy base rollouts on a benchmark, scored against the teacher."""
+    from engine.analysis import analyze as run_analysis
+    from engine.config import Tau
+    from engine.data import load_problems
+    from engine.models import load_pair
+
+    gate = Tau.parse(tau)
+    if limit is not None and limit < 1:
+        raise RmxError(f"--limit must be ≥ 1, got {limit}")
+    if batch_size < 1:
+        raise RmxError(f"--batch-size must be ≥ 1, got {batch_size}")
+    if teacher is None and teacher_adapter is None:
+        raise RmxError("analyze compares the base with a teacher: give --teacher and/or --teacher-adapter")
+    problems = load_problems(dataset, limit=limit)
+    base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
+                                              trust_remote_code)
+    base_model, teacher_model = load_pair(base_spec, teacher_spec)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def progress(done: int, total: int) -> None:
+        console.print(f"analyzed {done}/{total} problems", highlight=False)
+
+    result = run_analysis(base_model, teacher_model, problems, tau=gate, template=template,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, on_progress=progress)
+    if json_output:
+        opt.print_json(result.to_json())
+        return
+    from rmx_tui.render import table2
+
+    out = Console()
+    out.print(table2(result.table, f"Table 2 — {base_spec.label} vs {teacher_spec.label} on {dataset} (τ={gate})"))
+    out.print(f"base pass@1: {100 * result.pass_at_1:.1f}% over {len(problems)} problems")
+    if result.gate is not None:
+        precision = "—" if result.gate.precision is None else f"{result.gate.precision:.3f}"
+        recall = "—" if result.gate.recall is None else f"{result.gate.recall:.3f}"
+        out.print(f"τ-gate vs teacher disagreements: precision {precision}, recall {recall} "
+                  f"({result.gate.hits} hits / {result.gate.gated} gated / {result.gate.disagreements} disagreements)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("score")(score)
+    app.command("analyze")(analyze)
