@@ -92,3 +92,10 @@ def test_teacher_vocab_mismatch_via_cli(tiny_llama, tiny_other_vocab, capsys, mo
     code, out, err = run_cli(["score", "--base", str(tiny_llama), "--teacher", str(tiny_other_vocab),
                               "--prompt-text", "a", "--completion-text", "b"], capsys, monkeypatch)
     assert code == 2 and "differs from base vocabulary" in err
+
+
+def test_datasets_lists_the_bundled_benchmarks(capsys, monkeypatch):
+    code, out, err = run_cli(["datasets", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = {row["name"]: row["rows"] for row in json.loads(out)}
+    assert rows["math500"] == 500 and rows["smoke"] == 20 and rows["aime24"] == 30
