@@ -252,16 +252,15 @@ class LoadedModel:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[object]:
-        """Yield the module with this view's adapter state applied."""
+        """Yield the module with this view's adapter state applied.
+
+        The state stays applied after the call: lockstep decoding switches views every token, and
+        peft's own switches walk every module each time, so a switch happens only on a change.
+        """
         with self.lock:
-            if not self.is_peft:
-                yield self.module
-            elif self.adapter_name is None:
-                with self.module.disable_adapter():
-                    yield self.module
-            else:
-                self.module.set_adapter(self.adapter_name)
-                yield self.module
+            if self.is_peft:
+                _apply_adapter_state(self.module, self.adapter_name)
+            yield self.module
 
     @property
     def core(self):
@@ -320,6 +319,28 @@ class LoadedModel:
             context_length=self.context_length,
             parameters=sum(p.numel() for p in core.parameters()),
         )
+
+
+def _apply_adapter_state(module, adapter_name: str | None) -> None:
+    """Enable `adapter_name` (None: disable all adapters) on a PEFT module shared by several views."""
+    state = getattr(module, "_rmx_adapter_state", ())
+    if state == (adapter_name,):
+        return
+    layers = getattr(module, "_rmx_lora_layers", None)
+    if layers is None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+        module._rmx_lora_layers = layers
+    if adapter_name is None:
+        for layer in layers:
+            layer.enable_adapters(False)
+    else:
+        if adapter_name not in module.active_adapters:
+            module.set_adapter(adapter_name)
+        for layer in layers:
+            layer.enable_adapters(True)
+    module._rmx_adapter_state = (adapter_name,)
 
 
 def _load_module(spec: ModelSpec, resolved: ResolvedSource):

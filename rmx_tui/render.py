@@ -74,3 +74,34 @@ def print_scored(rollout: ScoredRollout, tau: Tau | None, console: Console | Non
     if rollout.summary is not None:
         title = f"{rollout.base}" + (f" vs teacher {rollout.teacher}" if rollout.teacher else "")
         console.print(table2(rollout.summary, title))
+
+
+def print_generation(result, console: Console | None = None) -> None:
+    """A decoded completion coloured by entropy; tokens not picked by the base are bold and underlined."""
+    console = console or Console()
+    heatmap = Heatmap(PALETTES["viridis"])
+    text = Text()
+    for step in result.steps:
+        background = heatmap.colour(step.entropy)
+        style = f"{Heatmap.readable_foreground(background)} on {background}"
+        if step.source != "base":
+            style += " bold underline"
+        text.append(visible(step.text) or "∅", style=style)
+    console.print(text)
+    verdict = ""
+    if result.correct is not None:
+        verdict = "  ✓ correct" if result.correct else f"  ✗ wrong (gold {result.gold})"
+    console.print(f"[{result.mode}] {len(result.steps)} tokens, touched {len(result.touched)} "
+                  f"({100 * result.touched_frac:.1f}%), answer: {result.answer}{verdict}", highlight=False)
+
+
+def figure2_table(figure, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("mode", "problems", "pass@1", "tokens touched", "teacher gain recovered"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for bar in figure.modes:
+        recovered = "—" if bar.recovered is None else f"{100 * bar.recovered:.0f}%"
+        touched = "—" if bar.touched_pct is None else f"{bar.touched_pct:.2f}%"
+        passed = "—" if bar.pass_at_1 is None else f"{100 * bar.pass_at_1:.1f}%"
+        table.add_row(bar.mode, str(bar.problems), passed, touched, recovered)
+    return table

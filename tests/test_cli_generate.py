@@ -1,0 +1,87 @@
+"""`rmx generate` and `rmx intervene` through the real entry point on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_cli_score import run_cli
+
+
+def _lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_generate_json_shape_and_forcing(tiny_llama, capsys, monkeypatch):
+    base_args = ["generate", "--base", str(tiny_llama), "--dtype", "float32", "--prompt-text", "What is 2+3?",
+                 "--max-new-tokens", "6", "--json"]
+    code, out, err = run_cli(base_args, capsys, monkeypatch)
+    assert code == 0, err
+    (plain,) = _lines(out)
+    assert set(plain) == {"tokens", "text", "touched", "touched_frac", "answer"}
+    assert set(plain["tokens"][0]) == {"pos", "id", "text", "source", "entropy"}
+    assert plain["touched"] == [] and plain["touched_frac"] == 0.0
+    forced_id = (plain["tokens"][2]["id"] + 1) % 300
+    code, out, err = run_cli(base_args + ["--force", f"2:{forced_id}"], capsys, monkeypatch)
+    assert code == 0, err
+    (forced,) = _lines(out)
+    assert [t["id"] for t in forced["tokens"][:2]] == [t["id"] for t in plain["tokens"][:2]]
+    assert forced["tokens"][2]["id"] == forced_id and forced["tokens"][2]["source"] == "forced"
+    assert forced["touched"] == [2]
+
+
+def test_generate_oracle_with_teacher_equal_to_base_touches_nothing(tiny_gpt2, capsys, monkeypatch):
+    code, out, err = run_cli(["generate", "--base", str(tiny_gpt2), "--teacher", str(tiny_gpt2), "--dtype", "float32",
+                              "--prompt-text", "1+1=", "--max-new-tokens", "5", "--intervene", "oracle", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert _lines(out)[0]["touched"] == []
+
+
+def test_generate_n_samples_one_line_each(tiny_llama, capsys, monkeypatch):
+    code, out, err = run_cli(["generate", "--base", str(tiny_llama), "--prompt-text", "Hi", "--max-new-tokens", "4",
+                              "--temperature", "1.0", "--seed", "3", "--n", "3", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert len(_lines(out)) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--force", "3"], "--force expects POS:ID"),
+        (["--force", "a:b"], "--force expects POS:ID"),
+        (["--force", "0:999999"], "outside"),
+        (["--force", "500:1"], "position"),
+        (["--tau", "high", "--intervene", "gated", "--teacher-adapter", "x"], "neither a number"),
+        (["--n", "0"], "--n must be"),
+        (["--intervene", "oracle"], "needs a teacher"),
+        (["--intervene", "sideways"], "unknown intervention"),
+        (["--greedy", "--temperature", "0.7"], "contradict"),
+        (["--prompt-text", "x " * 600], "context"),
+    ],
+)
+def test_generate_bad_input(args, message, tiny_llama, capsys, monkeypatch):
+    argv = ["generate", "--base", str(tiny_llama), "--max-new-tokens", "4"]
+    if "--prompt-text" not in args:
+        argv += ["--prompt-text", "Hi"]
+    code, out, err = run_cli(argv + args, capsys, monkeypatch)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_intervene_figure2_resumes(tiny_llama, tiny_llama_adapter, tmp_path, capsys, monkeypatch):
+    out_file = tmp_path / "fig2.jsonl"
+    argv = ["intervene", "--base", str(tiny_llama), "--teacher-adapter", str(tiny_llama_adapter), "--dtype", "float32",
+            "--dataset", "smoke", "--limit", "2", "--max-new-tokens", "6", "--tau", "q0.9", "--out", str(out_file),
+            "--json"]
+    code, out, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 0, err
+    figure = json.loads(out)
+    assert figure["problems"] == 2
+    assert {m["mode"] for m in figure["modes"]} == {"base", "teacher", "oracle", "random", "gated"}
+    assert len(out_file.read_text().splitlines()) == 2
+    code, out, err = run_cli(argv, capsys, monkeypatch)  # everything done: nothing appended
+    assert code == 0, err
+    assert len(out_file.read_text().splitlines()) == 2
+    assert json.loads(out)["modes"] == figure["modes"]
