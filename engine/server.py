@@ -1,0 +1,396 @@
+"""The engine's HTTP API: the Workbench and the jobs as JSON and NDJSON streams, on a Unix socket or loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Iterable, Iterator
+
+import anyio
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from engine.config import ModelSpec
+from engine.errors import RmxError
+from engine.jobs import (
+    POLL_S, EventTail, JobConflict, JobNotFound, JobView, cancel_job, find_run, json_bytes, list_runs, read_spec,
+    read_status, resume_job, rmx_version, submit_job,
+)
+from engine.workbench import Workbench, WorkbenchInfo
+
+KEEPALIVE_S = 5.0
+"""An idle stream sends a blank line this often, so clients and tunnels can tell idle from dead."""
+UNIX_PATH_MAX = 104
+"""The shortest sun_path limit among the platforms we run on (macOS), less the NUL."""
+
+log = logging.getLogger("rmx.engine")
+
+
+class _JSON(JSONResponse):
+    """Responses as standard JSON: a NaN entropy must reach the client as null, not crash the request."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
+def _text(value: str) -> str:
+    """Refuse strings Python can hold but the tokenizer cannot (lone surrogates, NUL)."""
+    value.encode("utf-8")  # raises ValueError, which pydantic turns into a 422 with the reason
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+TopK = Annotated[int, Field(ge=1, le=1000)]
+
+
+class ModelBody(BaseModel):
+    """engine.config.ModelSpec as JSON."""
+
+    source: Text
+    adapter: Text | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    revision: Text | None = None
+    trust_remote_code: bool = False
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(**self.model_dump())
+
+
+class LoadBody(BaseModel):
+    base: ModelBody
+    teacher: ModelBody | None = None
+
+
+class ScoreBody(BaseModel):
+    prompt_ids: list[TokenId]
+    completion_ids: list[TokenId]
+    top_k: TopK = 5
+    with_teacher: bool = True
+
+
+class ScoreTextBody(BaseModel):
+    prompt: Text
+    completion: Text
+    template: Text | None = "raw"
+    top_k: TopK = 5
+    with_teacher: bool = True
+
+
+class PromptBody(BaseModel):
+    problem: Text
+    template: Text | None = "raw"
+
+
+class TextBody(BaseModel):
+    text: Text
+
+
+class IdsBody(BaseModel):
+    ids: list[TokenId]
+
+
+class SubmitBody(BaseModel):
+    kind: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    entry: str | None = None
+    """`module:function` of the kind, when the daemon has not imported the module that registers it."""
+
+
+def info_json(info: WorkbenchInfo) -> dict[str, Any]:
+    return {"base": asdict(info.base) if info.base else None, "teacher": asdict(info.teacher) if info.teacher else None}
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+def _line(data: Any) -> bytes:
+    return json_bytes(data.to_json() if hasattr(data, "to_json") else data) + b"\n"
+
+
+def _next(iterator: Iterator[Any]) -> tuple[bool, Any]:
+    try:
+        return False, next(iterator)
+    except StopIteration:
+        return True, None
+
+
+async def _in_threads(iterator: Iterator[Any]) -> AsyncIterator[Any]:
+    """Drive a blocking iterator (a Workbench generator) from worker threads; close it if the client leaves."""
+    try:
+        while True:
+            finished, item = await run_in_threadpool(_next, iterator)
+            if finished:
+                return
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):  # release the Workbench even when the request is cancelled
+                await run_in_threadpool(close)
+
+
+async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    source = frames if hasattr(frames, "__anext__") else _in_threads(iter(frames))
+    try:
+        async for frame in source:
+            if frame is None:
+                yield b"\n"
+            elif isinstance(frame, bytes):
+                yield frame
+            elif isinstance(frame, list):
+                yield b"".join(_line(f) for f in frame)
+            else:
+                data = frame.to_json() if hasattr(frame, "to_json") else frame
+                yield _line(data)
+                if isinstance(data, dict) and data.get("done") is True:
+                    return
+    except RmxError as error:
+        yield _line({"done": True, "error": str(error)})
+        return
+    except Exception as error:  # an engine bug: end the stream cleanly, keep the trace in the daemon log
+        log.exception("stream failed")
+        yield _line({"done": True, "error": f"internal error: {type(error).__name__}: {error}"})
+        return
+    finally:
+        await source.aclose()
+    yield _line({"done": True})
+
+
+def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any]) -> StreamingResponse:
+    """The one way a stream leaves the engine: NDJSON, one JSON object per line, ending in a `done` frame.
+
+    `frames` is a blocking iterator (a Workbench generator, run in worker threads) or an async one, yielding
+    dicts or records with `to_json()`, a list of them (sent as one chunk), bytes (NDJSON lines, sent as they
+    are), or None (a keepalive blank line).
+    A frame with `"done": true` ends the stream as is; otherwise `{"done": true}` is appended, or
+    `{"done": true, "error": "..."}` when the iterator raises.
+    """
+    return StreamingResponse(_ndjson(frames), media_type="application/x-ndjson")
+
+
+async def _event_frames(run_dir: Path, follow: bool, since: int) -> AsyncIterator[Any]:
+    tail = EventTail(run_dir)
+    seen = 0
+    idle_since = time.monotonic()
+    while True:
+        # In a worker thread: parsing a big backlog must not stall the loop that serves interactive requests.
+        lines, finished = await run_in_threadpool(tail.poll, follow, True)
+        fresh = lines[max(0, since - seen):]
+        seen += len(lines)
+        if fresh:
+            idle_since = time.monotonic()
+            yield b"\n".join(fresh) + b"\n"  # forwarded as written: no decode and re-encode per event
+        if finished:
+            break
+        if not lines:
+            if time.monotonic() - idle_since > KEEPALIVE_S:
+                idle_since = time.monotonic()
+                yield None
+            await asyncio.sleep(POLL_S)
+    status = await run_in_threadpool(read_status, run_dir)
+    yield {"done": True, "state": status.state, "events": seen}
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+class _TokenGate:
+    """Every request, the OpenAPI schema included, must carry `Authorization: Bearer <token>` (TCP only)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _JSON({"detail": "missing or wrong token: send 'Authorization: Bearer <token>' "
+                                            "(rmx engine start printed it and stored it in the runtime dir)"},
+                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _status_code(error: RmxError) -> int:
+    if isinstance(error, JobNotFound):
+        return 404
+    if isinstance(error, JobConflict):
+        return 409
+    return 400
+
+
+async def _rmx_error(request: Request, error: RmxError) -> JSONResponse:
+    return _JSON({"detail": str(error)}, status_code=_status_code(error))
+
+
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422, rendered by _JSON: its echo of the input may hold text UTF-8 cannot encode."""
+    return _JSON({"detail": jsonable_encoder(error.errors())}, status_code=422)
+
+
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    return _JSON({"detail": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+
+
+def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
+    """The API over `workbench` and this machine's run dirs; with `token`, every request must present it."""
+    version = rmx_version()
+    app = FastAPI(title="rmx engine", version=version, default_response_class=_JSON,
+                  description="rmx's engine: score tokens, run jobs. Streams are NDJSON ending in a done frame.")
+    app.add_exception_handler(RmxError, _rmx_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal_error)
+    if token:
+        app.add_middleware(_TokenGate, token=token)
+    started = time.time()
+
+    def check_ids(ids: list[int]) -> None:
+        vocab = workbench.base.vocab_size
+        bad = next((i for i in ids if i >= vocab), None)
+        if bad is not None:
+            raise RmxError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:  # async: no worker-thread hop for the cheapest liveness probe
+        return {"ok": True, "pid": os.getpid(), "version": version, "started": started}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return info_json(workbench.info())
+
+    @app.post("/load")
+    def load(body: LoadBody) -> dict[str, Any]:
+        return info_json(workbench.load(body.base.spec(), body.teacher.spec() if body.teacher else None))
+
+    @app.post("/prompt_ids")
+    def prompt_ids(body: PromptBody) -> dict[str, Any]:
+        return {"ids": workbench.prompt_ids(body.problem, body.template)}
+
+    @app.post("/tokenize")
+    def tokenize(body: TextBody) -> dict[str, Any]:
+        return {"ids": workbench.tokenize(body.text)}
+
+    @app.post("/detokenize")
+    def detokenize(body: IdsBody) -> dict[str, Any]:
+        check_ids(body.ids)
+        return {"text": workbench.detokenize(body.ids)}
+
+    @app.post("/token_texts")
+    def token_texts(body: IdsBody) -> dict[str, Any]:
+        check_ids(body.ids)
+        return {"texts": workbench.token_texts(body.ids)}
+
+    @app.post("/score")
+    def score(body: ScoreBody) -> dict[str, Any]:
+        scored = workbench.score(body.prompt_ids, body.completion_ids, body.top_k, body.with_teacher)
+        return scored.to_json(with_ids=True)
+
+    @app.post("/score_text")
+    def score_text(body: ScoreTextBody) -> dict[str, Any]:
+        scored = workbench.score_text(body.prompt, body.completion, body.template, body.top_k, body.with_teacher)
+        return scored.to_json(with_ids=True)
+
+    @app.get("/jobs")
+    def jobs() -> list[dict[str, Any]]:
+        return [status.to_json() for status in list_runs()]
+
+    @app.post("/jobs", status_code=201)
+    def submit(body: SubmitBody) -> dict[str, Any]:
+        return submit_job(body.kind, body.config, body.entry).to_json()
+
+    @app.get("/jobs/{job_id}")
+    def job(job_id: str) -> dict[str, Any]:
+        run_dir = find_run(job_id)
+        return JobView(read_status(run_dir), read_spec(run_dir)).to_json()
+
+    @app.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def job_events(job_id: str, follow: bool = False,
+                         since: Annotated[int, Query(ge=0, description="skip this many events (already seen)")] = 0):
+        """The job's events as NDJSON: history first, then (follow) new ones until the job ends; then done."""
+        return ndjson_response(_event_frames(find_run(job_id), follow, since))
+
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict[str, Any]:
+        return cancel_job(job_id).to_json()
+
+    @app.post("/jobs/{job_id}/resume")
+    def resume(job_id: str) -> dict[str, Any]:
+        return resume_job(job_id).to_json()
+
+    return app
+
+
+# --- listening ----------------------------------------------------------------------------------
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, mode 0600 from birth (uvicorn's own binding would make it 0666)."""
+    size = len(os.fsencode(str(path)))
+    if size > UNIX_PATH_MAX:
+        raise RmxError(f"socket path {path} is {size} bytes, over the {UNIX_PATH_MAX} a socket allows: "
+                       "set RMX_RUNTIME_DIR to a shorter folder")
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    """Refuse to listen beyond this machine unless asked: whoever reaches the API can run jobs on the node."""
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise RmxError(f"--host must be an IP address such as 127.0.0.1, got '{host}'") from None
+    if not address.is_loopback and not allow_remote:
+        raise RmxError(f"refusing to listen on {host}: it is not a loopback address; reach the engine through an "
+                       "SSH tunnel to 127.0.0.1, or pass --allow-remote if you really mean it")
+
+
+def bind_tcp(host: str, port: int, allow_remote: bool = False) -> socket.socket:
+    check_host(host, allow_remote)
+    if not 0 <= port <= 65535:
+        raise RmxError(f"--port must be in 0..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio turns Nagle off only on sockets that say so, and with Nagle on every
+    # keep-alive response waits ~40 ms for a delayed ACK between its header and body writes.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise RmxError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+def serve(app: FastAPI, sock: socket.socket) -> None:
+    """Serve until SIGTERM/SIGINT; open streams get 2 s to finish, so `rmx engine stop` never hangs on a follower."""
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=2)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,115 @@
+"""`rmx jobs list|show|logs|cancel|resume`: the runs on this machine, read from their run dirs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from rmx_tui.cli.options import Json, print_json
+
+JobId = Annotated[str, typer.Argument(help="The job id, as `rmx jobs list` shows it.")]
+
+
+def _jobs():
+    """The run dirs are the truth, so the CLI reads them directly: it works with or without a daemon."""
+    from engine.jobs import LocalJobs
+
+    return LocalJobs()
+
+
+def _progress(status) -> str:
+    return f"{status.step}/{status.total}" if status.total else str(status.step)
+
+
+def _ago(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    seconds = max(0.0, time.time() - stamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("t", 0)))
+    fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("t", "step"))
+    return f"{stamp}  step {event.get('step', '-')}  {fields}"
+
+
+def _list(json: Json = False) -> None:
+    """List every run, oldest first."""
+    runs = _jobs().list_jobs()
+    if json:
+        print_json([s.to_json() for s in runs])
+        return
+    if not runs:
+        typer.echo("no jobs yet")
+        return
+    width = max(len(s.id) for s in runs)
+    typer.echo(f"{'ID':<{width}}  {'STATE':<9}  {'PROGRESS':>10}  {'HEARTBEAT':>10}  ERROR")
+    for s in runs:
+        typer.echo(f"{s.id:<{width}}  {s.state:<9}  {_progress(s):>10}  {_ago(s.heartbeat):>10}  {s.error or ''}")
+
+
+def _show(job_id: JobId, json: Json = False) -> None:
+    """Show a job's status and config."""
+    view = _jobs().job(job_id)
+    if json:
+        print_json(view.to_json())
+        return
+    s, spec = view.status, view.spec
+    typer.echo(f"{s.id}  {s.kind}  {s.state}  attempt {s.attempt}")
+    typer.echo(f"  progress:   {_progress(s)}")
+    typer.echo(f"  pid:        {s.pid or '-'}")
+    typer.echo(f"  created:    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.created))}")
+    typer.echo(f"  heartbeat:  {_ago(s.heartbeat)}")
+    if s.error:
+        typer.echo(f"  error:      {s.error}")
+    if s.last_event:
+        typer.echo(f"  last event: {_event_text(s.last_event)}")
+    typer.echo(f"  entry:      {spec.entry}  (rmx {spec.rmx_version})")
+    typer.echo(f"  config:     {spec.config}")
+
+
+Follow = Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")]
+
+
+def _logs(job_id: JobId, follow: Follow = False, json: Json = False) -> None:
+    """Print a job's events (history first; with -f, then new ones as they come)."""
+    for event in _jobs().job_events(job_id, follow=follow):
+        if json:
+            print_json(event)
+        else:
+            typer.echo(_event_text(event))
+
+
+def _cancel(job_id: JobId, json: Json = False) -> None:
+    """Ask a job to stop: it finishes its current step and ends `cancelled`."""
+    status = _jobs().cancel_job(job_id)
+    if json:
+        print_json(status.to_json())
+    else:
+        typer.echo(f"{job_id}: cancel requested (state {status.state})")
+
+
+def _resume(job_id: JobId, json: Json = False) -> None:
+    """Relaunch a failed, cancelled or diverged job in its run dir; it continues from its checkpoints."""
+    status = _jobs().resume_job(job_id)
+    if json:
+        print_json(status.to_json())
+    else:
+        typer.echo(f"{job_id}: resumed (attempt {status.attempt})")
+
+
+def register(app: typer.Typer) -> None:
+    jobs = typer.Typer(help="Long work (sampling, training, sweeps, evals) runs as detached jobs; inspect them here.",
+                       no_args_is_help=True)
+    jobs.command("list")(_list)
+    jobs.command("show")(_show)
+    jobs.command("logs")(_logs)
+    jobs.command("cancel")(_cancel)
+    jobs.command("resume")(_resume)
+    app.add_typer(jobs, name="jobs")
