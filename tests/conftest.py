@@ -10,6 +10,13 @@ import pytest
 from tests.tiny import build_adapter, build_model
 
 
+def pytest_configure(config):
+    # Tiny models are dominated by thread hand-offs; one thread is faster and steadier on 2-core CI.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
