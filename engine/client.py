@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
-from engine.config import ModelSpec
+from engine.config import ModelSpec, Tau
 from engine.data import Problem
 from engine.decode import SamplingSpec, Step
 from engine.grading import GradeResult
+from engine.interventions import ForkEstimate, InterventionResult
 from engine.records import ScoredRollout
-from engine.workbench import Workbench, WorkbenchInfo
+from engine.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
 
 
 @runtime_checkable
@@ -33,6 +34,14 @@ class EngineClient(Protocol):
 
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]: ...
+
+    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
+                  tau: str | float | Tau | None = None, gold: str | None = None,
+                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
+                  top: int = 5) -> InterventionResult: ...
+
+    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate: ...
 
     def grade(self, completion: str, gold: str) -> GradeResult: ...
 
@@ -70,6 +79,16 @@ class LocalClient:
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:
         return self.workbench.decode(prompt, sampling, rollout, force, n, top)
+
+    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
+                  tau: str | float | Tau | None = None, gold: str | None = None,
+                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
+                  top: int = 5) -> InterventionResult:
+        return self.workbench.intervene(prompt_ids, mode, sampling, tau, gold, force, rollout, top)
+
+    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
+        return self.workbench.fork_outcomes(prompt_ids, rollout, pos, token, gold, n, sampling)
 
     def grade(self, completion: str, gold: str) -> GradeResult:
         return self.workbench.grade(completion, gold)

@@ -86,9 +86,27 @@ class Step:
         if self.pos < 0 or self.row < 0:
             raise RmxError(f"a step's position and row must be ≥ 0, got pos {self.pos}, row {self.row}")
 
-    def to_json(self) -> dict:
-        """The public per-token shape of `rmx generate --json`."""
+    def to_json(self, with_ids: bool = False) -> dict:
+        """The public per-token shape of `rmx generate --json`; `with_ids` adds what `from_json` needs."""
+        if with_ids:
+            top = [{"id": t.id, "text": t.text, "logprob": t.logprob} for t in self.top]
+            return {"pos": self.pos, "id": self.id, "text": self.text, "logprob": self.logprob, "entropy": self.entropy,
+                    "top": top, "source": self.source, "row": self.row, "end": self.end}
         return {"pos": self.pos, "id": self.id, "text": self.text, "source": self.source, "entropy": self.entropy}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Step":
+        """Rebuild a step from `to_json(with_ids=True)`; a NaN sent as null comes back as NaN."""
+        return cls(pos=int(data["pos"]), id=int(data["id"]), text=data["text"], logprob=_float(data["logprob"]),
+                   entropy=_float(data["entropy"]),
+                   top=tuple(TopToken(id=int(t["id"]), text=t["text"], logprob=_float(t["logprob"]))
+                             for t in data["top"]),
+                   source=data["source"], row=int(data.get("row", 0)), end=data.get("end"))
+
+
+def _float(value: float | None) -> float:
+    """JSON carries NaN as null (engine.jobs.json_bytes): read it back as NaN."""
+    return float("nan") if value is None else float(value)
 
 
 @dataclass(frozen=True)

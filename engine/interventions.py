@@ -70,8 +70,25 @@ class InterventionResult:
     def entropies(self) -> list[float]:
         return [step.entropy for step in self.steps]
 
-    def to_json(self) -> dict[str, Any]:
-        """The public `rmx generate --json` shape, exactly; grading lives in `grade_json`."""
+    def to_json(self, with_ids: bool = False) -> dict[str, Any]:
+        """The public `rmx generate --json` shape, exactly; grading lives in `grade_json`.
+
+        `with_ids` gives instead the whole record (full steps, ids, τ and verdict), which `from_json` rebuilds.
+        """
+        if with_ids:
+            return {
+                "mode": self.mode,
+                "steps": [step.to_json(with_ids=True) for step in self.steps],
+                "completion_ids": list(self.completion_ids),
+                "text": self.text,
+                "touched": list(self.touched),
+                "tau": self.tau,
+                "answer": self.answer,
+                "gold": self.gold,
+                "correct": self.correct,
+                "grade_reason": self.grade_reason,
+                "grader": self.grader,
+            }
         return {
             "tokens": [step.to_json() for step in self.steps],
             "text": self.text,
@@ -79,6 +96,17 @@ class InterventionResult:
             "touched_frac": self.touched_frac,
             "answer": self.answer,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "InterventionResult":
+        """Rebuild a result from `to_json(with_ids=True)`."""
+        return cls(
+            mode=data["mode"], steps=tuple(Step.from_json(step) for step in data["steps"]),
+            completion_ids=tuple(int(i) for i in data["completion_ids"]), text=data["text"],
+            touched=tuple(int(p) for p in data["touched"]), tau=data.get("tau"), answer=data.get("answer"),
+            gold=data.get("gold"), correct=data.get("correct"), grade_reason=data.get("grade_reason"),
+            grader=data.get("grader"),
+        )
 
     def grade_json(self) -> dict[str, Any] | None:
         """The verdict, for callers that choose to show it next to `to_json()`; None when ungraded."""
@@ -112,12 +140,28 @@ class ForkEstimate:
         if not 0.0 <= self.low <= self.p <= self.high <= 1.0:
             raise RmxError(f"inconsistent interval {self.low} ≤ {self.p} ≤ {self.high}")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_ids: bool = False) -> dict[str, Any]:
+        """The public shape; `with_ids` gives the whole record (full continuations), which `from_json` rebuilds."""
+        if with_ids:
+            return {
+                "pos": self.pos, "token": self.token, "n": self.n, "correct": self.correct,
+                "p": self.p, "low": self.low, "high": self.high,
+                "continuations": [c.to_json(with_ids=True) for c in self.continuations],
+            }
         return {
             "pos": self.pos, "token": self.token, "n": self.n, "correct": self.correct,
             "p": self.p, "ci95": [self.low, self.high],
             "continuations": [{**c.to_json(), "grade": c.grade_json()} for c in self.continuations],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ForkEstimate":
+        """Rebuild an estimate from `to_json(with_ids=True)`."""
+        return cls(
+            pos=int(data["pos"]), token=int(data["token"]), n=int(data["n"]), correct=int(data["correct"]),
+            p=float(data["p"]), low=float(data["low"]), high=float(data["high"]),
+            continuations=tuple(InterventionResult.from_json(c) for c in data["continuations"]),
+        )
 
 
 def wilson(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:

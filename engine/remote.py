@@ -11,11 +11,15 @@ from urllib.parse import quote
 
 import httpx
 
-from engine.config import ModelSpec
+from engine.config import ModelSpec, Tau
+from engine.data import Problem
+from engine.decode import SamplingSpec, Step
 from engine.errors import RmxError
+from engine.grading import GradeResult
+from engine.interventions import ForkEstimate, InterventionResult
 from engine.jobs import JobConflict, JobNotFound, JobStatus, JobView, job_entry
-from engine.records import ModelInfo, ScoredRollout
-from engine.workbench import WorkbenchInfo
+from engine.records import ScoredRollout
+from engine.workbench import FORK_SAMPLING, WorkbenchInfo
 
 STREAM_READ_TIMEOUT_S = 30.0
 """A stream idle longer than this is dead: the daemon sends a keepalive line every few seconds."""
@@ -25,11 +29,60 @@ class EngineLost(RmxError):
     """The daemon stopped answering (stopped, crashed, or the SSH tunnel dropped) and reconnecting failed."""
 
 
-def _info_from_json(data: dict[str, Any]) -> WorkbenchInfo:
-    return WorkbenchInfo(
-        base=ModelInfo(**data["base"]) if data.get("base") else None,
-        teacher=ModelInfo(**data["teacher"]) if data.get("teacher") else None,
-    )
+def _ids(ids: Sequence[int]) -> list[int]:
+    return [int(i) for i in ids]
+
+
+def _pairs(force: Sequence[tuple[int, int]]) -> list[list[int]]:
+    try:
+        return [[int(pos), int(token)] for pos, token in force]
+    except (TypeError, ValueError):
+        raise RmxError(f"forced tokens are (position, token id) pairs, got {list(force)!r}") from None
+
+
+def _tau(tau: str | float | Tau | None) -> str | float | None:
+    """τ as the daemon parses it: a Tau is written out in full (str(Tau) rounds to 6 digits)."""
+    if isinstance(tau, Tau):
+        return f"q{tau.value!r}" if tau.quantile else repr(tau.value)
+    return tau
+
+
+class StepStream:
+    """The steps of a decode on the daemon, yielded as they arrive.
+
+    Close it (or leave its `with` block) to stop early: the connection is dropped, which stops the decode on the
+    daemon and frees the engine. A stream dropped without closing is closed when it is garbage collected.
+    An error the daemon met mid-stream is raised here as RmxError; a lost daemon as EngineLost.
+    """
+
+    def __init__(self, response: httpx.Response, frames: Iterator[dict[str, Any]]) -> None:
+        self._response = response
+        self._frames = frames
+
+    def __iter__(self) -> "StepStream":
+        return self
+
+    def __next__(self) -> Step:
+        return Step.from_json(next(self._frames))
+
+    def close(self) -> None:
+        try:
+            self._frames.close()
+        except ValueError:  # being iterated in another thread right now: closing the response ends its read
+            pass
+        self._response.close()
+
+    def __enter__(self) -> "StepStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def _detail(response: httpx.Response) -> str:
@@ -116,15 +169,33 @@ class RemoteClient:
         self._check(response)
         return response.json()
 
+    def _open(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+              idempotent: bool = True, timeout: httpx.Timeout | None = None) -> httpx.Response:
+        """Send a request whose answer is a stream; an error status raises (the response closed) before any frame."""
+        extra = {"timeout": timeout} if timeout is not None else {}
+        request = self._http.build_request(method, path, json=body, params=params, **extra)
+        response = self._send(lambda: self._http.send(request, stream=True), idempotent)
+        if response.is_success:
+            return response
+        try:
+            response.read()
+        except httpx.TransportError as error:
+            reason = str(error) or type(error).__name__
+            raise EngineLost(f"lost the engine at {self.target} mid-answer ({reason})") from None
+        finally:
+            response.close()
+        self._check(response)
+        raise RmxError(f"the engine answered {response.status_code}")  # _check raised already; for type checkers
+
     def _stream(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
                 idempotent: bool = True) -> Iterator[dict[str, Any]]:
         """The frames of an NDJSON stream up to its done frame (not yielded); a done frame with an error raises."""
-        request = self._http.build_request(method, path, json=body, params=params, timeout=self._stream_timeout)
-        response = self._send(lambda: self._http.send(request, stream=True), idempotent)
+        response = self._open(method, path, body, params, idempotent, self._stream_timeout)
+        yield from self._frames(response)
+
+    def _frames(self, response: httpx.Response) -> Iterator[dict[str, Any]]:
+        """The frames of an open NDJSON response; the response is closed when they end or when this is closed."""
         try:
-            if not response.is_success:
-                response.read()
-                self._check(response)
             for line in response.iter_lines():
                 if not line.strip():
                     continue  # keepalive
@@ -149,10 +220,10 @@ class RemoteClient:
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
         body = {"base": asdict(base), "teacher": asdict(teacher) if teacher else None}
         # No read timeout: a large checkpoint may take minutes to load, and the daemon answers when done.
-        return _info_from_json(self._call("POST", "/load", body, timeout=httpx.Timeout(None, connect=5.0)))
+        return WorkbenchInfo.from_json(self._call("POST", "/load", body, timeout=httpx.Timeout(None, connect=5.0)))
 
     def info(self) -> WorkbenchInfo:
-        return _info_from_json(self._call("GET", "/info"))
+        return WorkbenchInfo.from_json(self._call("GET", "/info"))
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
         return self._call("POST", "/prompt_ids", {"problem": problem, "template": template})["ids"]
@@ -177,6 +248,42 @@ class RemoteClient:
         body = {"prompt": prompt, "completion": completion, "template": template, "top_k": top_k,
                 "with_teacher": with_teacher}
         return ScoredRollout.from_json(self._call("POST", "/score_text", body))
+
+    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
+               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> StepStream:
+        """Stream a decode from the daemon; bad input raises here, before the first step, as it does locally.
+
+        The request waits for the first step (a long prompt's prefill) under the client's own timeout.
+        """
+        body = {"prompt_ids": _ids(prompt), "sampling": asdict(sampling), "rollout": _ids(rollout),
+                "force": _pairs(force), "n": n, "top": top}
+        response = self._open("POST", "/decode", body)
+        return StepStream(response, self._frames(response))
+
+    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
+                  tau: str | float | Tau | None = None, gold: str | None = None,
+                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
+                  top: int = 5) -> InterventionResult:
+        """One completion under `mode` on the daemon; no read timeout, as a long decode answers only when done."""
+        body = {"prompt_ids": _ids(prompt_ids), "mode": mode, "sampling": asdict(sampling), "tau": _tau(tau),
+                "gold": gold, "force": _pairs(force), "rollout": _ids(rollout), "top": top}
+        data = self._call("POST", "/intervene", body, timeout=httpx.Timeout(None, connect=5.0))
+        return InterventionResult.from_json(data)
+
+    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
+        """P(correct | token at pos) from n continuations sampled on the daemon; no read timeout, as intervene."""
+        body = {"prompt_ids": _ids(prompt_ids), "rollout": _ids(rollout), "pos": pos, "token": token, "gold": gold,
+                "n": n, "sampling": asdict(sampling)}
+        data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
+        return ForkEstimate.from_json(data)
+
+    def grade(self, completion: str, gold: str) -> GradeResult:
+        return GradeResult(**self._call("POST", "/grade", {"completion": completion, "gold": gold}))
+
+    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
+        data = self._call("POST", "/problems", {"dataset": dataset, "limit": limit})
+        return [Problem(**item) for item in data["problems"]]
 
     # --- JobsClient ---------------------------------------------------------------------------
 

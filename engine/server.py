@@ -11,7 +11,7 @@ import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Iterable, Iterator
+from typing import Annotated, Any, AsyncIterator, Callable, Iterable, Iterator
 
 import anyio
 import uvicorn
@@ -23,17 +23,20 @@ from pydantic import AfterValidator, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from engine.config import ModelSpec
+from engine.decode import SamplingSpec
 from engine.errors import RmxError
 from engine.jobs import (
     POLL_S, EventTail, JobConflict, JobNotFound, JobView, cancel_job, find_run, json_bytes, list_runs, read_spec,
     read_status, resume_job, rmx_version, submit_job,
 )
-from engine.workbench import Workbench, WorkbenchInfo
+from engine.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
 
 KEEPALIVE_S = 5.0
 """An idle stream sends a blank line this often, so clients and tunnels can tell idle from dead."""
 UNIX_PATH_MAX = 104
 """The shortest sun_path limit among the platforms we run on (macOS), less the NUL."""
+MAX_ROWS = 4096
+"""The most sequences one decode or fork may ask for."""
 
 log = logging.getLogger("rmx.engine")
 
@@ -105,6 +108,69 @@ class IdsBody(BaseModel):
     ids: list[TokenId]
 
 
+class SamplingBody(BaseModel):
+    """engine.decode.SamplingSpec as JSON; its own checks give the one-line reasons."""
+
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    max_new_tokens: int = 512
+    stop: list[Text] = Field(default_factory=list)
+
+    def spec(self) -> SamplingSpec:
+        return SamplingSpec(**self.model_dump())
+
+
+def _fork_sampling() -> SamplingBody:
+    return SamplingBody(**asdict(FORK_SAMPLING))
+
+
+Rows = Annotated[int, Field(le=MAX_ROWS)]
+Pair = tuple[int, int]
+
+
+class DecodeBody(BaseModel):
+    prompt_ids: list[TokenId]
+    sampling: SamplingBody = Field(default_factory=SamplingBody)
+    rollout: list[TokenId] = Field(default_factory=list)
+    force: list[Pair] = Field(default_factory=list)
+    n: Rows = 1
+    top: TopK = 5
+
+
+class InterveneBody(BaseModel):
+    prompt_ids: list[TokenId]
+    mode: str
+    sampling: SamplingBody = Field(default_factory=SamplingBody)
+    tau: Text | float | None = None
+    gold: Text | None = None
+    force: list[Pair] = Field(default_factory=list)
+    rollout: list[TokenId] = Field(default_factory=list)
+    top: TopK = 5
+
+
+class ForkBody(BaseModel):
+    prompt_ids: list[TokenId]
+    rollout: list[TokenId]
+    pos: int
+    token: int
+    gold: Text | None = None
+    n: Rows = 8
+    sampling: SamplingBody = Field(default_factory=_fork_sampling)
+
+
+class GradeBody(BaseModel):
+    completion: Text
+    gold: Text
+
+
+class ProblemsBody(BaseModel):
+    dataset: Text
+    limit: int | None = None
+
+
 class SubmitBody(BaseModel):
     kind: str
     config: dict[str, Any] = Field(default_factory=dict)
@@ -113,7 +179,18 @@ class SubmitBody(BaseModel):
 
 
 def info_json(info: WorkbenchInfo) -> dict[str, Any]:
-    return {"base": asdict(info.base) if info.base else None, "teacher": asdict(info.teacher) if info.teacher else None}
+    return info.to_json()
+
+
+def _jsonable(value: Any) -> Any:
+    """A problem's meta as plain JSON: values JSON has no type for (images, arrays) are sent as their text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)
 
 
 # --- streams ------------------------------------------------------------------------------------
@@ -130,23 +207,35 @@ def _next(iterator: Iterator[Any]) -> tuple[bool, Any]:
         return True, None
 
 
-async def _in_threads(iterator: Iterator[Any]) -> AsyncIterator[Any]:
-    """Drive a blocking iterator (a Workbench generator) from worker threads; close it if the client leaves."""
+async def _in_threads(iterator: Iterator[Any], close: Callable[[], Any] | None) -> AsyncIterator[Any]:
+    """Drive a blocking iterator (a Workbench generator) from worker threads; close it when the client leaves.
+
+    While one item takes longer than KEEPALIVE_S, None (a keepalive) is yielded meanwhile. The iterator is
+    closed once the item in progress is done: a generator cannot be closed while a thread runs it.
+    """
+    pending: asyncio.Future | None = None
     try:
         while True:
-            finished, item = await run_in_threadpool(_next, iterator)
+            pending = asyncio.ensure_future(run_in_threadpool(_next, iterator))
+            while not (await asyncio.wait({pending}, timeout=KEEPALIVE_S))[0]:
+                yield None
+            finished, item = pending.result()
+            pending = None
             if finished:
                 return
             yield item
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):  # release the Workbench even when the request is cancelled
+        with anyio.CancelScope(shield=True):  # release the Workbench even when the request is cancelled
+            if pending is not None:
+                await asyncio.wait({pending})
+                if not pending.cancelled():
+                    pending.exception()  # the client left: an error of the step in progress has nobody to reach
+            if close is not None:
                 await run_in_threadpool(close)
 
 
-async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    source = frames if hasattr(frames, "__anext__") else _in_threads(iter(frames))
+async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[], Any] | None) -> AsyncIterator[bytes]:
+    source = frames if hasattr(frames, "__anext__") else _in_threads(iter(frames), close)
     try:
         async for frame in source:
             if frame is None:
@@ -172,16 +261,47 @@ async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any]) -> AsyncIterator[b
     yield _line({"done": True})
 
 
-def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any]) -> StreamingResponse:
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its source however the response ends: done, failed, or the client gone.
+
+    Starlette cancels a stream whose client left without closing its body iterator (and never starts it when
+    the client left before the headers went out), so a Workbench generator holding the model lock would wait
+    for the garbage collector. Here the body and `close` run as soon as the response is over.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], close: Callable[[], Any] | None) -> None:
+        super().__init__(content, media_type="application/x-ndjson")
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.body_iterator.aclose()
+                except RuntimeError:  # still running in a task of its own: that task closes it as it ends
+                    pass
+                if self._close is not None:
+                    await run_in_threadpool(self._close)
+
+
+def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[], Any] | None = None
+                    ) -> StreamingResponse:
     """The one way a stream leaves the engine: NDJSON, one JSON object per line, ending in a `done` frame.
 
     `frames` is a blocking iterator (a Workbench generator, run in worker threads) or an async one, yielding
     dicts or records with `to_json()`, a list of them (sent as one chunk), bytes (NDJSON lines, sent as they
-    are), or None (a keepalive blank line).
+    are), or None (a keepalive blank line). A blocking iterator that is slow to give its next frame gets a
+    keepalive line every KEEPALIVE_S meanwhile.
     A frame with `"done": true` ends the stream as is; otherwise `{"done": true}` is appended, or
     `{"done": true, "error": "..."}` when the iterator raises.
+    `close` (by default the blocking iterator's own `close`) is called once the response is over, whether it
+    finished, failed or its client left: a generator that holds the Workbench lock lets go of it there.
     """
-    return StreamingResponse(_ndjson(frames), media_type="application/x-ndjson")
+    if close is None and not hasattr(frames, "__anext__"):
+        close = getattr(frames, "close", None)
+    return _ClosingStream(_ndjson(frames, close), close)
 
 
 async def _event_frames(run_dir: Path, follow: bool, since: int) -> AsyncIterator[Any]:
@@ -307,6 +427,57 @@ def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
     def score_text(body: ScoreTextBody) -> dict[str, Any]:
         scored = workbench.score_text(body.prompt, body.completion, body.template, body.top_k, body.with_teacher)
         return scored.to_json(with_ids=True)
+
+    @app.post("/decode", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
+    def decode(body: DecodeBody):
+        """Decode step by step, as NDJSON: one full step per line (`Step.to_json(with_ids=True)`), then done.
+
+        A problem found before the first step (bad input, a prompt too long) is a 400; one met later ends the
+        stream with `{"done": true, "error": ...}`. Closing the connection stops the decode and frees the engine.
+        """
+        steps = workbench.decode(body.prompt_ids, body.sampling.spec(), body.rollout, body.force, body.n, body.top)
+        try:
+            first = next(steps)
+        except StopIteration:
+            return ndjson_response(iter(()))
+        except BaseException:
+            steps.close()
+            raise
+
+        def frames() -> Iterator[dict[str, Any]]:
+            yield first.to_json(with_ids=True)
+            for step in steps:
+                yield step.to_json(with_ids=True)
+
+        stream = frames()
+
+        def close() -> None:
+            stream.close()
+            steps.close()  # also when `stream` never started
+
+        return ndjson_response(stream, close)
+
+    @app.post("/intervene")
+    def intervene(body: InterveneBody) -> dict[str, Any]:
+        result = workbench.intervene(body.prompt_ids, body.mode, body.sampling.spec(), body.tau, body.gold,
+                                     body.force, body.rollout, body.top)
+        return result.to_json(with_ids=True)
+
+    @app.post("/fork")
+    def fork(body: ForkBody) -> dict[str, Any]:
+        estimate = workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
+                                           body.sampling.spec())
+        return estimate.to_json(with_ids=True)
+
+    @app.post("/grade")
+    def grade(body: GradeBody) -> dict[str, Any]:
+        return asdict(workbench.grade(body.completion, body.gold))
+
+    @app.post("/problems")
+    def problems(body: ProblemsBody) -> dict[str, Any]:
+        found = workbench.problems(body.dataset, body.limit)
+        return {"problems": [{"id": p.id, "problem": p.problem, "answer": p.answer, "source": p.source,
+                              "meta": _jsonable(dict(p.meta))} for p in found]}
 
     @app.get("/jobs")
     def jobs() -> list[dict[str, Any]]:

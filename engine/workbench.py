@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
 
-from engine.config import ModelSpec, ScoreSpec
+from engine.config import ModelSpec, ScoreSpec, Tau
 from engine.data import Problem, load_problems
 from engine.decode import DecodeSession, SamplingSpec, Step
 from engine.errors import RmxError
 from engine.grading import GradeResult, grade
+from engine.interventions import RUN_MODES, ForkEstimate, InterventionResult, fork, run_mode
 from engine.models import LoadedModel, load_pair
 from engine.prompts import completion_ids, prompt_ids
 from engine.records import ModelInfo, ScoredRollout
 from engine.scoring import score
+
+
+FORK_SAMPLING = SamplingSpec(greedy=False, temperature=0.6, top_p=0.95)
+"""How fork_outcomes samples by default: the authors' rollout recipe, as engine.interventions.fork."""
+
+
+def _tau(tau: str | float | Tau | None) -> Tau | None:
+    if tau is None or isinstance(tau, Tau):
+        return tau
+    return Tau.parse(tau)
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,15 @@ class WorkbenchInfo:
 
     base: ModelInfo | None
     teacher: ModelInfo | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": asdict(self.base) if self.base else None,
+                "teacher": asdict(self.teacher) if self.teacher else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WorkbenchInfo":
+        return cls(base=ModelInfo(**data["base"]) if data.get("base") else None,
+                   teacher=ModelInfo(**data["teacher"]) if data.get("teacher") else None)
 
 
 class Workbench:
@@ -105,6 +125,35 @@ class Workbench:
             if self._base is not base:
                 raise RmxError("the models were reloaded while this stream waited: start it again")
             yield from steps
+
+    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
+                  tau: str | float | Tau | None = None, gold: str | None = None,
+                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
+                  top: int = 5) -> InterventionResult:
+        """One completion under `mode` (base, teacher, oracle, random, gated or manual), graded when `gold` is given.
+
+        `tau` (nats, or a quantile such as `q0.97`) is the gate's threshold; other modes ignore it. Runs to the
+        end on the Workbench's decode session, so the caches of the sequence being browsed are reused.
+        """
+        if mode not in RUN_MODES:
+            raise RmxError(f"unknown mode '{mode}': use one of {', '.join(RUN_MODES)}")
+        gate = _tau(tau)
+        with self._lock:
+            session = self._loaded_session()
+            return run_mode(session, mode, prompt_ids, sampling, force=force, tau=gate, gold=gold,
+                            rollout=rollout, top=top)[0]
+
+    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
+        """Force `token` at `pos` of `rollout`, sample n base continuations, estimate P(correct) with a Wilson CI."""
+        with self._lock:
+            session = self._loaded_session()
+            return fork(session, prompt_ids, rollout, pos, token, gold, sampling, n)
+
+    def _loaded_session(self) -> DecodeSession:
+        self.base  # noqa: B018  (raises the one-line "no model is loaded")
+        assert self._session is not None
+        return self._session
 
     def grade(self, completion: str, gold: str) -> GradeResult:
         return grade(completion, gold)

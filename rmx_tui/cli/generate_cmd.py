@@ -136,6 +136,7 @@ def intervene(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
     json_output: opt.Json = False,
 ) -> None:
     """Figure 2: pass@1 of base, teacher, oracle, random and gated decoding over a benchmark."""
@@ -149,11 +150,14 @@ def intervene(
     if limit is not None and limit < 1:
         raise RmxError(f"--limit must be ≥ 1, got {limit}")
     chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
-    problems = load_problems(dataset, limit=limit)
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
     if teacher_spec is None and any(m != "base" for m in chosen):
         raise RmxError("teacher, oracle, random and gated need a teacher: give --teacher and/or --teacher-adapter")
+    if detach:
+        _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output)
+        return
+    problems = load_problems(dataset, limit=limit)
     out_path = out or f"intervene-{dataset.replace('/', '_')}-{base_spec.label}.jsonl"
     base_model, teacher_model = load_pair(base_spec, teacher_spec)
     from rich.console import Console
@@ -173,6 +177,53 @@ def intervene(
     from rmx_tui.render import figure2_table
 
     Console().print(figure2_table(figure, f"Figure 2 — {base_spec.label} on {dataset} (τ={gate}), results in {out_path}"))
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path that exists here, made absolute: a detached job does not run in this folder. Others stay as given."""
+    from pathlib import Path
+
+    if path is None or path == "demo":
+        return path
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
+                      template: str | None, sampling, out: str | None, json_output: bool) -> None:
+    """`rmx intervene --detach`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
+    from dataclasses import asdict, replace
+    from pathlib import Path
+
+    import engine.intervene_job  # noqa: F401  (registers the job kind)
+    from engine.data import BUNDLED
+    from engine.jobs import find_run, submit_job
+
+    def model(spec):
+        if spec is None:
+            return None
+        return asdict(replace(spec, source=_absolute(spec.source), adapter=_absolute(spec.adapter)))
+
+    config = {
+        "base": model(base_spec),
+        "teacher": model(teacher_spec),
+        "dataset": dataset if dataset in BUNDLED or dataset.startswith("hf:") else _absolute(dataset),
+        "limit": limit,
+        "modes": list(modes),
+        "tau": tau,
+        "template": template,
+        "sampling": {**asdict(sampling), "stop": list(sampling.stop)},
+        "out": str(Path(out).expanduser().resolve()) if out else None,
+    }
+    status = submit_job("intervene", config)
+    if json_output:
+        opt.print_json({"id": status.id, "kind": status.kind, "state": status.state,
+                        "run_dir": str(find_run(status.id))})
+        return
+    print(status.id)
+    from rich.console import Console
+
+    Console(stderr=True).print(f"follow it with: rmx jobs logs {status.id} --follow", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
