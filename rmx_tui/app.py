@@ -1,0 +1,63 @@
+"""RmxApp: owns the engine client and the session, registers the themes, opens the rollout browser."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable
+
+from engine.client import EngineClient, LocalClient
+from engine.errors import RmxError
+from engine.workbench import WorkbenchInfo
+from textual.app import App, SystemCommand
+from textual.reactive import var
+from textual.screen import Screen
+
+from rmx_tui.gate import Gate
+from rmx_tui.model import Session
+from rmx_tui.screens.browser import BrowserScreen
+from rmx_tui.settings import Settings
+from themes.workbench import DEFAULT_PALETTE, heat_variables, workbench_themes
+
+
+class RmxApp(App[None]):
+    """The workbench. Pass a client to reuse loaded models (tests, a daemon); else a LocalClient is made."""
+
+    CSS_PATH = "rmx.tcss"
+    TITLE = "rmx"
+
+    gate: var[Gate] = var(Gate(Settings().tau), init=False)
+    """τ as the user moves it; every screen that shows it watches this (a var: the app itself never repaints)."""
+
+    def __init__(self, settings: Settings, client: EngineClient | None = None, theme: str = "rmx-dark") -> None:
+        super().__init__()
+        self.settings = settings
+        self.client = client if client is not None else LocalClient()
+        self.session = Session()
+        self.info: WorkbenchInfo | None = None
+        self.set_reactive(RmxApp.gate, Gate(settings.tau))
+        for theme_spec in workbench_themes():
+            self.register_theme(theme_spec)
+        if theme not in self.available_themes:
+            raise RmxError(f"unknown theme '{theme}': use one of {', '.join(sorted(self.available_themes))}")
+        self.theme = theme
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        # Textual's own themes know no heatmap: they get the default palette.
+        return heat_variables(DEFAULT_PALETTE)
+
+    def on_mount(self) -> None:
+        self.push_screen(BrowserScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's commands, then every key binding active on the screen, so the palette lists every action."""
+        yield from super().get_system_commands(screen)
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.description or binding.description in seen or binding.action.startswith("app."):
+                continue
+            seen.add(binding.description)
+            # Footer labels are terse; the tooltip, where there is one, says what the key does in full.
+            title = binding.tooltip or binding.description
+            yield SystemCommand(title[0].upper() + title[1:], f"key {binding.key_display or key}",
+                                partial(self.run_action, binding.action, active.node))

@@ -1,0 +1,198 @@
+"""Engine jobs for worker threads: each only calls the client, watches for cancellation, and posts messages back."""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from engine.client import EngineClient
+from engine.config import ModelSpec
+from engine.decode import SamplingSpec, Step
+from engine.errors import RmxError
+from engine.interventions import wilson
+from engine.rollouts import read_rollouts
+from textual.message import Message
+
+from rmx_tui.messages import (
+    BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, LoadProgressed, OutcomesProgressed,
+    OutcomesSampled, ProblemsListed, RolloutScored,
+)
+from rmx_tui.model import Outcome, Verdict
+from rmx_tui.settings import ALTERNATIVES
+
+Post = Callable[[Message], object]
+Cancelled = Callable[[], bool]
+
+FLUSH_S = 1 / 30
+"""Streamed steps are batched this long: one repaint per frame, not per token."""
+PROGRESS_S = 0.25
+
+
+def describe(error: BaseException) -> str:
+    """One line for a notification: an RmxError's own words, else the exception's type and text."""
+    return str(error) if isinstance(error, RmxError) else f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """Read the problems (and stored rollouts), then load the models; a None base keeps what the client holds."""
+
+    dataset: str | None
+    """None when only the models change."""
+    limit: int | None
+    rollouts: str | None
+    base: ModelSpec | None
+    teacher: ModelSpec | None
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Decode a branch: a fresh rollout (nothing forced) or a fork of `rollout` at the forced positions."""
+
+    key: str
+    prompt_ids: tuple[int, ...]
+    gold: str
+    sampling: SamplingSpec
+    rollout: tuple[int, ...] = ()
+    force: tuple[tuple[int, int], ...] = ()
+    typed: str | None = None
+    """Text to tokenize and force from position `at`, one token per position."""
+    at: int = 0
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """Sample n continuations after forcing `token` at `pos` of a branch, and grade each."""
+
+    key: str
+    prompt_ids: tuple[int, ...]
+    rollout: tuple[int, ...]
+    pos: int
+    token: int
+    text: str
+    gold: str
+    sampling: SamplingSpec
+    n: int
+
+
+def load(client: EngineClient, job: LoadJob, post: Post) -> None:
+    if job.dataset is not None:
+        try:
+            post(LoadProgressed(f"reading problems from {job.dataset}"))
+            problems = client.problems(job.dataset, job.limit)
+            stored = read_rollouts(job.rollouts) if job.rollouts else []
+            post(ProblemsListed(problems, stored))
+        except Exception as error:
+            post(EngineFailed("problems", describe(error)))
+    try:
+        if job.base is not None:
+            teacher = f" and teacher {job.teacher.label}" if job.teacher else ""
+            post(LoadProgressed(f"loading {job.base.label}{teacher}"))
+            info = client.load(job.base, job.teacher)
+        else:
+            info = client.info()
+        post(EngineLoaded(info))
+    except Exception as error:
+        post(EngineFailed("load", describe(error)))
+
+
+def _text(client: EngineClient, ids: Sequence[int], ended: str | None) -> str:
+    """The completion's text, a final EOS left out so that the grader never sees it."""
+    shown = list(ids[:-1]) if ended == "eos" else list(ids)
+    return client.detokenize(shown)
+
+
+def _scored(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequence[int]) -> RolloutScored:
+    """Score a completion, and name the teacher's picks that fall outside the top-k (they have no text there)."""
+    rollout = client.score(prompt_ids, ids, top_k=ALTERNATIVES)
+    unnamed = sorted({t.teacher.id for t in rollout.tokens
+                      if t.teacher is not None and all(alt.id != t.teacher.id for alt in t.top)})
+    return RolloutScored(key, rollout, dict(zip(unnamed, client.token_texts(unnamed))))
+
+
+def _verdict(client: EngineClient, text: str, gold: str) -> Verdict:
+    graded = client.grade(text, gold)
+    return Verdict(answer=graded.extracted, correct=graded.correct, reason=graded.reason)
+
+
+def decode(client: EngineClient, job: DecodeJob, post: Post, cancelled: Cancelled) -> None:
+    steps: list[Step] = []
+    batch: list[Step] = []
+    failure: Exception | None = None
+    try:
+        force = job.force
+        if job.typed is not None:
+            typed = client.tokenize(job.typed)
+            if not typed:
+                raise RmxError(f"'{job.typed}' is no token at all: type some text, or #id")
+            force = tuple((job.at + offset, token) for offset, token in enumerate(typed))
+        kept = list(job.rollout[: min(pos for pos, _ in force)]) if force else list(job.rollout)
+        flushed = time.monotonic()
+        with closing(client.decode(job.prompt_ids, job.sampling, rollout=job.rollout, force=force,
+                                   top=ALTERNATIVES)) as stream:
+            for step in stream:
+                steps.append(step)
+                batch.append(step)
+                if step.end is not None or time.monotonic() - flushed > FLUSH_S:
+                    post(BranchExtended(job.key, tuple(batch)))
+                    batch, flushed = [], time.monotonic()
+                if cancelled():
+                    break
+    except Exception as error:
+        failure = error
+    # What streamed before a fault or a cancel is kept: the branch stays, partial.
+    if batch:
+        post(BranchExtended(job.key, tuple(batch)))
+    if failure is not None:
+        post(EngineFailed("decode", describe(failure), job.key))
+        return
+    if cancelled():
+        post(DecodeCancelled(job.key, "decode"))
+        return
+    ids = kept + [step.id for step in steps]
+    ended = steps[-1].end if steps else None
+    try:
+        post(BranchDecoded(job.key, _verdict(client, _text(client, ids, ended), job.gold)))
+        post(_scored(client, job.key, job.prompt_ids, ids))
+    except Exception as error:
+        post(EngineFailed("score", describe(error), job.key))
+
+
+def score(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequence[int], post: Post) -> None:
+    try:
+        post(_scored(client, key, prompt_ids, ids))
+    except Exception as error:
+        post(EngineFailed("score", describe(error), key))
+
+
+def sample(client: EngineClient, job: SampleJob, post: Post, cancelled: Cancelled) -> None:
+    rows: list[list[Step]] = [[] for _ in range(job.n)]
+    try:
+        stream = client.decode(job.prompt_ids, job.sampling, rollout=job.rollout, force=[(job.pos, job.token)],
+                               n=job.n, top=1)
+        reported = time.monotonic()
+        with closing(stream):
+            for count, step in enumerate(stream, start=1):
+                rows[step.row].append(step)
+                if time.monotonic() - reported > PROGRESS_S:
+                    post(OutcomesProgressed(job.key, count))
+                    reported = time.monotonic()
+                if cancelled():
+                    break
+        if cancelled():
+            post(DecodeCancelled(job.key, "sample"))
+            return
+        kept = list(job.rollout[: job.pos])
+        verdicts = [
+            _verdict(client, _text(client, kept + [s.id for s in row], row[-1].end if row else None), job.gold)
+            for row in rows
+        ]
+    except Exception as error:
+        post(EngineFailed("sample", describe(error), job.key))
+        return
+    correct, wrong, no_answer, answers = Outcome.tally(verdicts)
+    low, high = wilson(correct, job.n)
+    post(OutcomesSampled(job.key, Outcome(pos=job.pos, token=job.token, text=job.text, correct=correct, wrong=wrong,
+                                          no_answer=no_answer, low=low, high=high, answers=answers)))

@@ -1,0 +1,102 @@
+"""What engine workers report back to the UI thread, each named as a fact that already happened."""
+
+from __future__ import annotations
+
+from engine.data import Problem
+from engine.decode import Step
+from engine.records import Rollout, ScoredRollout
+from engine.workbench import WorkbenchInfo
+from textual.message import Message
+
+from rmx_tui.model import Outcome, Verdict
+
+
+class LoadProgressed(Message):
+    """The engine moved on to another loading stage."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+
+class ProblemsListed(Message):
+    """The problems of the dataset were read, with any stored rollouts of them."""
+
+    def __init__(self, problems: list[Problem], rollouts: list[Rollout]) -> None:
+        super().__init__()
+        self.problems = problems
+        self.rollouts = rollouts
+
+
+class EngineLoaded(Message):
+    """The base (and teacher) are loaded and ready."""
+
+    def __init__(self, info: WorkbenchInfo) -> None:
+        super().__init__()
+        self.info = info
+
+
+class BranchExtended(Message):
+    """A decode stream produced more tokens of a branch."""
+
+    def __init__(self, key: str, steps: tuple[Step, ...]) -> None:
+        super().__init__()
+        self.key = key
+        self.steps = steps
+
+
+class BranchDecoded(Message):
+    """A branch's decode stream ended on its own, and the completion was graded."""
+
+    def __init__(self, key: str, verdict: Verdict) -> None:
+        super().__init__()
+        self.key = key
+        self.verdict = verdict
+
+
+class RolloutScored(Message):
+    """A branch went through the scorer: exact ranks, and the teacher's pick at every token if one is loaded."""
+
+    def __init__(self, key: str, rollout: ScoredRollout, texts: dict[int, str]) -> None:
+        super().__init__()
+        self.key = key
+        self.rollout = rollout
+        self.texts = texts
+        """Texts of the teacher's picks that are not among a position's top-k."""
+
+
+class DecodeCancelled(Message):
+    """The user stopped a job on a branch: its decode (what streamed is kept) or its outcome sampling."""
+
+    def __init__(self, key: str, job: str) -> None:
+        super().__init__()
+        self.key = key
+        self.job = job
+
+
+class OutcomesProgressed(Message):
+    """Sampled continuations advanced: how many tokens so far, over all rows."""
+
+    def __init__(self, key: str, tokens: int) -> None:
+        super().__init__()
+        self.key = key
+        self.tokens = tokens
+
+
+class OutcomesSampled(Message):
+    """n continuations after one choice were sampled and graded."""
+
+    def __init__(self, key: str, outcome: Outcome) -> None:
+        super().__init__()
+        self.key = key
+        self.outcome = outcome
+
+
+class EngineFailed(Message):
+    """An engine call raised; `key` names the branch it was working on, if any."""
+
+    def __init__(self, during: str, error: str, key: str | None = None) -> None:
+        super().__init__()
+        self.during = during
+        self.error = error
+        self.key = key

@@ -1,0 +1,85 @@
+"""Helpers for the TUI tests: settings, waiting on the workbench, and clients that stall or fail on purpose."""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from typing import Callable, Iterator
+
+from engine.client import LocalClient
+from engine.config import Tau
+from engine.decode import SamplingSpec
+from engine.errors import RmxError
+
+from rmx_tui.settings import Settings
+
+SIZE = (120, 36)
+
+
+def settings(**changes) -> Settings:
+    """Short greedy decodes, three samples per estimate, τ at the 0.9 quantile."""
+    values = dict(sampling=SamplingSpec(greedy=True, max_new_tokens=20),
+                  outcome_sampling=SamplingSpec(greedy=False, temperature=0.6, top_p=0.95, max_new_tokens=12),
+                  samples=3, tau=Tau(0.9, quantile=True))
+    values.update(changes)
+    return Settings(**values)
+
+
+async def until(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Let the app run until `condition` holds (engine workers post back asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the workbench")
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+async def rollout_ready(pilot) -> None:
+    """Wait for the autostarted rollout to be decoded, graded and scored."""
+    screen = pilot.app.screen
+    await until(pilot, lambda: screen.active is not None and screen.active.state == "done")
+
+
+class SlowClient:
+    """The real client, with a pause before each streamed step: time to press esc mid-stream."""
+
+    def __init__(self, inner: LocalClient, delay: float = 0.05) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decode(self, *args, **kwargs) -> Iterator:
+        stream = self.inner.decode(*args, **kwargs)
+
+        def slowed():
+            with closing(stream):
+                for step in stream:
+                    time.sleep(self.delay)
+                    yield step
+
+        return slowed()
+
+
+class FailingClient(SlowClient):
+    """The real client whose forks (decodes with forced tokens) fail after a few steps."""
+
+    def __init__(self, inner: LocalClient, after: int = 3) -> None:
+        super().__init__(inner, delay=0.0)
+        self.after = after
+
+    def decode(self, *args, force=(), **kwargs) -> Iterator:
+        stream = self.inner.decode(*args, force=force, **kwargs)
+        if not force:
+            return stream
+
+        def failing():
+            with closing(stream):
+                for count, step in enumerate(stream):
+                    if count == self.after:
+                        raise RmxError("the device ran out of memory (simulated)")
+                    yield step
+
+        return failing()
