@@ -9,6 +9,7 @@ from engine.client import EngineClient, LocalClient
 from engine.errors import RmxError
 from engine.workbench import WorkbenchInfo
 from textual.app import App, SystemCommand
+from textual.binding import Binding
 from textual.reactive import var
 from textual.screen import Screen
 
@@ -24,6 +25,7 @@ class RmxApp(App[None]):
 
     CSS_PATH = "rmx.tcss"
     TITLE = "rmx"
+    BINDINGS = [Binding("J", "jobs", "jobs", tooltip="Jobs: runs with live progress, plots, cancel and resume")]
 
     gate: var[Gate] = var(Gate(Settings().tau), init=False)
     """τ as the user moves it; every screen that shows it watches this (a var: the app itself never repaints)."""
@@ -47,6 +49,13 @@ class RmxApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(BrowserScreen())
+
+    def action_jobs(self) -> None:
+        """Open the jobs screen: through the daemon when connected to one, else on the run dirs directly."""
+        from engine.jobs import JobsClient, LocalJobs
+        from rmx_tui.screens.jobs import JobsScreen
+
+        self.push_screen(JobsScreen(self.client if isinstance(self.client, JobsClient) else LocalJobs()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Textual's commands, then every key binding active on the screen, so the palette lists every action."""

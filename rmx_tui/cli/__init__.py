@@ -7,6 +7,8 @@ import os
 import pkgutil
 import sys
 
+from typing import Annotated, Optional
+
 import typer
 
 from engine.errors import RmxError
@@ -20,9 +22,25 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root() -> None:
-    """rmx: see where a model hesitates, force a different token, and train the cheap fix."""
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    connect: Annotated[
+        Optional[str],
+        typer.Option("--connect", help="Attach to a running engine daemon: a socket path, unix:PATH or http://HOST:PORT."),
+    ] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run the engine inside this process instead of the daemon.")] = False,
+) -> None:
+    """rmx: see where a model hesitates, force a different token, and train the cheap fix.
+
+    With no command, rmx opens the workbench on the engine daemon, starting one (detached) if none runs,
+    so loaded models and jobs outlive the terminal.
+    """
+    ctx.obj = {"connect": connect, "local": local}
+    if ctx.invoked_subcommand is None:
+        from rmx_tui.cli.tui_cmd import tui
+
+        tui(ctx)
 
 
 def _register_commands() -> None:

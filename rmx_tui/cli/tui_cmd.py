@@ -23,9 +23,23 @@ Autostart = Annotated[bool, typer.Option("--autostart/--no-autostart",
                                          help="Decode the first problem as soon as the models load.")]
 
 
-def _run(base_spec, teacher_spec, dataset: str, rollouts: str | None, limit: int | None, tau: str,
-         max_new_tokens: int, samples: int, sample: bool, seed: int, template: str, theme: str,
-         autostart: bool) -> None:
+def _client(ctx: typer.Context | None, default_local: bool):
+    """The engine the app talks to: `--connect` target, the daemon (started if needed), or in-process."""
+    options = (ctx.obj if ctx is not None and isinstance(ctx.obj, dict) else {}) or {}
+    if options.get("connect"):
+        from engine.daemon import connect
+
+        return connect(options["connect"])
+    if options.get("local") or default_local:
+        return None
+    from engine.daemon import ensure_daemon
+
+    return ensure_daemon()
+
+
+def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec, dataset: str,
+         rollouts: str | None, limit: int | None, tau: str, max_new_tokens: int, samples: int, sample: bool,
+         seed: int, template: str, theme: str, autostart: bool) -> None:
     from dataclasses import replace
 
     from engine.config import Tau
@@ -44,10 +58,11 @@ def _run(base_spec, teacher_spec, dataset: str, rollouts: str | None, limit: int
         sampling=SamplingSpec(greedy=not sample, seed=seed, max_new_tokens=max_new_tokens),
         outcome_sampling=replace(defaults.outcome_sampling, max_new_tokens=max_new_tokens),
     )
-    RmxApp(settings, theme=theme).run()
+    RmxApp(settings, client=_client(ctx, default_local), theme=theme).run()
 
 
 def tui(
+    ctx: typer.Context,
     base: opt.Base = "demo",
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
@@ -71,11 +86,12 @@ def tui(
     """Open the workbench: see where the model hesitates, force another token there, watch the answer change."""
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    _run(base_spec, teacher_spec, dataset, rollouts, limit, tau, max_new_tokens, samples, sample, seed, template,
-         theme, autostart)
+    _run(ctx, False, base_spec, teacher_spec, dataset, rollouts, limit, tau, max_new_tokens, samples, sample, seed,
+         template, theme, autostart)
 
 
 def demo(
+    ctx: typer.Context,
     teacher: opt.Teacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
     dataset: DatasetOpt = "smoke",
@@ -97,8 +113,9 @@ def demo(
         teacher_spec = base_spec
     else:
         teacher_spec = ModelSpec(teacher or "demo", adapter=teacher_adapter, dtype=dtype, device=device)
-    _run(base_spec, teacher_spec, dataset, None, None, tau, max_new_tokens, samples, sample, seed, "chat", theme,
-         True)
+    # The demo runs in-process unless `--connect` names a daemon: nothing is left running after it.
+    _run(ctx, True, base_spec, teacher_spec, dataset, None, None, tau, max_new_tokens, samples, sample, seed, "chat",
+         theme, True)
 
 
 def register(app: typer.Typer) -> None:
