@@ -1,0 +1,554 @@
+"""`rmx rollouts|pool|train|sweep|eval|distill|runs cost|pipeline`: the ReasonMaxxer stages, in-process or as jobs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from engine.errors import RmxError
+from rmx_tui.cli import options as opt
+
+Job = Annotated[bool, typer.Option("--job", help="Run as a detached job (see `rmx jobs`) instead of in this process.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run already in --out.")]
+
+# Training options, shared by `rmx train` and `rmx sweep`; each maps onto a TrainSpec field.
+KlWeight = Annotated[float, typer.Option("--kl-weight", help="λ in L = L_dec + λ·L_anchor.")]
+AdvClip = Annotated[float, typer.Option("--adv-clip", help="Clip advantages to [−clip, clip].")]
+Objective = Annotated[str, typer.Option("--objective", help="contrastive (paper) or positive-only (its ablation: correct rollouts only).")]
+Negative = Annotated[str, typer.Option("--negative", help="signed: −A·log p (paper; unbounded below for A < 0). bounded: |A|·(−log(1 − p)) for A < 0 (rmx's fix for divergence).")]
+Anchor = Annotated[str, typer.Option("--anchor", help="all: KL anchor on every non-decision token, prompt included (paper). completion: generated tokens only.")]
+Order = Annotated[str, typer.Option("--order", help="shuffle (seeded) or clarity (the authors' curriculum: |advantage| × decision fraction, descending).")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
+WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps of linear warmup, then linear decay to 0.")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", help="Sequences per optimizer step (batch 1, accumulated).")]
+Epochs = Annotated[int, typer.Option("--epochs", help="Passes over the training sequences.")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the data order, LoRA init and every RNG.")]
+LoraR = Annotated[int, typer.Option("--lora-r", help="LoRA rank.")]
+LoraAlpha = Annotated[int, typer.Option("--lora-alpha", help="LoRA α.")]
+LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout.")]
+LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="Regex over full module paths (default: every linear layer inside attention).")]
+MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", help="Truncate prompt+completion to this many tokens.")]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Optimizer steps between checkpoints (0: every 15% of the run).")]
+ChunkElements = Annotated[int, typer.Option("--chunk-elements", help="Most positions × vocab fp32 logits alive at once.")]
+CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="Keep the base's hidden states from the scoring pass on disk instead of a base forward every step.")]
+AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
+AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
+Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
+Backend = Annotated[str, typer.Option("--backend", help="hf (engine.decode, default) or vllm (pip install 'rmx[vllm]', CUDA only).")]
+
+
+def _model(base: str, adapter: str | None, dtype: str, device: str, revision: str | None, trust: bool):
+    from engine.config import ModelSpec
+
+    return ModelSpec(base, adapter=adapter, dtype=dtype, device=device, revision=revision, trust_remote_code=trust)
+
+
+def _event_line(event: dict[str, Any]) -> str | None:
+    """A one-line progress note for stderr, or None for events not worth a line."""
+    if "train/step" in event:
+        dlp, dln = event.get("train/dlogp_pos"), event.get("train/dlogp_neg")
+        return (f"train {event['train/step']}/{event['train/total']}  loss {event['train/loss']:.4f}  "
+                f"dec {event['train/loss_dec']:.4f}  kl {event['train/loss_anchor']:.2e}  "
+                f"Δlogp right {'–' if dlp is None else f'{dlp:+.3f}'} wrong {'–' if dln is None else f'{dln:+.3f}'}  "
+                f"lr {event['train/lr']:.2e}  {event['train/tok_s'] or 0:.0f} tok/s")
+    for key in ("train/warning", "train/alarm", "train/checkpoint", "train/resumed_from", "train/phase"):
+        if key in event:
+            return f"{key.split('/')[1]}: {event[key]}"
+    if "rollouts/problem" in event:
+        return (f"rollouts {event['rollouts/done']}/{event['rollouts/total']}  {event['rollouts/problem']}: "
+                f"{event['rollouts/correct']}/{event['rollouts/k']} correct")
+    if "eval/benchmark" in event:
+        return f"eval {event['eval/benchmark']}: {event['eval/metric']} {event['eval/score']:.3f}"
+    if "distill/step" in event:
+        return f"distill {event['distill/step']}/{event['distill/total']}  KL {event['distill/kl']:.4f}"
+    if "sweep/score" in event:
+        return f"sweep τ {event['sweep/tau']}: holdout {event['sweep/score']}"
+    if "pipeline/stage" in event:
+        return f"pipeline {event['pipeline/stage']}: {event['pipeline/state']}"
+    return None
+
+
+def _emit(event: dict[str, Any]) -> None:
+    line = _event_line(event)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _submit(kind: str, config: dict[str, Any], json_output: bool) -> None:
+    import engine.pipeline  # noqa: F401  (registers the job kinds)
+    from engine.jobs import submit_job
+
+    status = submit_job(kind, config)
+    if json_output:
+        opt.print_json(status.to_json())
+    else:
+        typer.echo(f"submitted {status.id}: follow it with `rmx jobs logs {status.id} --follow`")
+
+
+def _result(result, json_output: bool, summary: str) -> None:
+    if json_output:
+        opt.print_json(result.to_json())
+    else:
+        typer.echo(summary)
+
+
+# --- rollouts -----------------------------------------------------------------------------------------------
+
+
+def rollouts(
+    dataset: Annotated[str, typer.Option("--dataset", help="Bundled dataset (smoke, math_train_pool_150, …) or a problem file.")],
+    base: opt.Base = "demo",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    k: Annotated[int, typer.Option("--k", help="Samples per problem.")] = 20,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass.")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 8192,
+    template: Template = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Base seed; each problem draws from its own derived seed.")] = 0,
+    backend: Backend = "hf",
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for the grader.")] = 5.0,
+    out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
+    resume: Resume = False,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Sample K completions per problem from the base, grade them, and write rollouts.jsonl (resumable per problem)."""
+    from engine.rollouts import RolloutSpec, sample_rollouts
+
+    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    spec = RolloutSpec(dataset, limit, k, temperature, top_p, max_new_tokens, template, seed, backend, grade_timeout)
+    if job:
+        _submit("rollouts", {"model": asdict(model), "rollouts": asdict(spec)}, json_output)
+        return
+    result = sample_rollouts(model, spec, out, resume=resume, emit=_emit)
+    _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
+            f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
+            f"({result.backend})")
+
+
+# --- pool ---------------------------------------------------------------------------------------------------
+
+Rollouts = Annotated[str, typer.Option("--rollouts", help="A rollouts.jsonl from `rmx rollouts`.")]
+Size = Annotated[Optional[int], typer.Option("--size", help="Keep the N mixed problems with pass rate closest to 0.5 (the authors keep 50).")]
+KeepShortest = Annotated[float, typer.Option(
+    "--keep-shortest",
+    help="Keep this fraction of the pool's rollouts, shortest first (1 = off, the default). The authors keep "
+         "0.8, which builds in a length bias: long rollouts are more often wrong, so trimming drops more "
+         "wrong ones and teaches brevity along with correctness.")]
+
+
+def pool_show(
+    rollouts: Rollouts,
+    size: Size = None,
+    keep_shortest: KeepShortest = 1.0,
+    base: Annotated[Optional[str], typer.Option("--base", help="Score the pool under this base for decision-point rates per τ (entropies cached beside the rollouts as NAME.entropies.jsonl).")] = None,
+    taus: Annotated[str, typer.Option("--taus", help="τ values for the decision-point rates (nats or qX).")] = "1.0,1.2,1.4,1.6,1.8,2.2,q0.95,q0.97",
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Pass-rate histogram, correct vs wrong lengths, the trim's effect, and decision-point rates per τ."""
+    from engine.config import Tau
+    from engine.pool import PoolSpec, base_entropies, pool_stats, select_pool
+    from engine.rollouts import read_rollouts
+
+    spec = PoolSpec(rollouts, size, keep_shortest)
+    tau_list = [t.strip() for t in taus.split(",") if t.strip()]
+    for tau in tau_list:
+        Tau.parse(tau)
+    records = read_rollouts(rollouts)
+    entropies = None
+    if base is not None:
+        from engine.models import load_model
+
+        loaded = load_model(_model(base, None, dtype, device, revision, trust_remote_code))
+        untrimmed = select_pool(records, PoolSpec(rollouts, size))
+        cache = Path(rollouts).with_name(Path(rollouts).stem + ".entropies.jsonl")
+        entropies = base_entropies(loaded, untrimmed, cache=cache)
+    stats = pool_stats(records, spec, entropies, tau_list)
+    if json_output:
+        opt.print_json(stats.to_json())
+        return
+    _print_pool(stats)
+
+
+def _print_pool(stats) -> None:
+    echo = typer.echo
+    echo(f"{stats.problems} problems at K={stats.k}: {stats.mixed} mixed, {stats.all_correct} all correct, "
+         f"{stats.all_wrong} all wrong; pool: {stats.selected} problems, {stats.rollouts} rollouts")
+    echo("\npass rate   problems")
+    peak = max((count for _, count in stats.pass_rates), default=1)
+    for label, count in stats.pass_rates:
+        echo(f"{label:>9}   {count:>5}  {'█' * max(1, round(30 * count / peak))}")
+
+    def length(which) -> str:
+        if not which.count:
+            return "none"
+        return f"{which.count} rollouts, mean {which.mean:.0f}, median {which.median:.0f}, p90 {which.p90:.0f} tokens"
+
+    echo(f"\ncorrect: {length(stats.lengths_correct)}\nwrong:   {length(stats.lengths_wrong)}")
+    if stats.keep_shortest < 1.0:
+        echo(f"after keeping the shortest {stats.keep_shortest:.0%} (length bias):\n"
+             f"correct: {length(stats.trimmed_correct)}\nwrong:   {length(stats.trimmed_wrong)}")
+    if stats.decision:
+        echo("\n     τ    nats   decision points   correct    wrong")
+        for row in stats.decision:
+            pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+            echo(f"{row.tau:>6}  {row.nats:6.2f}   {pct(row.fraction):>15}   {pct(row.correct):>7}  {pct(row.wrong):>7}")
+
+
+def pool_select(
+    rollouts: Rollouts,
+    out: Annotated[str, typer.Option("--out", help="The pool.jsonl to write (stats go beside it).")] = "pool.jsonl",
+    size: Size = None,
+    keep_shortest: KeepShortest = 1.0,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Keep the problems with mixed success (and optionally the N closest to 0.5) as the training pool."""
+    from engine.pool import PoolSpec, write_pool
+
+    spec = PoolSpec(rollouts, size, keep_shortest)
+    if job:
+        _submit("pool", {"pool": asdict(spec)}, json_output)
+        return
+    result = write_pool(spec, out)
+    _result(result, json_output, f"pool of {result.stats.selected} problems, {result.stats.rollouts} rollouts: "
+            f"{result.path}")
+
+
+# --- train and sweep ----------------------------------------------------------------------------------------
+
+
+def _train_spec(rollouts: str, **values):
+    from engine.train import TrainSpec
+
+    return TrainSpec(rollouts, **values)
+
+
+def _diverged(result) -> None:
+    print(f"rmx: training diverged at step {result.step}: {result.reason}; last good checkpoint: "
+          f"{result.last_checkpoint or 'none'}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def train(
+    rollouts: Rollouts,
+    base: opt.Base = "demo",
+    out: Annotated[str, typer.Option("--out", help="Run folder: checkpoints/, adapter/, base_pass/, train_summary.json.")] = "train",
+    tau: Annotated[str, typer.Option("--tau", help="Decision gate: nats (1.4) or a quantile of the pool's base entropies (q0.97).")] = "1.4",
+    tau_correct: Annotated[Optional[str], typer.Option("--tau-correct", help="τ for correct rollouts (default --tau).")] = None,
+    tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong", help="τ for wrong rollouts (default --tau).")] = None,
+    kl_weight: KlWeight = 0.2,
+    adv_clip: AdvClip = 2.5,
+    objective: Objective = "contrastive",
+    negative: Negative = "signed",
+    anchor: Anchor = "all",
+    order: Order = "shuffle",
+    lr: Lr = 1e-4,
+    weight_decay: WeightDecay = 0.01,
+    warmup_ratio: WarmupRatio = 0.4,
+    grad_accum: GradAccum = 8,
+    epochs: Epochs = 1,
+    max_steps: MaxSteps = None,
+    seed: Seed = 0,
+    lora_r: LoraR = 32,
+    lora_alpha: LoraAlpha = 64,
+    lora_dropout: LoraDropout = 0.0,
+    lora_targets: LoraTargets = None,
+    max_tokens: MaxTokens = None,
+    checkpoint_every: CheckpointEvery = 0,
+    chunk_elements: ChunkElements = 1 << 24,
+    cache_base: CacheBase = True,
+    alarm_abs: AlarmAbs = 100.0,
+    alarm_ratio: AlarmRatio = 20.0,
+    resume: Resume = False,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Train a ReasonMaxxer LoRA: advantage-weighted loss at entropy-gated decision points, KL anchor elsewhere."""
+    from engine.train import train as run
+
+    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, kl_weight=kl_weight,
+                       adv_clip=adv_clip, objective=objective, negative=negative, anchor=anchor, order=order, lr=lr,
+                       weight_decay=weight_decay, warmup_ratio=warmup_ratio, grad_accum=grad_accum, epochs=epochs,
+                       max_steps=max_steps, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
+                       lora_dropout=lora_dropout, lora_targets=lora_targets, max_tokens=max_tokens,
+                       checkpoint_every=checkpoint_every, chunk_elements=chunk_elements, cache_base=cache_base,
+                       alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
+    if job:
+        _submit("train", {"model": asdict(model), "train": asdict(spec)}, json_output)
+        return
+    result = run(model, spec, out, resume=resume, emit=_emit)
+    _result(result, json_output, f"{result.state} after {result.step}/{result.total} steps on {result.sequences} "
+            f"sequences ({100 * result.decision_frac:.1f}% decision points at τ {result.tau_correct:.3g} nats): "
+            f"{result.adapter or result.last_checkpoint}")
+    if result.state == "diverged":
+        _diverged(result)
+
+
+def sweep(
+    rollouts: Rollouts,
+    base: opt.Base = "demo",
+    out: Annotated[str, typer.Option("--out", help="Sweep folder: one tau-X/ run per τ, sweep.json.")] = "sweep",
+    taus: Annotated[str, typer.Option("--taus", help="τ values to try (nats or qX), comma-separated.")] = "1.2,1.4,1.6,1.8",
+    holdout: Annotated[int, typer.Option("--holdout", help="Holdout problems each adapter is scored on.")] = 50,
+    holdout_dataset: Annotated[str, typer.Option("--holdout-dataset", help="Where the holdout comes from.")] = "math_train_pool_500",
+    holdout_offset: Annotated[int, typer.Option("--holdout-offset", help="First holdout problem (450+: disjoint from math_train_pool_150).")] = 450,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
+    template: Template = "auto",
+    kl_weight: KlWeight = 0.2,
+    objective: Objective = "contrastive",
+    negative: Negative = "signed",
+    anchor: Anchor = "all",
+    order: Order = "shuffle",
+    lr: Lr = 1e-4,
+    grad_accum: GradAccum = 8,
+    epochs: Epochs = 1,
+    max_steps: MaxSteps = None,
+    seed: Seed = 0,
+    lora_r: LoraR = 32,
+    lora_alpha: LoraAlpha = 64,
+    max_tokens: MaxTokens = None,
+    resume: Resume = False,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Train one adapter per τ, score each on a holdout (greedy pass@1), and keep the best."""
+    from engine.pipeline import SweepSpec
+    from engine.pipeline import sweep as run
+
+    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    spec = _train_spec(rollouts, kl_weight=kl_weight, objective=objective, negative=negative, anchor=anchor,
+                       order=order, lr=lr, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed,
+                       lora_r=lora_r, lora_alpha=lora_alpha, max_tokens=max_tokens)
+    sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template)
+    if job:
+        _submit("sweep", {"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, json_output)
+        return
+    result = run(model, spec, sweep_spec, out, resume=resume, emit=_emit)
+    if json_output:
+        opt.print_json(result.to_json())
+        return
+    typer.echo(f"holdout: {result.holdout}\n\n     τ    nats   decision   state      holdout")
+    for row in result.rows:
+        score = "–" if row.score is None else f"{row.score:.3f}"
+        typer.echo(f"{row.tau:>6}  {row.tau_nats:6.2f}   {100 * row.decision_frac:7.1f}%   {row.state:<9}  {score:>7}")
+    typer.echo(f"\nbest τ: {result.best_tau or 'none'} → {result.best_adapter or 'no adapter'}")
+
+
+# --- eval ---------------------------------------------------------------------------------------------------
+
+
+def eval_run(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Option("--model", help="The model: a hub id, a folder, a .gguf file or 'demo'.")] = None,
+    adapter: opt.Adapter = None,
+    benchmarks: Annotated[str, typer.Option("--benchmarks", help="Comma-separated: math500,gsm8k,minerva,olympiadbench,aime24,amc23 or files.")] = "math500",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems of each benchmark.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems of each benchmark first.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 4096,
+    template: Template = "auto",
+    avg_k: Annotated[int, typer.Option("--avg-k", help="Samples per problem on the avg@k benchmarks.")] = 8,
+    avg_benchmarks: Annotated[str, typer.Option("--avg-benchmarks", help="Benchmarks scored as avg@k (the rest: greedy pass@1).")] = "aime24,amc23",
+    temperature: Annotated[float, typer.Option("--temperature", help="Temperature of the avg@k samples.")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass of the avg@k samples.")] = 0.95,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the avg@k samples.")] = 0,
+    backend: Backend = "hf",
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for each grader.")] = 5.0,
+    out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Score a model (and adapter) on math benchmarks: pass@1 greedy, avg@8 on AIME/AMC, graded by math-verify."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        raise RmxError("rmx eval needs --model (or a subcommand: rmx eval compare RUN RUN …)")
+    from engine.evaluate import EvalSpec, evaluate, markdown_table
+
+    spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
+    spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
+                    seed, backend, grade_timeout)
+    if job:
+        _submit("eval", {"model": asdict(spec_model), "eval": asdict(spec)}, json_output)
+        return
+    result = evaluate(spec_model, spec, out, emit=_emit)
+    _result(result, json_output, markdown_table(result))
+
+
+def eval_compare(
+    runs: Annotated[list[str], typer.Argument(help="eval.json files, `rmx eval --out` folders, or job ids.")],
+    json_output: opt.Json = False,
+) -> None:
+    """Put several eval runs side by side, with the change from the first to the last."""
+    from engine.evaluate import compare, comparison_table, load_result
+
+    loaded = []
+    for run in runs:
+        where = Path(run)
+        if not where.exists():
+            from engine.jobs import find_run
+
+            where = find_run(run)
+        loaded.append((run, load_result(where)))
+    comparison = compare(loaded)
+    _result(comparison, json_output, comparison_table(comparison))
+
+
+# --- distill ------------------------------------------------------------------------------------------------
+
+
+def distill(
+    rollouts: Annotated[str, typer.Option("--rollouts", help="Completions to distill on, sampled from the teacher.")],
+    teacher: opt.Teacher = None,
+    teacher_adapter: opt.TeacherAdapter = None,
+    base: opt.Base = "demo",
+    out: Annotated[str, typer.Option("--out", help="Folder for teacher_topk.npz, adapter/ and distill_summary.json.")] = "distill",
+    top_k: Annotated[int, typer.Option("--top-k", help="Teacher logits kept per position.")] = 64,
+    epochs: Epochs = 3,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 2,
+    grad_accum: GradAccum = 8,
+    lr: Lr = 1e-4,
+    weight_decay: WeightDecay = 0.01,
+    warmup_ratio: WarmupRatio = 0.1,
+    lora_r: LoraR = 32,
+    lora_alpha: LoraAlpha = 64,
+    lora_dropout: LoraDropout = 0.0,
+    lora_targets: LoraTargets = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = 0,
+    chunk_elements: ChunkElements = 1 << 24,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = "auto",
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """KL-LoRA: fit a LoRA on the base to the teacher's top-k next-token distribution (paper §4)."""
+    from engine.distill import DistillSpec
+    from engine.distill import distill as run
+
+    base_spec, teacher_spec = opt.model_specs(base, teacher, None, teacher_adapter, dtype, device, revision,
+                                              trust_remote_code)
+    if teacher_spec is None:
+        raise RmxError("rmx distill needs a teacher: --teacher MODEL and/or --teacher-adapter ADAPTER")
+    spec = DistillSpec(rollouts, top_k, epochs, batch_size, grad_accum, lr, weight_decay, warmup_ratio, lora_r,
+                       lora_alpha, lora_dropout, lora_targets, max_tokens, seed, chunk_elements)
+    if job:
+        _submit("distill", {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
+                json_output)
+        return
+    result = run(base_spec, teacher_spec, spec, out, emit=_emit)
+    _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
+            f"final KL {result.final_kl:.4f}")
+
+
+# --- runs cost ----------------------------------------------------------------------------------------------
+
+
+def runs_cost(
+    targets: Annotated[Optional[list[str]], typer.Argument(help="Job ids or run/output folders (default: every job).")] = None,
+    prices: Annotated[Optional[str], typer.Option("--prices", help="JSON or TOML table of device kind → USD per hour, over the defaults.")] = None,
+    json_output: opt.Json = False,
+) -> None:
+    """Device-seconds, peak memory and dollars per stage, from each run's cost records."""
+    from engine.costs import cost_lines, load_prices
+    from engine.jobs import find_run, list_runs, runs_dir
+
+    table = load_prices(prices)
+    folders: dict[str, Path] = {}
+    if not targets:
+        folders = {status.id: runs_dir() / status.id for status in list_runs()}
+    for target in targets or ():
+        folders[target] = Path(target) if Path(target).exists() else find_run(target)
+    lines = cost_lines(folders, table)
+    if json_output:
+        opt.print_json({"prices": table, "lines": [asdict(line) for line in lines],
+                        "usd": sum(line.usd or 0.0 for line in lines)})
+        return
+    if not lines:
+        typer.echo("no cost records (each stage writes cost.json when it ends)")
+        return
+    typer.echo(f"{'RUN':<32} {'STAGE':<11} {'DEVICE':<24} {'DEVICE-H':>9} {'PEAK GB':>8} {'USD':>8}")
+    for line in lines:
+        usd = "no price" if line.usd is None else f"{line.usd:.2f}"
+        typer.echo(f"{line.run[-32:]:<32} {line.stage:<11} {line.device[:24]:<24} {line.device_seconds / 3600:9.3f} "
+                   f"{line.peak_memory_bytes / 2**30:8.2f} {usd:>8}")
+    priced = [line.usd for line in lines if line.usd is not None]
+    typer.echo(f"total: {sum(line.device_seconds for line in lines) / 3600:.3f} device-hours, "
+               f"${sum(priced):.2f} for the priced devices")
+
+
+# --- pipeline -----------------------------------------------------------------------------------------------
+
+
+def pipeline(
+    config: Annotated[str, typer.Argument(help="A pipeline TOML file (see examples/pipeline-demo.toml).")],
+    out: Annotated[str, typer.Option("--out", help="Folder for every stage's output and report.md.")] = "pipeline",
+    resume: Resume = False,
+    job: Job = False,
+    json_output: opt.Json = False,
+) -> None:
+    """Run rollouts → pool → train (or a τ sweep) → eval of base and tuned, from one TOML file."""
+    from engine.jobs import Diverged
+    from engine.pipeline import load_pipeline, run_pipeline
+
+    checked = load_pipeline(config)
+    if job:
+        _submit("pipeline", {"pipeline": checked}, json_output)
+        return
+    try:
+        result = run_pipeline(checked, out, resume=resume, emit=_emit)
+    except Diverged as error:
+        print(f"rmx: {error}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if json_output:
+        opt.print_json(result.to_json())
+        return
+    typer.echo(Path(result.report).read_text(encoding="utf-8"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rollouts")(rollouts)
+    pool = typer.Typer(help="Inspect and select the training pool (problems with mixed success).", no_args_is_help=True)
+    pool.command("show")(pool_show)
+    pool.command("select")(pool_select)
+    app.add_typer(pool, name="pool")
+    app.command("train")(train)
+    app.command("sweep")(sweep)
+    app.command("distill")(distill)
+    evaluation = typer.Typer(help="Score models on math benchmarks, and compare runs.", invoke_without_command=True)
+    evaluation.callback()(eval_run)
+    evaluation.command("compare")(eval_compare)
+    app.add_typer(evaluation, name="eval")
+    runs = typer.Typer(help="What runs cost.", no_args_is_help=True)
+    runs.command("cost")(runs_cost)
+    app.add_typer(runs, name="runs")
+    app.command("pipeline")(pipeline)

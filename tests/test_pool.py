@@ -1,0 +1,126 @@
+"""The training pool: mixed-success selection, closest-to-0.5, the length trim, base entropies and stats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.config import ModelSpec
+from engine.errors import RmxError
+from engine.records import Rollout
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rollouts(pattern: dict[str, list[tuple[bool, int]]]) -> list[Rollout]:
+    """Rollouts from {problem: [(correct, completion length), …]}."""
+    return [Rollout(pid, i, (1, 2, 3), tuple(range(5, 5 + length)), "", "1", None, ok, "eos")
+            for pid, samples in pattern.items() for i, (ok, length) in enumerate(samples)]
+
+
+PATTERN = {
+    "easy": [(True, 10)] * 4,                                          # pass rate 1: no signal
+    "hard": [(False, 30)] * 4,                                         # pass rate 0: no signal
+    "quarter": [(True, 10), (False, 40), (False, 50), (False, 60)],    # 0.25
+    "half": [(True, 12), (True, 14), (False, 45), (False, 55)],        # 0.5
+    "most": [(True, 8), (True, 9), (True, 11), (False, 70)],           # 0.75
+}
+
+
+def test_pool_keeps_only_mixed_success_and_the_closest_to_one_half():
+    from engine.pool import PoolSpec, select_pool
+
+    pool = select_pool(_rollouts(PATTERN), PoolSpec("r.jsonl"))
+    assert [r.problem_id for r in pool][::4] == ["quarter", "half", "most"]
+    two = select_pool(_rollouts(PATTERN), PoolSpec("r.jsonl", size=2))
+    assert {r.problem_id for r in two} == {"half", "quarter"}  # 0.5 first; 0.25 and 0.75 tie, file order wins
+
+
+def test_pool_without_mixed_problems_names_the_problem():
+    from engine.pool import PoolSpec, select_pool
+
+    rollouts = _rollouts({"easy": PATTERN["easy"], "hard": PATTERN["hard"]})
+    with pytest.raises(RmxError, match="no training signal: 0 of 2 problems have mixed success at K=4"):
+        select_pool(rollouts, PoolSpec("r.jsonl"))
+
+
+def test_length_trim_keeps_the_shortest_and_shows_its_bias():
+    from engine.pool import PoolSpec, pool_stats, select_pool
+
+    rollouts = _rollouts(PATTERN)
+    trimmed = select_pool(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
+    assert len(trimmed) == 6 and max(len(r.completion_ids) for r in trimmed) == 14
+    stats = pool_stats(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
+    assert stats.lengths_wrong.count == 6 and stats.trimmed_wrong.count == 0  # every wrong rollout is long
+    assert stats.trimmed_correct.count == 6
+    with pytest.raises(RmxError, match="keep-shortest"):
+        PoolSpec("r.jsonl", keep_shortest=0.0)
+
+
+def test_pool_stats_histogram_and_decision_rates():
+    from engine.pool import PoolSpec, pool_stats, select_pool
+
+    rollouts = _rollouts(PATTERN)
+    stats = pool_stats(rollouts, PoolSpec("r.jsonl"), taus=("1.0", "q0.5"))
+    assert stats.pass_rates == [("0/4", 1), ("1/4", 1), ("2/4", 1), ("3/4", 1), ("4/4", 1)]
+    assert (stats.problems, stats.mixed, stats.all_correct, stats.all_wrong, stats.selected) == (5, 3, 1, 1, 3)
+    assert stats.decision is None
+    pool = select_pool(rollouts, PoolSpec("r.jsonl"))
+    entropies = [[2.0 if r.correct else 0.5] * len(r.completion_ids) for r in pool]
+    stats = pool_stats(rollouts, PoolSpec("r.jsonl"), entropies, taus=("1.0", "q0.5"))
+    fixed = stats.decision[0]
+    correct_tokens = sum(len(r.completion_ids) for r in pool if r.correct)
+    total_tokens = sum(len(r.completion_ids) for r in pool)
+    assert (fixed.tau, fixed.correct, fixed.wrong) == ("1", 1.0, 0.0)
+    assert fixed.fraction == pytest.approx(correct_tokens / total_tokens)
+    assert stats.decision[1].tau == "q0.5"
+
+
+def test_write_pool_writes_jsonl_and_stats(tmp_path):
+    from engine.pool import PoolSpec, write_pool
+    from engine.rollouts import read_rollouts
+
+    source = tmp_path / "rollouts.jsonl"
+    source.write_text("".join(json.dumps(r.to_json()) + "\n" for r in _rollouts(PATTERN)))
+    result = write_pool(PoolSpec(str(source), size=1), tmp_path / "pool.jsonl")
+    assert [r.problem_id for r in read_rollouts(result.path)] == ["half"] * 4
+    stats = json.loads((tmp_path / "pool_stats.json").read_text())
+    assert stats["selected"] == 1 and stats["mixed"] == 3
+
+
+def test_base_entropies_match_engine_scoring_and_resume_from_a_cut_cache(tiny_llama, tmp_path):
+    from engine.models import load_model
+    from engine.pool import base_entropies
+    from engine.scoring import score
+
+    model = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
+    rollouts = [Rollout("p", i, (5, 6, 7, 8), tuple(range(20 + i, 40 + 2 * i)), "", "1", None, i % 2 == 0, "eos")
+                for i in range(3)]
+    cache = tmp_path / "entropies.jsonl"
+    got = base_entropies(model, rollouts, chunk_elements=400, cache=cache)  # ~1 position per chunk
+    reference = score(model, [(r.prompt_ids, r.completion_ids) for r in rollouts])
+    for mine, scored in zip(got, reference):
+        assert mine == pytest.approx([t.entropy for t in scored.tokens], abs=1e-5)
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 4  # header + one line per rollout
+    cache.write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])  # killed in the middle of the second line
+    calls = []
+    again = base_entropies(model, rollouts, chunk_elements=400, cache=cache,
+                           progress=lambda done, total: calls.append(done))
+    assert again == got and calls == [1, 2, 3]
+    readable = []
+    for line in cache.read_text().splitlines():
+        try:
+            readable.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the cut line stays, unreadable and ignored
+    assert len(readable) == 4  # the header and a whole record for each rollout
