@@ -6,6 +6,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 from typing import Annotated, Optional
 
@@ -58,6 +59,10 @@ _register_commands()
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.environ.get("RMX_DEBUG"):
+        # Library deprecation notices (transformers, peft) are for rmx's developers, not its users.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         app()
     except RmxError as error:
