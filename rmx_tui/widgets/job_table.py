@@ -11,7 +11,8 @@ from textual.widgets import DataTable
 BAR = 16
 """Cells of the progress bar."""
 EIGHTHS = " ▏▎▍▌▋▊▉"
-COLUMNS = ("run", "kind", "state", "progress", "ETA", "tok/s", "time")
+COLUMNS = {"run": 29, "kind": 9, "state": 12, "progress": BAR + 12, "ETA": 7, "tok/s": 6, "time": 7}
+"""Each column and its fixed width: the table does not jitter as jobs move, and the header is laid out with the rows."""
 
 
 def duration(seconds: float) -> str:
@@ -71,8 +72,8 @@ class JobTable(DataTable):
         """The latest `*/tok_s` seen per run: a job's last event is not always the one that carries it."""
 
     def on_mount(self) -> None:
-        for name in COLUMNS:
-            self.add_column(name, key=name)
+        for name, width in COLUMNS.items():
+            self.add_column(name, key=name, width=width)
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rebuild())
 
     @property
@@ -100,7 +101,7 @@ class JobTable(DataTable):
         for job_id, status in fresh.items():
             if status != self.statuses[job_id] or status.active:
                 for name, cell in zip(COLUMNS, self._cells(status)):
-                    self.update_cell(job_id, name, cell, update_width=True)
+                    self.update_cell(job_id, name, cell)
         self.statuses = fresh
 
     def _rebuild(self) -> None:
