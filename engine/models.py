@@ -248,7 +248,9 @@ class LoadedModel:
 
     @property
     def is_peft(self) -> bool:
-        return hasattr(self.module, "peft_config")
+        """Whether the module is a PEFT wrapper. A bare model that LoRA layers were injected into also
+        carries `peft_config`, but has no adapters to switch and is its own core."""
+        return hasattr(self.module, "peft_config") and hasattr(self.module, "get_base_model")
 
     @contextlib.contextmanager
     def active(self) -> Iterator[object]:

@@ -9,7 +9,7 @@ import pytest
 
 from engine.config import ModelSpec
 from engine.errors import RmxError
-from engine.models import load_model, load_pair, resolve_dtype
+from engine.models import LoadedModel, load_model, load_pair, resolve_dtype
 
 
 def test_loads_a_local_folder_with_info(tiny_llama):
@@ -142,3 +142,17 @@ def _check_demo(model):
     for token, ref in zip(rollout.tokens, expected.tolist()):
         assert token.entropy == pytest.approx(ref, abs=5e-4)
     assert "".join(t.text for t in rollout.tokens) == "Sam has 4 + 3 = 7 pencils. The answer is \\boxed{7}."
+
+
+def test_a_model_with_injected_lora_layers_is_still_its_own_core(tiny_llama):
+    from engine.train import TrainSpec, lora_model
+
+    loaded = load_model(ModelSpec(source=str(tiny_llama)))
+    wrapper = lora_model(loaded.module, TrainSpec(rollouts="unused"), str(tiny_llama))
+    assert hasattr(loaded.module, "peft_config")  # peft marks the injected model, which is what misled is_peft
+    assert not loaded.is_peft and loaded.core is loaded.module
+    assert loaded.vocab_size == 384
+    with loaded.active() as module:
+        assert module is loaded.module
+    wrapped = LoadedModel(spec=loaded.spec, module=wrapper, tokenizer=loaded.tokenizer, device="cpu")
+    assert wrapped.is_peft and wrapped.core is loaded.module
