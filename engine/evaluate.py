@@ -118,10 +118,36 @@ class EvalResult:
                    seconds=data["seconds"], tokens=data["tokens"])
 
 
-def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
+def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[[str], int],
+                  resume: bool) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Items already complete in `path`, per (benchmark, problem); a problem cut short by a kill is dropped."""
+    if not path.exists():
+        return {}
+    if not resume:
+        raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
+    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+        raise RmxError(f"{path} was evaluated with other settings (see {meta_path.name}): choose another --out")
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:  # the tail of a write a kill cut short
+            continue
+        grouped.setdefault((item["benchmark"], item["problem_id"]), []).append(item)
+    done = {key: items for key, items in grouped.items() if len(items) == samples_of(key[0])}
+    _write(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for items in done.values() for item in items))
+    return done
+
+
+def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *, resume: bool = False,
              emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Score `model` (with its adapter, if any) on each benchmark; write eval.json, eval.md and items.jsonl to `out`."""
+    """Score `model` (with its adapter, if any) on each benchmark; write eval.json, eval.md and items.jsonl to `out`.
+
+    Items are appended one problem at a time. With `resume`, the problems already complete in `out` are
+    kept and only the rest are generated; each problem's samples draw from its own seed, so the scores
+    end as an uninterrupted run's would.
+    """
     from engine.backends import SampleRequest, make_sampler
     from engine.data import load_problems
     from engine.grading import grade, grade_sympy
@@ -134,25 +160,37 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
     if empty:
         raise RmxError(f"no problems left in {', '.join(empty)} after --offset {spec.offset}")
     total = sum(len(p) for p in suites.values())
-    current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
-                           max_new_tokens=spec.max_new_tokens)
-    started, tokens, done = time.perf_counter(), 0, 0
-    scores: list[BenchmarkScore] = []
+
+    def samples_of(benchmark: str) -> int:
+        return spec.avg_k if benchmark in spec.avg_benchmarks else 1
+
     items_out = Path(out) / ITEMS_FILE if out is not None else None
+    done_items: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if items_out is not None:
         items_out.parent.mkdir(parents=True, exist_ok=True)
-        items_out.write_text("")
+        meta_path = items_out.with_name("eval.meta.json")
+        meta = json.loads(json.dumps({"model": asdict(model), "spec": asdict(spec)}))  # tuples read back as lists
+        done_items = _resume_items(items_out, meta_path, meta, samples_of, resume)
+        if not items_out.exists():
+            items_out.write_text("")
+        _write(meta_path, json.dumps(meta, indent=2))
+    current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
+                           max_new_tokens=spec.max_new_tokens)
+    started, tokens, done = time.perf_counter(), 0, len(done_items)
+    if progress is not None:
+        progress(done, total)
+    scores: list[BenchmarkScore] = []
     for name, problems in suites.items():
         averaged = name in spec.avg_benchmarks
-        n = spec.avg_k if averaged else 1
-        right = right_sympy = 0
-        disagreements: list[Disagreement] = []
+        n = samples_of(name)
+        items = {p.id: done_items[(name, p.id)] for p in problems if (name, p.id) in done_items}
+        todo = [p for p in problems if p.id not in items]
         # Greedy prompts share a batch where the backend allows it; sampled ones keep a seed each.
         per_call = current.problems_per_call if averaged else current.greedy_batch
-        for start in range(0, len(problems), per_call):
+        for start in range(0, len(todo), per_call):
             if should_stop is not None and should_stop():
-                raise RmxError("evaluation stopped before it finished: no partial scores are reported")
-            batch = problems[start:start + per_call]
+                raise RmxError("evaluation stopped before it finished: resume it to go on")
+            batch = todo[start:start + per_call]
             requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, spec.template)), n,
                                       problem_seed(spec.seed, p.id), greedy=not averaged) for p in batch]
             for problem, samples in zip(batch, current.sample(requests)):
@@ -161,34 +199,40 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
                     text = current.tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
                     mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s)
                     sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s)
-                    right += mv.correct
-                    right_sympy += sy.correct
                     tokens += len(sample.completion_ids)
-                    if mv.correct != sy.correct:
-                        disagreements.append(Disagreement(problem.id, index, mv.extracted, problem.answer,
-                                                          mv.correct, sy.correct))
-                    lines.append(json.dumps({"benchmark": name, "problem_id": problem.id, "sample": index,
-                                             "text": text, "extracted": mv.extracted, "gold": problem.answer,
-                                             "correct": mv.correct, "correct_sympy": sy.correct,
-                                             "finish": sample.finish}, ensure_ascii=False) + "\n")
+                    lines.append({"benchmark": name, "problem_id": problem.id, "sample": index, "text": text,
+                                  "extracted": mv.extracted, "gold": problem.answer, "correct": mv.correct,
+                                  "correct_sympy": sy.correct, "finish": sample.finish,
+                                  "tokens": len(sample.completion_ids)})
+                items[problem.id] = lines
                 if items_out is not None:
+                    # One write per problem: a kill leaves whole problems plus at most one cut-off tail.
                     with items_out.open("a", encoding="utf-8") as handle:
-                        handle.write("".join(lines))
+                        handle.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
                 done += 1
                 if progress is not None:
                     progress(done, total)
-        count = len(problems) * n
-        score = BenchmarkScore(name, f"avg@{n}" if averaged else "pass@1", right / count, right_sympy / count,
-                               len(problems), count, disagreements)
+        score = _score(name, f"avg@{n}" if averaged else "pass@1", [items[p.id] for p in problems])
         scores.append(score)
         emit({"eval/benchmark": name, "eval/metric": score.metric, "eval/score": score.score,
-              "eval/score_sympy": score.score_sympy, "eval/disagreements": len(disagreements)})
+              "eval/score_sympy": score.score_sympy, "eval/disagreements": len(score.disagreements)})
     result = EvalResult(model=model.label, adapter=model.adapter, grader="math-verify", scores=scores,
                         seconds=time.perf_counter() - started, tokens=tokens)
     if out is not None:
         _write(Path(out) / RESULT_FILE, json.dumps(result.to_json(), indent=2))
         _write(Path(out) / TABLE_FILE, markdown_table(result))
     return result
+
+
+def _score(benchmark: str, metric: str, problems: list[list[dict[str, Any]]]) -> BenchmarkScore:
+    """A benchmark's score from its items, whether generated now or kept from before a resume."""
+    samples = [item for items in problems for item in items]
+    disagreements = [Disagreement(item["problem_id"], item["sample"], item["extracted"], item["gold"],
+                                  item["correct"], item["correct_sympy"])
+                     for item in samples if item["correct"] != item["correct_sympy"]]
+    return BenchmarkScore(benchmark, metric, sum(item["correct"] for item in samples) / len(samples),
+                          sum(item["correct_sympy"] for item in samples) / len(samples), len(problems),
+                          len(samples), disagreements)
 
 
 def _write(path: Path, text: str) -> None:

@@ -109,7 +109,8 @@ def sweep(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: str | Pa
             if resume and (scored / "eval.json").exists():
                 evaluation = load_result(scored)
             else:
-                evaluation = evaluate(replace(base, adapter=result.adapter), holdout, scored)
+                evaluation = evaluate(replace(base, adapter=result.adapter), holdout, scored, resume=resume,
+                                      should_stop=should_stop)
             score = evaluation.scores[0].score
         rows.append(SweepRow(tau, result.tau_correct, result.decision_frac, result.state, result.adapter, score))
         emit({"sweep/tau": tau, "sweep/score": score, "sweep/decision_frac": result.decision_frac})
@@ -259,11 +260,12 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
         raise RmxError("pipeline stopped after training: resume it to go on")
     eval_spec = _spec(EvalSpec, config["eval"])
     stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate(
-        model, eval_spec, folder, emit=emit, should_stop=should_stop), emit)
+        model, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop), emit)
     comparison = None
     if adapter is not None:
         stages["eval_tuned"] = _stage("eval_tuned", out, resume, lambda folder: evaluate(
-            replace(model, adapter=adapter), eval_spec, folder, emit=emit, should_stop=should_stop), emit)
+            replace(model, adapter=adapter), eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop),
+            emit)
         comparison = compare([("base", EvalResult.from_json(stages["eval_base"])),
                               ("tuned", EvalResult.from_json(stages["eval_tuned"]))])
     report = out / "report.md"
@@ -375,7 +377,8 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
-        evaluate(model, spec, run.artifacts, emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
+        evaluate(model, spec, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
+                 progress=run.set_progress)
 
 
 def distill_job(config: dict[str, Any], run: RunContext) -> None:

@@ -164,3 +164,28 @@ def test_greedy_prompts_batched_together_decode_as_they_do_alone(tiny_llama):
     together = sampler.sample(requests)
     alone = [sampler.sample([r])[0] for r in requests]
     assert together == alone
+
+
+def test_an_interrupted_eval_resumes_to_the_uninterrupted_scores(tiny_llama, tmp_path):
+    from engine.evaluate import EvalSpec, evaluate
+
+    model = ModelSpec(str(tiny_llama), dtype="float32")
+    spec = EvalSpec(benchmarks=("smoke", "gsm8k"), limit=3, max_new_tokens=5, template="raw", avg_k=2,
+                    avg_benchmarks=("gsm8k",))
+    whole = evaluate(model, spec, tmp_path / "whole")
+    calls = iter(range(100))
+    with pytest.raises(RmxError, match="resume it to go on"):
+        evaluate(model, spec, tmp_path / "cut", should_stop=lambda: next(calls) >= 1)
+    items = tmp_path / "cut" / "items.jsonl"
+    kept = items.read_text().splitlines()
+    assert 0 < len(kept) < 3 + 3 * 2
+    items.write_text("\n".join(kept) + "\n" + kept[-1][: len(kept[-1]) // 2])  # a write cut short by a kill
+    with pytest.raises(RmxError, match="already exists: pass --resume"):
+        evaluate(model, spec, tmp_path / "cut")
+    resumed = evaluate(model, spec, tmp_path / "cut", resume=True)
+    assert resumed.scores == whole.scores
+    assert items.read_text().splitlines()[: len(kept)] == kept
+    assert sorted(items.read_text().splitlines()) == sorted((tmp_path / "whole" / "items.jsonl").read_text().splitlines())
+    with pytest.raises(RmxError, match="other settings"):
+        evaluate(model, EvalSpec(benchmarks=("smoke",), limit=3, max_new_tokens=5, template="raw"),
+                 tmp_path / "cut", resume=True)

@@ -382,6 +382,7 @@ def eval_run(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    resume: Resume = False,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -398,7 +399,7 @@ def eval_run(
     if job:
         _submit("eval", {"model": asdict(spec_model), "eval": asdict(spec)}, json_output)
         return
-    result = evaluate(spec_model, spec, out, emit=_emit)
+    result = evaluate(spec_model, spec, out, resume=resume, emit=_emit)
     _result(result, json_output, markdown_table(result))
 
 
