@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from engine.config import ModelSpec
 from engine.errors import RmxError
 
 TEACHER_FILE = "teacher_topk.npz"
+SUMMARY_FILE = "distill_summary.json"
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,16 @@ class DistillSpec:
     seed: int = 0
     chunk_elements: int = 1 << 24
     """Most positions × vocab fp32 logits alive at once."""
+    checkpoint_every: int = 0
+    """Optimizer steps between checkpoints; 0 checkpoints every 15% of the run, as training does."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "chunk_elements"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise RmxError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise RmxError(f"--checkpoint-every must be an integer ≥ 0, got {self.checkpoint_every}")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
             raise RmxError("--lr must be > 0, --weight-decay ≥ 0 and --warmup-ratio in [0, 1)")
         if self.max_tokens is not None and self.max_tokens < 2:
@@ -79,8 +87,33 @@ def topk_kl(student_logits, teacher_ids, teacher_logits):
     return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
 
 
+def _fingerprint(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec) -> str:
+    """What a checkpoint or teacher cache must match to be reused: both models, the config and the rollouts file."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in asdict(spec).items() if k != "checkpoint_every"}
+    digest.update(json.dumps([base.source, base.dtype, base.revision, asdict(teacher), settings], sort_keys=True,
+                             default=str).encode())
+    with open(spec.rollouts, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_teacher(path: Path, fingerprint: str) -> bool:
+    """Whether `path` holds the teacher pass of this very run (a resume then skips the teacher)."""
+    import numpy as np
+
+    if not path.exists():
+        return False
+    try:
+        with np.load(path) as stored:
+            return str(stored["fingerprint"]) == fingerprint
+    except (OSError, KeyError, ValueError):  # cut short, or written by another version
+        return False
+
+
 def _teacher_pass(teacher: ModelSpec, sequences: list[tuple[list[int], int]], top_k: int, chunk_elements: int,
-                  path: Path) -> None:
+                  path: Path, fingerprint: str) -> None:
     """The teacher's top-k ids and logits at every completion position, saved once (then the teacher is freed)."""
     import numpy as np
     import torch
@@ -102,27 +135,50 @@ def _teacher_pass(teacher: ModelSpec, sequences: list[tuple[list[int], int]], to
                 values, top = torch.topk(transform(head(h[a:a + step])).float(), top_k, dim=-1)
                 ids_out.append(top.cpu().numpy().astype(np.int32))
                 logits_out.append(values.cpu().numpy())
-    np.savez(path, ids=np.concatenate(ids_out), logits=np.concatenate(logits_out))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as handle:
+        np.savez(handle, ids=np.concatenate(ids_out), logits=np.concatenate(logits_out),
+                 fingerprint=np.array(fingerprint))
+    os.replace(tmp, path)
     del model
     gc.collect()
 
 
-def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | Path, *,
+def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | Path, *, resume: bool = False,
             emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
             progress: Callable[[int, int], None] | None = None) -> DistillResult:
-    """Train a LoRA on `base` so that its next-token distribution matches the teacher's on `spec.rollouts`."""
+    """Train a LoRA on `base` so that its next-token distribution matches the teacher's on `spec.rollouts`.
+
+    Checkpoints land in `out/checkpoints/`; `resume` continues from the newest one (the teacher pass is
+    kept too), and the final adapter is then bit-identical to an uninterrupted run's.
+    """
     import numpy as np
     import torch
 
     from engine.models import load_model
     from engine.rollouts import read_rollouts
     from engine.scoring import _logit_transform, hidden_states
-    from engine.train import _commit_folder, _schedule, _write_adapter, lora_model
+    from engine.train import (
+        CHECKPOINTS, STATE_FILE, _commit_folder, _load_checkpoint, _rng_state, _schedule, _seed_all,
+        _write_checkpoint, _write_adapter, latest_checkpoint, lora_model,
+    )
 
     emit = emit or (lambda event: None)
     out = Path(out)
     if base.adapter:
         raise RmxError("distillation trains a fresh adapter on the bare base: drop --adapter")
+    if not Path(spec.rollouts).is_file():
+        raise RmxError(f"no rollouts file at {spec.rollouts}")
+    fingerprint = _fingerprint(base, teacher, spec)
+    summary_file = out / SUMMARY_FILE
+    existing = latest_checkpoint(out)
+    if not resume and (existing is not None or summary_file.exists()):
+        raise RmxError(f"{out} already holds a distillation: pass --resume to continue it, or choose another --out")
+    if resume and summary_file.exists():
+        done = json.loads(summary_file.read_text())
+        if done.get("fingerprint") == fingerprint:
+            return DistillResult(**done["result"])
+        raise RmxError(f"{out} holds a finished distillation of another config or rollouts file: choose another --out")
     rollouts = [r for r in read_rollouts(spec.rollouts) if r.prompt_ids and r.completion_ids]
     if not rollouts:
         raise RmxError(f"{spec.rollouts} has no rollout with both a prompt and a completion")
@@ -134,8 +190,11 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         raise RmxError(f"every prompt is longer than {limit} tokens: raise --max-tokens")
     out.mkdir(parents=True, exist_ok=True)
     cache = out / TEACHER_FILE
-    emit({"distill/phase": "teacher"})
-    _teacher_pass(teacher, sequences, spec.top_k, spec.chunk_elements, cache)
+    if resume and _cached_teacher(cache, fingerprint):
+        emit({"distill/phase": "teacher", "distill/teacher_cache": "reused"})
+    else:
+        emit({"distill/phase": "teacher"})
+        _teacher_pass(teacher, sequences, spec.top_k, spec.chunk_elements, cache, fingerprint)
     stored = np.load(cache)
     teacher_ids, teacher_logits = torch.from_numpy(stored["ids"]).long(), torch.from_numpy(stored["logits"])
     offsets = [0]
@@ -159,11 +218,34 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     windows = [order[i:i + per_step] for i in range(0, len(order), per_step)]
     total = len(windows)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
+    every = spec.checkpoint_every or max(1, round(0.15 * total))
+    (out / CHECKPOINTS).mkdir(exist_ok=True)
+    for stale in (out / CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a checkpoint a kill interrupted: never part of the run
+    _seed_all(spec.seed)
+    done, history = 0, []
+    if resume and existing is not None:
+        done, history, windows = _load_checkpoint(model, optimizer, scheduler, existing, fingerprint)
+        emit({"distill/resumed_from": done})
+
+    def checkpoint(at: int) -> None:
+        state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
+        previous = latest_checkpoint(out)
+        folder = out / CHECKPOINTS / f"step-{at:06d}"
+        try:
+            _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
+        except OSError as error:
+            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+            raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
+                           "free space and rerun with --resume") from None
+        if previous is not None and previous != folder:
+            (previous / STATE_FILE).unlink(missing_ok=True)
+        emit({"distill/checkpoint": str(folder), "step": at})
+
     emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
-    started, last_kl, done = time.perf_counter(), math.nan, 0
-    for window in windows:
-        if should_stop is not None and should_stop():
-            raise RmxError(f"distillation stopped at step {done} of {total}: no adapter was written")
+    started, last_kl = time.perf_counter(), (history[-1] if history else math.nan)
+    for window in windows[done:]:
         kl_sum = 0.0
         for index in window:
             ids, prompt_len = sequences[index]
@@ -185,12 +267,21 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         done += 1
         last_kl = kl_sum / len(window)
         if not math.isfinite(last_kl):
-            raise RmxError(f"distillation went numerically wrong at step {done}: KL is {last_kl}")
+            raise RmxError(f"distillation went numerically wrong at step {done}: KL is {last_kl}; "
+                           "the last checkpoint is intact")
+        history.append(last_kl)
         emit({"step": done, "distill/step": done, "distill/total": total, "distill/kl": last_kl, "distill/lr": lr})
         if progress is not None:
             progress(done, total)
+        stopping = should_stop is not None and should_stop()
+        if done % every == 0 or done == total or stopping:
+            checkpoint(done)
+        if stopping and done < total:
+            raise RmxError(f"distillation stopped at step {done} of {total}: resume it to go on")
     final = out / "adapter"
     _commit_folder(lambda tmp: _write_adapter(model, tmp), final)
     result = DistillResult(str(final), done, len(sequences), offsets[-1], last_kl, time.perf_counter() - started)
-    (out / "distill_summary.json").write_text(json.dumps(result.to_json(), indent=2))
+    tmp = summary_file.with_name(f".{summary_file.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_json()}, indent=2))
+    os.replace(tmp, summary_file)
     return result

@@ -384,8 +384,8 @@ def eval_job(config: dict[str, Any], run: RunContext) -> None:
 def distill_job(config: dict[str, Any], run: RunContext) -> None:
     model, teacher, spec = _job_config(config, "model", "teacher", "distill")
     with Meter("distill", run.artifacts):
-        result = distill(model, teacher, spec, run.artifacts, emit=run.emit, should_stop=run.should_stop,
-                         progress=run.set_progress)
+        result = distill(model, teacher, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+                         should_stop=run.should_stop, progress=run.set_progress)
     _write_json(run.artifacts / "result.json", result.to_json())
 
 

@@ -187,3 +187,28 @@ def test_distill_pulls_the_student_toward_the_teacher(tiny_llama, tiny_llama_tea
     assert result.steps == 24 and result.positions > 0
     assert sum(kls[-4:]) < 0.8 * sum(kls[:4])
     assert load_model(ModelSpec(str(tiny_llama), adapter=result.adapter)).adapter_name == "adapter"
+
+
+def test_a_stopped_distillation_resumes_to_a_bit_identical_adapter(tiny_llama, tiny_llama_teacher, tmp_path):
+    from engine.distill import DistillSpec, distill
+
+    rollouts = make_rollouts(tmp_path / "r.jsonl", problems=2, k=2)
+    spec = DistillSpec(str(rollouts), top_k=16, epochs=2, batch_size=1, grad_accum=1, lr=2e-2, warmup_ratio=0.25,
+                       lora_r=4, lora_alpha=8, lora_dropout=0.1, checkpoint_every=3)
+    base, teacher = ModelSpec(str(tiny_llama), dtype="float32"), ModelSpec(str(tiny_llama_teacher), dtype="float32")
+    whole = distill(base, teacher, spec, tmp_path / "whole")
+    polls = iter(range(100))
+    with pytest.raises(RmxError, match="stopped at step 5 of 8: resume"):
+        distill(base, teacher, spec, tmp_path / "cut", should_stop=lambda: next(polls) >= 4)
+    assert not (tmp_path / "cut" / "adapter").exists()
+    with pytest.raises(RmxError, match="already holds a distillation"):
+        distill(base, teacher, spec, tmp_path / "cut")
+    events: list[dict] = []
+    resumed = distill(base, teacher, spec, tmp_path / "cut", resume=True, emit=events.append)
+    assert {"distill/phase": "teacher", "distill/teacher_cache": "reused"} in events
+    assert {"distill/resumed_from": 5} in events
+    assert [e["distill/step"] for e in events if "distill/step" in e] == [6, 7, 8]
+    assert resumed.final_kl == whole.final_kl and resumed.steps == whole.steps == 8
+    weights = "adapter_model.safetensors"
+    assert (tmp_path / "cut" / "adapter" / weights).read_bytes() == (tmp_path / "whole" / "adapter" / weights).read_bytes()
+    assert distill(base, teacher, spec, tmp_path / "cut", resume=True).adapter == resumed.adapter  # finished: reused

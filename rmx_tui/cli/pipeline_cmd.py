@@ -445,6 +445,8 @@ def distill(
     max_tokens: MaxTokens = None,
     seed: Seed = 0,
     chunk_elements: ChunkElements = 1 << 24,
+    checkpoint_every: CheckpointEvery = 0,
+    resume: Resume = False,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -461,12 +463,12 @@ def distill(
     if teacher_spec is None:
         raise RmxError("rmx distill needs a teacher: --teacher MODEL and/or --teacher-adapter ADAPTER")
     spec = DistillSpec(rollouts, top_k, epochs, batch_size, grad_accum, lr, weight_decay, warmup_ratio, lora_r,
-                       lora_alpha, lora_dropout, lora_targets, max_tokens, seed, chunk_elements)
+                       lora_alpha, lora_dropout, lora_targets, max_tokens, seed, chunk_elements, checkpoint_every)
     if job:
         _submit("distill", {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
                 json_output)
         return
-    result = run(base_spec, teacher_spec, spec, out, emit=_emit)
+    result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=_emit)
     _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
             f"final KL {result.final_kl:.4f}")
 
