@@ -13,72 +13,15 @@ from engine.config import ModelSpec
 from engine.costs import Meter
 from engine.distill import DistillSpec, distill
 from engine.errors import RmxError
-from engine.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate, load_result
+from engine.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
 from engine.jobs import Diverged, RunContext, register_job_kind
 from engine.pool import PoolSpec, write_pool
 from engine.rollouts import RolloutSpec, sample_rollouts
+from engine.sweep import SweepSpec, sweep
 from engine.train import TrainResult, TrainSpec, train
 
 STAGE_FILE = "stage.json"
 """Written into a stage's folder when it finishes: a resumed pipeline skips stages that have one."""
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """The τ sweep: one adapter per τ, each scored on a holdout, the best one kept (paper §6.1)."""
-
-    taus: tuple[str, ...] = ("1.2", "1.4", "1.6", "1.8")
-    """Thresholds to try, in nats or as quantiles (q0.97)."""
-    holdout: int = 50
-    """Holdout problems each adapter is scored on (greedy pass@1)."""
-    holdout_dataset: str = "math_train_pool_500"
-    """Where the holdout comes from."""
-    holdout_offset: int = 450
-    """First holdout problem: rows 450+ of math_train_pool_500 are disjoint from math_train_pool_150."""
-    max_new_tokens: int = 4096
-    template: str | None = "auto"
-
-    def __post_init__(self) -> None:
-        from engine.config import Tau
-
-        taus = self.taus.split(",") if isinstance(self.taus, str) else list(self.taus)
-        taus = tuple(str(t).strip() for t in taus if str(t).strip())
-        if not taus:
-            raise RmxError("--taus is empty: give thresholds such as 1.2,1.4,1.6,1.8")
-        for tau in taus:
-            Tau.parse(tau)
-        object.__setattr__(self, "taus", taus)
-        if not isinstance(self.holdout, int) or self.holdout < 1:
-            raise RmxError(f"--holdout must be a positive integer, got {self.holdout}")
-        if not isinstance(self.holdout_offset, int) or self.holdout_offset < 0:
-            raise RmxError(f"--holdout-offset must be ≥ 0, got {self.holdout_offset}")
-
-    def eval_spec(self) -> EvalSpec:
-        return EvalSpec(benchmarks=(self.holdout_dataset,), limit=self.holdout, offset=self.holdout_offset,
-                        max_new_tokens=self.max_new_tokens, template=self.template, avg_benchmarks=())
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    tau: str
-    tau_nats: float
-    decision_frac: float
-    state: str
-    """The training run's end state: done, diverged or stopped."""
-    adapter: str | None
-    score: float | None
-    """Holdout pass@1 (math-verify); None when training did not finish."""
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    rows: list[SweepRow]
-    best_tau: str | None
-    best_adapter: str | None
-    holdout: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -86,41 +29,6 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def sweep(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: str | Path, *, resume: bool = False,
-          emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None
-          ) -> SweepResult:
-    """Train one adapter per τ (sharing one base pass) and keep the one with the best holdout score."""
-    emit = emit or (lambda event: None)
-    out = Path(out)
-    holdout = sweep_spec.eval_spec()
-    rows: list[SweepRow] = []
-    for tau in sweep_spec.taus:
-        if should_stop is not None and should_stop():
-            raise RmxError("sweep stopped before every τ was trained")
-        folder = out / f"tau-{tau}"
-        emit({"sweep/tau": tau})
-        result = train(base, replace(spec, tau=tau, tau_correct=None, tau_wrong=None), folder, resume=resume,
-                       emit=emit, should_stop=should_stop, base_pass=out / "base_pass")
-        score = None
-        if result.state == "done":
-            scored = folder / "holdout"
-            if resume and (scored / "eval.json").exists():
-                evaluation = load_result(scored)
-            else:
-                evaluation = evaluate(replace(base, adapter=result.adapter), holdout, scored, resume=resume,
-                                      should_stop=should_stop)
-            score = evaluation.scores[0].score
-        rows.append(SweepRow(tau, result.tau_correct, result.decision_frac, result.state, result.adapter, score))
-        emit({"sweep/tau": tau, "sweep/score": score, "sweep/decision_frac": result.decision_frac})
-    scored_rows = [r for r in rows if r.score is not None]
-    best = max(scored_rows, key=lambda r: r.score, default=None)  # ties keep the first τ given
-    result = SweepResult(rows, best.tau if best else None, best.adapter if best else None,
-                         f"{sweep_spec.holdout_dataset}[{sweep_spec.holdout_offset}:"
-                         f"{sweep_spec.holdout_offset + sweep_spec.holdout}]")
-    _write_json(out / "sweep.json", result.to_json())
-    return result
 
 
 # --- the TOML pipeline -------------------------------------------------------------------------------------

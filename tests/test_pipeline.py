@@ -89,7 +89,7 @@ def test_pipeline_runs_every_stage_and_resumes_finished_ones(tiny_llama, tmp_pat
 
 
 def test_sweep_trains_one_adapter_per_tau_and_keeps_the_best(tiny_llama, tmp_path):
-    from engine.pipeline import SweepSpec, sweep
+    from engine.sweep import SweepSpec, sweep
     from engine.train import TrainSpec
 
     rollouts = make_rollouts(tmp_path / "r.jsonl")
@@ -106,6 +106,39 @@ def test_sweep_trains_one_adapter_per_tau_and_keeps_the_best(tiny_llama, tmp_pat
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["best_tau"] == "q0.5"
     with pytest.raises(RmxError, match="--taus"):
         SweepSpec(taus="")
+    with pytest.raises(RmxError, match="names a τ twice"):
+        SweepSpec(taus="1.2,1.2")
+    with pytest.raises(RmxError, match="unknown device 'gpu7'"):
+        SweepSpec(devices="cuda:0,gpu7")
+
+
+def test_a_sweep_over_two_devices_runs_a_lane_each_and_matches_one_device(tiny_llama, tmp_path):
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.sweep import SweepSpec, sweep, sweep_devices
+    from engine.train import TrainSpec
+
+    rollouts = make_rollouts(tmp_path / "r.jsonl")
+    spec = TrainSpec(str(rollouts), grad_accum=4, lr=1e-3, lora_r=4, lora_alpha=8, max_steps=2)
+    model = ModelSpec(str(tiny_llama), dtype="float32", device="cpu")
+    one = SweepSpec(taus="q0.5,q0.9", holdout=2, holdout_dataset="smoke", holdout_offset=10, max_new_tokens=4,
+                    template="raw")
+    two = replace(one, devices=("cpu", "cpu"))
+    assert sweep_devices(model, one) == ("cpu",) and sweep_devices(model, two) == ("cpu", "cpu")
+    alone = sweep(model, spec, one, tmp_path / "one")
+    events: list[dict] = []
+    spread = sweep(model, spec, two, tmp_path / "two", emit=events.append)
+    assert {"sweep/devices": "cpu,cpu"} in events
+    assert sorted(e["sweep/tau"] for e in events if "sweep/score" in e) == ["q0.5", "q0.9"]  # streamed from the lanes
+    assert (tmp_path / "two" / "base_pass-0").is_dir() and (tmp_path / "two" / "base_pass-1").is_dir()
+    assert [(r.tau, r.decision_frac, r.state, r.score) for r in spread.rows] == \
+        [(r.tau, r.decision_frac, r.state, r.score) for r in alone.rows]
+    for lone, lane in zip(alone.rows, spread.rows):
+        a, b = load_file(f"{lone.adapter}/adapter_model.safetensors"), load_file(f"{lane.adapter}/adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_train_runs_as_a_detached_job_and_its_cost_is_reported(tiny_llama, tmp_path):

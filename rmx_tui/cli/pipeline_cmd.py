@@ -327,6 +327,7 @@ def sweep(
     lora_r: LoraR = 32,
     lora_alpha: LoraAlpha = 64,
     max_tokens: MaxTokens = None,
+    devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
@@ -336,14 +337,14 @@ def sweep(
     json_output: opt.Json = False,
 ) -> None:
     """Train one adapter per τ, score each on a holdout (greedy pass@1), and keep the best."""
-    from engine.pipeline import SweepSpec
-    from engine.pipeline import sweep as run
+    from engine.sweep import SweepSpec
+    from engine.sweep import sweep as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = _train_spec(rollouts, kl_weight=kl_weight, objective=objective, negative=negative, anchor=anchor,
                        order=order, lr=lr, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed,
                        lora_r=lora_r, lora_alpha=lora_alpha, max_tokens=max_tokens)
-    sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template)
+    sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     if job:
         _submit("sweep", {"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, json_output)
         return
