@@ -159,8 +159,8 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     from engine.rollouts import read_rollouts
     from engine.scoring import _logit_transform, hidden_states
     from engine.train import (
-        CHECKPOINTS, STATE_FILE, _commit_folder, _load_checkpoint, _rng_state, _schedule, _seed_all,
-        _write_checkpoint, _write_adapter, latest_checkpoint, lora_model,
+        CHECKPOINTS, _commit_folder, _load_checkpoint, _rng_state, _schedule, _seed_all, _write_adapter,
+        finished_run, latest_checkpoint, lora_model, save_checkpoint,
     )
 
     emit = emit or (lambda event: None)
@@ -172,13 +172,9 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     fingerprint = _fingerprint(base, teacher, spec)
     summary_file = out / SUMMARY_FILE
     existing = latest_checkpoint(out)
-    if not resume and (existing is not None or summary_file.exists()):
-        raise RmxError(f"{out} already holds a distillation: pass --resume to continue it, or choose another --out")
-    if resume and summary_file.exists():
-        done = json.loads(summary_file.read_text())
-        if done.get("fingerprint") == fingerprint:
-            return DistillResult(**done["result"])
-        raise RmxError(f"{out} holds a finished distillation of another config or rollouts file: choose another --out")
+    finished = finished_run(out, summary_file, fingerprint, resume, "a distillation")
+    if finished is not None:
+        return DistillResult(**finished)
     rollouts = [r for r in read_rollouts(spec.rollouts) if r.prompt_ids and r.completion_ids]
     if not rollouts:
         raise RmxError(f"{spec.rollouts} has no rollout with both a prompt and a completion")
@@ -231,17 +227,7 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     def checkpoint(at: int) -> None:
         state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        previous = latest_checkpoint(out)
-        folder = out / CHECKPOINTS / f"step-{at:06d}"
-        try:
-            _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
-        except OSError as error:
-            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-            raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
-                           "free space and rerun with --resume") from None
-        if previous is not None and previous != folder:
-            (previous / STATE_FILE).unlink(missing_ok=True)
-        emit({"distill/checkpoint": str(folder), "step": at})
+        emit({"distill/checkpoint": str(save_checkpoint(model, state, out, at)), "step": at})
 
     emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
     started, last_kl = time.perf_counter(), (history[-1] if history else math.nan)

@@ -492,6 +492,36 @@ def _commit_folder(write: Callable[[Path], None], final: Path) -> None:
         raise
 
 
+def save_checkpoint(model, state: dict, out: Path, at: int) -> Path:
+    """Write checkpoint `at` (adapter + trainer state) atomically under out/checkpoints/; a failed write
+    leaves the previous one intact and says so."""
+    folder = out / CHECKPOINTS / f"step-{at:06d}"
+    previous = latest_checkpoint(out)
+    try:
+        _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
+    except OSError as error:
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
+                       "free space and rerun with --resume") from None
+    if previous is not None and previous != folder:
+        # Only the newest checkpoint keeps optimizer state; older ones stay as adapters to pick from.
+        (previous / STATE_FILE).unlink(missing_ok=True)
+    return folder
+
+
+def finished_run(out: Path, summary_file: Path, fingerprint: str, resume: bool, what: str) -> dict | None:
+    """The recorded result when `out` already finished this very run and `resume` asks for it; refuses to
+    overwrite an earlier run without `resume`, or to resume a run of other settings."""
+    if not resume and (latest_checkpoint(out) is not None or summary_file.exists()):
+        raise RmxError(f"{out} already holds {what}: pass --resume to continue it, or choose another --out")
+    if resume and summary_file.exists():
+        done = json.loads(summary_file.read_text())
+        if done.get("fingerprint") == fingerprint:
+            return done["result"]
+        raise RmxError(f"{out} holds {what} finished with a different config or rollouts file: choose another --out")
+    return None
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint that can be resumed from (it holds the trainer state)."""
     folder = Path(out) / CHECKPOINTS
@@ -670,13 +700,9 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     fingerprint = _fingerprint(base, spec)
     summary_file = out / SUMMARY_FILE
     existing = latest_checkpoint(out)
-    if not resume and (existing is not None or summary_file.exists()):
-        raise RmxError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
-    if resume and summary_file.exists():
-        done = json.loads(summary_file.read_text())
-        if done.get("fingerprint") == fingerprint:
-            return TrainResult(**done["result"])
-        raise RmxError(f"{out} holds a finished run of a different config or rollouts file: choose another --out")
+    finished = finished_run(out, summary_file, fingerprint, resume, "a training run")
+    if finished is not None:
+        return TrainResult(**finished)
 
     loaded = load_model(base)
     chosen, counts = _prepare(rollouts, spec, loaded.context_length)
@@ -730,19 +756,9 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
         emit({"train/resumed_from": step})
 
     def checkpoint(at: int) -> Path:
-        folder = out / CHECKPOINTS / f"step-{at:06d}"
         state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        previous = latest_checkpoint(out)
-        try:
-            _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
-        except OSError as error:
-            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-            raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
-                           "free space and rerun with --resume") from None
-        if previous is not None and previous != folder:
-            # Only the newest checkpoint keeps optimizer state; older ones stay as adapters to pick from.
-            (previous / STATE_FILE).unlink(missing_ok=True)
+        folder = save_checkpoint(model, state, out, at)
         emit({"train/checkpoint": str(folder), "step": at})
         return folder
 
