@@ -15,8 +15,8 @@ from engine.distill import DistillSpec, distill
 from engine.errors import RmxError
 from engine.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
 from engine.jobs import Diverged, RunContext, register_job_kind
-from engine.pool import PoolSpec, write_pool
-from engine.rollouts import RolloutSpec, sample_rollouts
+from engine.pool import PoolSpec, require_signal, write_pool
+from engine.rollouts import RolloutSpec, read_rollouts, sample_rollouts
 from engine.sweep import SweepSpec, sweep
 from engine.train import TrainResult, TrainSpec, train
 
@@ -240,7 +240,12 @@ def _job_config(config: dict[str, Any], *names: str) -> list[Any]:
 
 def _validator(*names: str) -> Callable[[dict], None]:
     def validate(config: dict[str, Any]) -> None:
-        _job_config(config, *names)
+        for spec in _job_config(config, *names):
+            # Reading the rollouts here refuses a job with nothing to train on before its run dir exists.
+            if isinstance(spec, (PoolSpec, TrainSpec)):
+                require_signal(read_rollouts(spec.rollouts))
+            elif isinstance(spec, DistillSpec):
+                read_rollouts(spec.rollouts)
 
     return validate
 

@@ -251,6 +251,21 @@ def test_no_mixed_success_is_an_error_and_leaves_no_run(tiny_llama, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_train_job_without_signal_is_refused_before_its_run_dir_exists(tiny_llama, tmp_path):
+    from dataclasses import asdict
+
+    import engine.pipeline  # noqa: F401  (registers the job kinds)
+    from engine.jobs import list_runs, submit_job
+
+    rollouts = make_rollouts(tmp_path / "r.jsonl", mixed=False, k=8)
+    model = asdict(ModelSpec(str(tiny_llama)))
+    with pytest.raises(RmxError, match=r"no training signal: 0 of 6 problems have mixed success at K=8"):
+        submit_job("train", {"model": model, "train": asdict(_spec(rollouts))})
+    with pytest.raises(RmxError, match="rollouts file not found"):
+        submit_job("pool", {"pool": {"rollouts": str(tmp_path / "missing.jsonl")}})
+    assert list_runs() == []
+
+
 def test_tau_above_every_entropy_warns_with_quantiles(tiny_llama, tmp_path):
     from engine.train import train
 
