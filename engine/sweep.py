@@ -103,8 +103,10 @@ def _run_tau(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, tau: str, 
     """Train at one τ into out/tau-<τ>/ and score the adapter on the holdout."""
     folder = out / f"tau-{tau}"
     emit({"sweep/tau": tau})
+    # Every training event names its τ: lanes interleave, and the TUI's grid files each loss under its τ.
     result = train(base, replace(spec, tau=tau, tau_correct=None, tau_wrong=None), folder, resume=resume,
-                   emit=emit, should_stop=should_stop, base_pass=base_pass)
+                   emit=lambda event: emit({**event, "sweep/tau": tau}), should_stop=should_stop,
+                   base_pass=base_pass)
     score = None
     if result.state == "done":
         scored = folder / "holdout"

@@ -133,6 +133,8 @@ def test_a_sweep_over_two_devices_runs_a_lane_each_and_matches_one_device(tiny_l
     spread = sweep(model, spec, two, tmp_path / "two", emit=events.append)
     assert {"sweep/devices": "cpu,cpu"} in events
     assert sorted(e["sweep/tau"] for e in events if "sweep/score" in e) == ["q0.5", "q0.9"]  # streamed from the lanes
+    losses = [e for e in events if "train/loss" in e]
+    assert len(losses) == 4 and sorted(e["sweep/tau"] for e in losses) == ["q0.5", "q0.5", "q0.9", "q0.9"]
     assert (tmp_path / "two" / "base_pass-0").is_dir() and (tmp_path / "two" / "base_pass-1").is_dir()
     assert [(r.tau, r.decision_frac, r.state, r.score) for r in spread.rows] == \
         [(r.tau, r.decision_frac, r.state, r.score) for r in alone.rows]
