@@ -88,3 +88,19 @@ class JobCallFailed(Message):
         self.during = during
         self.error = error
         self.job_id = job_id
+
+
+class JobLaunched(Message):
+    """A job was submitted from the launch dialog: its run exists, queued."""
+
+    def __init__(self, status: JobStatus) -> None:
+        super().__init__()
+        self.status = status
+
+
+class LaunchRefused(Message):
+    """The engine refused a job the launch dialog submitted (its validator's RmxError, or the call failed)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error

@@ -1,10 +1,10 @@
-"""The jobs screen: every run with its live progress, the τ-sweep grid, and open, cancel, resume and follow."""
+"""The jobs screen: every run with its live progress, the τ-sweep grid, and launch, open, cancel, resume and follow."""
 
 from __future__ import annotations
 
 import time
 
-from engine.jobs import JobsClient, JobStatus
+from engine.jobs import JobsClient, JobStatus, runs_dir
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,7 +15,9 @@ from textual.widgets import DataTable, Footer, Label, Static
 from textual.worker import Worker, WorkerState
 
 from rmx_tui.job_messages import JobCallFailed, JobCancelRequested, JobResumed, JobsListed, SweepRead
+from rmx_tui.job_templates import Defaults
 from rmx_tui.jobs import describe
+from rmx_tui.screens.launch import LaunchJob
 from rmx_tui.screens.modals import MODAL_CSS
 from rmx_tui.screens.run import RunScreen
 from rmx_tui.widgets.job_table import JobTable
@@ -58,6 +60,7 @@ class JobsScreen(Screen):
     """
 
     BINDINGS = [
+        Binding("n", "new", "new job", tooltip="Launch a job: pick its kind, edit its TOML config, ctrl+s submits"),
         Binding("enter", "open", "open", tooltip="Open the run: its event history replayed, then followed live"),
         Binding("c", "cancel", "cancel", tooltip="Cancel the job under the cursor (asks first)"),
         Binding("r", "resume", "resume", tooltip="Resume a failed, cancelled or diverged job from its checkpoint"),
@@ -78,6 +81,8 @@ class JobsScreen(Screen):
         self._sweep_final: set[str] = set()
         """Runs whose log was read after they had ended: nothing more to read unless they are resumed."""
         self._sweep_due = 0.0
+        self._launched: str | None = None
+        """A run just launched from here: the cursor goes to it once a listing shows it."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="jobs-title")
@@ -150,6 +155,9 @@ class JobsScreen(Screen):
         self._error = None
         table = self.query_one(JobTable)
         table.show(message.statuses, message.at)
+        if self._launched in table.statuses:
+            table.move_cursor(row=table.get_row_index(self._launched))
+            self._launched = None
         self._show_detail()
         self._retitle()
         self._follow_sweeps(message.statuses)
@@ -219,6 +227,18 @@ class JobsScreen(Screen):
             self.notify("no run selected", severity="warning")
         return status
 
+    def action_new(self) -> None:
+        # The workbench's loaded models fill the templates in; a bare host app (tests) has none.
+        defaults = Defaults.of(getattr(self.app, "info", None), self.query_one(JobTable).statuses.values(), runs_dir())
+
+        def launched(status: JobStatus | None) -> None:
+            if status is not None:
+                self._launched = status.id
+                self.notify(status.id, title=f"{status.kind} launched")
+                self._refresh()
+
+        self.app.push_screen(LaunchJob(self.client, defaults), launched)
+
     def action_open(self) -> None:
         status = self._selected()
         if status is not None:
@@ -255,7 +275,7 @@ class JobsScreen(Screen):
         status = self.query_one(JobTable).selected
         detail = self.query_one("#job-detail", Static)
         if status is None:
-            detail.update("no runs yet: every job submitted to this engine shows here")
+            detail.update("no runs yet: n launches one, and every job submitted to this engine shows here")
         elif status.error:
             detail.update(Content.assemble((f"{status.state}: ", "bold $error"), (status.error, "$error")))
         else:
