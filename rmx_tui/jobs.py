@@ -11,12 +11,11 @@ from engine.client import EngineClient
 from engine.config import ModelSpec
 from engine.decode import SamplingSpec, Step
 from engine.errors import RmxError
-from engine.interventions import wilson
 from engine.rollouts import read_rollouts
 from textual.message import Message
 
 from rmx_tui.messages import (
-    BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, LoadProgressed, OutcomesProgressed,
+    BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
     OutcomesSampled, ProblemsListed, RolloutScored,
 )
 from rmx_tui.model import Outcome, Verdict
@@ -27,7 +26,6 @@ Cancelled = Callable[[], bool]
 
 FLUSH_S = 1 / 30
 """Streamed steps are batched this long: one repaint per frame, not per token."""
-PROGRESS_S = 0.25
 
 
 def describe(error: BaseException) -> str:
@@ -75,6 +73,20 @@ class SampleJob:
     gold: str
     sampling: SamplingSpec
     n: int
+
+
+@dataclass(frozen=True)
+class InterventionJob:
+    """Decode a root rollout's prompt afresh under an intervention mode, graded against the gold answer."""
+
+    key: str
+    """The root rollout the run is compared with."""
+    prompt_ids: tuple[int, ...]
+    mode: str
+    gold: str
+    sampling: SamplingSpec
+    tau: float | str
+    """The gate's τ: nats, or a quantile such as `q0.9` for the engine to resolve; only `gated` reads it."""
 
 
 def load(client: EngineClient, job: LoadJob, post: Post) -> None:
@@ -149,7 +161,7 @@ def decode(client: EngineClient, job: DecodeJob, post: Post, cancelled: Cancelle
         post(EngineFailed("decode", describe(failure), job.key))
         return
     if cancelled():
-        post(DecodeCancelled(job.key, "decode"))
+        post(DecodeCancelled(job.key))
         return
     ids = kept + [step.id for step in steps]
     ended = steps[-1].end if steps else None
@@ -168,31 +180,33 @@ def score(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequen
 
 
 def sample(client: EngineClient, job: SampleJob, post: Post, cancelled: Cancelled) -> None:
-    rows: list[list[Step]] = [[] for _ in range(job.n)]
+    """The engine's fork estimate, as outcome bars. One call that cannot stop midway: a cancel drops its answer."""
     try:
-        stream = client.decode(job.prompt_ids, job.sampling, rollout=job.rollout, force=[(job.pos, job.token)],
-                               n=job.n, top=1)
-        reported = time.monotonic()
-        with closing(stream):
-            for count, step in enumerate(stream, start=1):
-                rows[step.row].append(step)
-                if time.monotonic() - reported > PROGRESS_S:
-                    post(OutcomesProgressed(job.key, count))
-                    reported = time.monotonic()
-                if cancelled():
-                    break
-        if cancelled():
-            post(DecodeCancelled(job.key, "sample"))
-            return
-        kept = list(job.rollout[: job.pos])
-        verdicts = [
-            _verdict(client, _text(client, kept + [s.id for s in row], row[-1].end if row else None), job.gold)
-            for row in rows
-        ]
+        estimate = client.fork_outcomes(job.prompt_ids, job.rollout, job.pos, job.token, job.gold, n=job.n,
+                                        sampling=job.sampling)
     except Exception as error:
-        post(EngineFailed("sample", describe(error), job.key))
+        if not cancelled():
+            post(EngineFailed("sample", describe(error), job.key))
         return
+    if cancelled():
+        return
+    verdicts = [Verdict(answer=run.answer, correct=bool(run.correct), reason=run.grade_reason or "")
+                for run in estimate.continuations]
     correct, wrong, no_answer, answers = Outcome.tally(verdicts)
-    low, high = wilson(correct, job.n)
     post(OutcomesSampled(job.key, Outcome(pos=job.pos, token=job.token, text=job.text, correct=correct, wrong=wrong,
-                                          no_answer=no_answer, low=low, high=high, answers=answers)))
+                                          no_answer=no_answer, low=estimate.low, high=estimate.high,
+                                          answers=answers)))
+
+
+def intervene(client: EngineClient, job: InterventionJob, post: Post, cancelled: Cancelled) -> None:
+    """One engine call that cannot stop midway: a cancel drops its answer."""
+    try:
+        result = client.intervene(job.prompt_ids, job.mode, job.sampling, tau=job.tau, gold=job.gold,
+                                  top=ALTERNATIVES)
+    except Exception as error:
+        if not cancelled():
+            # No branch exists yet: the failure belongs to no branch.
+            post(EngineFailed("intervention", describe(error)))
+        return
+    if not cancelled():
+        post(InterventionRan(job.key, result))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.data import Problem
 from engine.decode import Step
+from engine.interventions import InterventionResult
 from engine.records import Rollout, ScoredRollout
 from engine.workbench import WorkbenchInfo
 from textual.message import Message
@@ -66,21 +67,11 @@ class RolloutScored(Message):
 
 
 class DecodeCancelled(Message):
-    """The user stopped a job on a branch: its decode (what streamed is kept) or its outcome sampling."""
+    """The user stopped a branch's decode: what streamed is kept."""
 
-    def __init__(self, key: str, job: str) -> None:
+    def __init__(self, key: str) -> None:
         super().__init__()
         self.key = key
-        self.job = job
-
-
-class OutcomesProgressed(Message):
-    """Sampled continuations advanced: how many tokens so far, over all rows."""
-
-    def __init__(self, key: str, tokens: int) -> None:
-        super().__init__()
-        self.key = key
-        self.tokens = tokens
 
 
 class OutcomesSampled(Message):
@@ -90,6 +81,16 @@ class OutcomesSampled(Message):
         super().__init__()
         self.key = key
         self.outcome = outcome
+
+
+class InterventionRan(Message):
+    """An intervention mode decoded a completion of a root rollout's prompt, and it was graded."""
+
+    def __init__(self, key: str, result: InterventionResult) -> None:
+        super().__init__()
+        self.key = key
+        """The root rollout the run is compared with."""
+        self.result = result
 
 
 class EngineFailed(Message):

@@ -8,12 +8,15 @@ from typing import Any, Iterable, Sequence
 
 from engine.data import Problem
 from engine.decode import Step
+from engine.interventions import InterventionResult
 from engine.records import ScoredRollout, TokenScore
 
 STREAMING, SCORING, DONE, CANCELLED, FAILED = "streaming", "scoring", "done", "cancelled", "failed"
 """A branch is decoding, then being scored, then done; or it stopped early, kept partial."""
 UNSCORED = "unscored"
 """A rollout read from a file: its ids are known, its statistics come when it is first opened."""
+STEERING = frozenset(("teacher", "random"))
+"""Sources of the tokens an intervention substituted for the base's own pick (user-forced tokens are `forced`)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,12 @@ class Branch:
         }
 
 
+def intervention_label(result: InterventionResult) -> str:
+    """An intervention branch's title: the mode, the gate's τ in nats where it has one, and the tokens it touched."""
+    tau = f" τ={result.tau:.2f}" if result.tau is not None else ""
+    return f"{result.mode}{tau} · {len(result.touched)} touched"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """n continuations sampled after one choice at one position, graded: what P(correct | choice) rests on."""
@@ -208,9 +217,27 @@ class Session:
 
     def new_fork(self, parent: Branch, pos: int, label: str) -> Branch:
         """A child that keeps the parent's tokens before `pos`; decoding fills in the rest."""
+        return self._child(parent, pos, label, tokens=parent.tokens[:pos], sources=parent.sources[:pos])
+
+    def new_intervention(self, root: Branch, result: InterventionResult) -> Branch:
+        """A finished intervention run on a root's prompt: a child leaving the root where their tokens first differ.
+
+        Its tokens and sources all come from the run, so a steered token inside the shared prefix (the gate
+        may pick the base's own token) stays marked; it waits for the scorer like a decoded branch.
+        """
+        ids = result.completion_ids
+        shared = next((pos for pos, (old, new) in enumerate(zip(root.ids, ids)) if old != new),
+                      min(len(root.ids), len(ids)))
+        verdict = None
+        if result.correct is not None:
+            verdict = Verdict(answer=result.answer, correct=result.correct, reason=result.grade_reason or "")
+        branch = self._child(root, shared, intervention_label(result), state=SCORING, verdict=verdict)
+        branch.extend(result.steps)
+        return branch
+
+    def _child(self, parent: Branch, pos: int, label: str, **fields: Any) -> Branch:
         branch = Branch(key=f"{parent.key}.{len(parent.children) + 1}", problem=parent.problem,
-                        prompt_ids=parent.prompt_ids, label=label, tokens=parent.tokens[:pos],
-                        sources=parent.sources[:pos], parent=parent, fork_pos=pos)
+                        prompt_ids=parent.prompt_ids, label=label, parent=parent, fork_pos=pos, **fields)
         parent.children.append(branch)
         self.branches[branch.key] = branch
         return branch

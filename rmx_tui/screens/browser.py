@@ -24,10 +24,11 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from rmx_tui import jobs
 from rmx_tui.gate import count_above
 from rmx_tui.messages import (
-    BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, LoadProgressed, OutcomesProgressed,
+    BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
     OutcomesSampled, ProblemsListed, RolloutScored,
 )
 from rmx_tui.model import CANCELLED, DONE, FAILED, SCORING, UNSCORED, Branch, Entry, Verdict
+from rmx_tui.screens.intervene_menu import InterventionMenu
 from rmx_tui.screens.modals import LoadModel, TokenPrompt
 from rmx_tui.settings import ALTERNATIVES
 from rmx_tui.token_layout import quoted
@@ -59,6 +60,9 @@ class BrowserScreen(Screen):
         Binding("d", "disagreement(1)", "disagree",
                 tooltip="Next teacher disagreement: the teacher's pick differs from the base's argmax"),
         Binding("D", "disagreement(-1)", "previous teacher disagreement", show=False),
+        Binding("f", "touched(1)", "next touched token", show=False,
+                tooltip="Next touched token: one forced by you, or substituted by an intervention"),
+        Binding("F", "touched(-1)", "previous touched token", show=False),
         Binding("plus,equals_sign", "tau(1)", "τ", key_display="+/-", tooltip="Raise τ (minus lowers it)"),
         Binding("minus", "tau(-1)", "lower τ", show=False),
         Binding("q", "tau_mode", "τ in nats or as a quantile", show=False),
@@ -71,6 +75,8 @@ class BrowserScreen(Screen):
         Binding("e", "force_typed", "force a typed token", show=False),
         Binding("c", "sample_outcomes", "P(correct)",
                 tooltip="Sample continuations from this token and grade them: P(correct | token)"),
+        Binding("i", "interventions", "interventions", show=False,
+                tooltip="Run oracle, random or gated on this problem: a new branch, its touched tokens highlighted"),
         Binding("u,backspace", "up", "up", tooltip="Back up to the parent branch"),
         Binding("s", "new_rollout", "new sampled rollout", show=False),
         Binding("escape", "cancel", "cancel decoding", show=False),
@@ -90,7 +96,8 @@ class BrowserScreen(Screen):
         self.stage = ""
         self.stage_started = 0.0
         self._ordered: tuple[str, int, bool, list[float]] = ("", -1, False, [])
-        self._sampling: str | None = None
+        self._blocking: str | None = None
+        """What the running one-call engine job (an intervention, an outcome estimate) is, to name it on esc."""
 
     # --- layout -------------------------------------------------------------------------
 
@@ -155,10 +162,22 @@ class BrowserScreen(Screen):
             notice.update(text)
 
     def _tick(self) -> None:
-        """While loading, say how long it has taken: the first demo load converts a GGUF (about 30 s)."""
+        """While loading or in a one-call engine job, say how long it has taken: neither reports progress."""
         if self.stage:
             elapsed = int(time.monotonic() - self.stage_started)
             self.query_one(StatusBar).set_activity(f"{self.stage}… {elapsed} s")
+
+    def _begin_blocking(self, stage: str, what: str) -> None:
+        """Show a one-call engine job in the status bar, ticking, until its answer, its failure or esc."""
+        self._blocking = what
+        self.stage, self.stage_started = stage, time.monotonic()
+        self._tick()
+
+    def _end_blocking(self) -> None:
+        self._blocking = None
+        self.stage = ""
+        self.query_one(StatusBar).set_activity("")
+        self.query_one(OutcomeBars).set_progress(None)
 
     def _ordered_entropies(self) -> list[float]:
         """The active branch's entropies, sorted: what a quantile τ and the share above τ are taken over."""
@@ -278,6 +297,11 @@ class BrowserScreen(Screen):
         worker = get_current_worker()
         jobs.sample(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def _run_intervention(self, job: jobs.InterventionJob) -> None:
+        worker = get_current_worker()
+        jobs.intervene(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # Jobs catch their own errors; this is the net for a bug in the job code itself.
         if event.state == WorkerState.ERROR:
@@ -368,11 +392,6 @@ class BrowserScreen(Screen):
     def on_decode_cancelled(self, message: DecodeCancelled) -> None:
         branch = self.app.session.branches[message.key]
         self.query_one(StatusBar).set_activity("")
-        if message.job == "sample":
-            self._sampling = None
-            self.query_one(OutcomeBars).set_progress(None)
-            self.notify("outcome sampling cancelled")
-            return
         branch.state = CANCELLED
         self._refresh_branch(branch)
         self.notify(f"stopped {branch.label} after {len(branch.tokens)} tokens: the partial branch is kept")
@@ -389,27 +408,31 @@ class BrowserScreen(Screen):
             ), error=True)
             self.notify(message.error, title=f"could not {what}", severity="error", timeout=10)
             return
-        status.set_activity(f"{message.during} failed", failed=True)
         branch = self.app.session.branches.get(message.key) if message.key else None
-        if message.during == "sample":
-            self._sampling = None
-            self.query_one(OutcomeBars).set_progress(None)
+        if message.during in ("sample", "intervention"):
+            self._end_blocking()
         elif branch is not None:
             branch.state = FAILED if message.during == "decode" or not branch.tokens else DONE
             branch.error = message.error
             self._refresh_branch(branch)
+        status.set_activity(f"{message.during} failed", failed=True)
         self.notify(message.error, title=f"{message.during} failed", severity="error", timeout=10)
-
-    def on_outcomes_progressed(self, message: OutcomesProgressed) -> None:
-        self.query_one(OutcomeBars).set_progress(f"{self._sampling}: {message.tokens} tokens · esc stops")
 
     def on_outcomes_sampled(self, message: OutcomesSampled) -> None:
         branch = self.app.session.branches[message.key]
         self.app.session.record_outcome(branch, message.outcome)
-        self._sampling = None
-        self.query_one(OutcomeBars).set_progress(None)
-        self.query_one(StatusBar).set_activity("")
+        self._end_blocking()
         self._inspect(self.current_view())
+
+    def on_intervention_ran(self, message: InterventionRan) -> None:
+        self._end_blocking()
+        root = self.app.session.branches[message.key]
+        child = self.app.session.new_intervention(root, message.result)
+        self.query_one(ProblemList).add_branch(child)
+        touched = message.result.touched
+        self.activate(child, cursor=touched[0] if touched else None)
+        self.query_one(StatusBar).set_activity(f"scoring {child.label}")
+        self._run_score(child.key, child.prompt_ids, tuple(child.ids))
 
     # --- view events ----------------------------------------------------------------------
 
@@ -580,8 +603,9 @@ class BrowserScreen(Screen):
         branch, pos = target
         settings = self.app.settings
         token = branch.tokens[pos]
-        self._sampling = f"sampling {settings.samples} continuations after {quoted(token.text)}"
-        self.query_one(OutcomeBars).set_progress(self._sampling)
+        stage = f"sampling {settings.samples} continuations after {quoted(token.text)}"
+        self._begin_blocking(stage, "outcome sampling")
+        self.query_one(OutcomeBars).set_progress(f"{stage} · esc cancels")
         self._run_sample(jobs.SampleJob(
             key=branch.key, prompt_ids=branch.prompt_ids, rollout=tuple(branch.ids), pos=pos, token=token.id,
             text=token.text, gold=branch.problem.answer,
@@ -594,9 +618,47 @@ class BrowserScreen(Screen):
             return
         self.activate(branch.parent, cursor=branch.fork_pos)
 
-    def action_cancel(self) -> None:
+    def action_interventions(self) -> None:
+        branch = self.current_view().branch
+        if branch is None:
+            self.notify("no rollout is open: pick a problem first, then press i to run an intervention on it",
+                        severity="warning")
+            return
+        if not self.loaded:
+            self.notify("no model is loaded: press L to load one", severity="warning")
+            return
         if self._engine_busy():
-            self.app.workers.cancel_group(self, "engine")
+            self.notify("the engine is busy with another job: wait, or press esc to cancel it", severity="warning")
+            return
+        root = branch
+        while root.parent is not None:
+            root = root.parent
+        gate = self.app.gate
+        nats = gate.nats(self._ordered_entropies())
+        teacher = self.app.info is not None and self.app.info.teacher is not None
+
+        def chosen(mode: str | None) -> None:
+            if mode is not None:
+                # τ as the heatmap shows it; a quantile with nothing to resolve it over goes to the engine as is.
+                self._intervene(root, mode, nats if nats is not None else str(gate.tau))
+
+        self.app.push_screen(InterventionMenu(root.problem.id, gate.describe(nats), teacher), chosen)
+
+    def _intervene(self, root: Branch, mode: str, tau: float | str) -> None:
+        stage = f"running {mode} on {root.problem.id}"
+        self._begin_blocking(stage, f"the {mode} run")
+        self.notify(f"{stage}: it opens as a branch beside the rollout when done · esc cancels", timeout=4)
+        self._run_intervention(jobs.InterventionJob(root.key, root.prompt_ids, mode, root.problem.answer,
+                                                    self.app.settings.sampling, tau))
+
+    def action_cancel(self) -> None:
+        if not self._engine_busy():
+            return
+        self.app.workers.cancel_group(self, "engine")
+        if self._blocking is not None:
+            # One engine call cannot stop midway: it ends in the background and the worker drops its answer.
+            self.notify(f"{self._blocking} cancelled: the engine finishes its current call, then drops the result")
+            self._end_blocking()
 
     # --- actions: navigation and gate -------------------------------------------------------
 
@@ -605,6 +667,9 @@ class BrowserScreen(Screen):
 
     def action_disagreement(self, direction: int) -> None:
         self.current_view().action_disagreement(direction)
+
+    def action_touched(self, direction: int) -> None:
+        self.current_view().action_touched(direction)
 
     def action_tau(self, steps: int) -> None:
         self.app.gate = self.app.gate.moved(steps)

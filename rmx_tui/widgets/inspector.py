@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+from engine.records import TopToken
 from textual.content import Content
 from textual.widget import Widget
 
-from rmx_tui.model import Branch
+from rmx_tui.model import STEERING, Branch
 from rmx_tui.token_layout import quoted
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -88,6 +89,8 @@ class Inspector(Widget):
                              ("  rank ", "$foreground-muted"), rank))
         add(Content.assemble(("chosen by ", "$foreground-muted"), (SOURCES.get(source, source),
                                                                     "bold" if source != "base" else "")))
+        if source in STEERING and token.top:
+            add(self._substitution(token.top[0], token.id, token.text))
         add(Content.styled("base top-5", "bold $primary"))
         teacher_id = token.teacher.id if token.teacher is not None else None
         label_width = min(max((len(quoted(alt.text)) for alt in token.top[:5]), default=4), 14)
@@ -114,3 +117,11 @@ class Inspector(Widget):
             add(Content.styled("teacher: after scoring", "$foreground-muted"))
         add(FORK_KEYS)
         return Content("\n").join(lines)
+
+    @staticmethod
+    def _substitution(argmax: TopToken, token: int, text: str) -> Content:
+        """What an intervention put in place of the base's argmax here (under greedy decoding, the base's own pick)."""
+        if argmax.id == token:
+            return Content.styled("the base's argmax too: nothing changed", "$foreground-muted")
+        return Content.assemble(("substituted ", "$foreground-muted"), (quoted(argmax.text), "bold"),
+                                (" → ", "$foreground-muted"), (quoted(text), "bold $secondary"))

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from rmx_tui.model import Branch
+from rmx_tui.model import STEERING, Branch
 from rmx_tui.token_layout import TokenLayout
 from themes.palettes import PALETTES, Heatmap
 
@@ -23,9 +23,11 @@ STOPS = len(HEAT.palette)
 
 BUCKET = 0b1111
 """A token's code holds its heat bucket in the low four bits and its marks above them."""
-RERANKED, SHIFTED, TOUCHED, SHARED, FORK, CURSOR, IDLE_CURSOR, MATCH, HOT = (1 << bit for bit in range(4, 13))
+RERANKED, SHIFTED, TOUCHED, STEERED, SHARED, FORK, CURSOR, IDLE_CURSOR, MATCH, HOT = (
+    1 << bit for bit in range(4, 14))
 DECORATIONS = ((SHARED, "shared"), (RERANKED, "reranked"), (SHIFTED, "shifted"), (TOUCHED, "touched"),
-               (FORK, "touched"), (MATCH, "match"), (CURSOR, "cursor"), (IDLE_CURSOR, "idle-cursor"))
+               (STEERED, "steered"), (FORK, "touched"), (MATCH, "match"), (CURSOR, "cursor"),
+               (IDLE_CURSOR, "idle-cursor"))
 """Later decorations win over earlier ones where they set the same property."""
 
 _HEAT_CSS = "\n".join(
@@ -41,7 +43,7 @@ class TokenView(ScrollView, can_focus=True):
     COMPONENT_CLASSES = {
         *(f"token-view--{kind}-{i}" for kind in ("hot", "cool") for i in range(STOPS)),
         "token-view--shared", "token-view--reranked", "token-view--shifted", "token-view--touched",
-        "token-view--match", "token-view--cursor", "token-view--idle-cursor",
+        "token-view--steered", "token-view--match", "token-view--cursor", "token-view--idle-cursor",
     }
 
     DEFAULT_CSS = _HEAT_CSS + """
@@ -54,6 +56,7 @@ class TokenView(ScrollView, can_focus=True):
     TokenView > .token-view--reranked { text-style: underline; }
     TokenView > .token-view--shifted { text-style: bold underline; }
     TokenView > .token-view--touched { text-style: bold reverse; }
+    TokenView > .token-view--steered { background: $secondary; color: $background; text-style: bold; }
     TokenView > .token-view--match { background: $warning; color: $background; }
     TokenView > .token-view--cursor {
         background: $block-cursor-background; color: $block-cursor-foreground; text-style: bold;
@@ -98,6 +101,8 @@ class TokenView(ScrollView, can_focus=True):
         self._match_set: frozenset[int] = frozenset()
         self._styles: dict[int, Style] = {}
         self._disagreements: list[int] = []
+        self._touched: list[int] = []
+        """Positions whose token is not the base's own pick: forced by the user, or substituted by an intervention."""
 
     # --- data ---------------------------------------------------------------------------
 
@@ -106,7 +111,7 @@ class TokenView(ScrollView, can_focus=True):
         self.branch = branch
         self.fork = fork
         self._entropy, self._codes = [], []
-        self._disagreements = []
+        self._disagreements, self._touched = [], []
         self._layout = TokenLayout(self._text_width())
         self.matches, self._match_set = [], frozenset()
         self._take(0)
@@ -141,7 +146,7 @@ class TokenView(ScrollView, can_focus=True):
         if len(self.branch.tokens) != len(self._codes):
             self.show(self.branch, self.cursor, self.fork)
             return
-        self._entropy, self._codes, self._disagreements = [], [], []
+        self._entropy, self._codes, self._disagreements, self._touched = [], [], [], []
         self._measure(0)
         self.refresh()
         self.post_message(self.CursorMoved(self, self.cursor))
@@ -166,8 +171,11 @@ class TokenView(ScrollView, can_focus=True):
         for i in disagreements:
             codes[i] |= RERANKED if classes[i] == "reranked" else SHIFTED
         self._disagreements += [start + i for i in disagreements]
-        for i in [i for i, source in enumerate(branch.sources[start:start + len(tokens)]) if source != "base"]:
-            codes[i] |= TOUCHED
+        sources = branch.sources[start:start + len(tokens)]
+        touched = [i for i, source in enumerate(sources) if source != "base"]
+        for i in touched:
+            codes[i] |= STEERED if sources[i] in STEERING else TOUCHED
+        self._touched += [start + i for i in touched]
         for i in range(0, min(branch.shared, start + len(tokens)) - start):
             codes[i] |= SHARED
         if self.fork is not None and start <= self.fork < start + len(tokens):
@@ -353,6 +361,9 @@ class TokenView(ScrollView, can_focus=True):
             self.notify("no teacher is loaded: start rmx with --teacher or --teacher-adapter", severity="warning")
             return
         self._jump(self._disagreements, direction, "no teacher disagreement")
+
+    def action_touched(self, direction: int) -> None:
+        self._jump(self._touched, direction, "no touched token (forced, or substituted by an intervention)")
 
     def jump_to_match(self, direction: int) -> bool:
         """Move to the next (or previous) search match; False when there is none."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -166,6 +167,44 @@ async def test_sampling_continuations_gives_outcome_bars(make_app):
         await until(pilot, lambda: len(app.session.outcomes_at(screen.active, 1)) == 2)
         tokens = {o.token for o in app.session.outcomes_at(screen.active, 1)}
         assert tokens == {root.tokens[1].id, screen.active.tokens[1].id}
+
+
+class StalledEstimates:
+    """The real client, each outcome estimate stalled first: time to press esc while the engine works on it."""
+
+    def __init__(self, inner, delay: float = 0.5) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.returned = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def fork_outcomes(self, *args, **kwargs):
+        time.sleep(self.delay)
+        estimate = self.inner.fork_outcomes(*args, **kwargs)
+        self.returned += 1
+        return estimate
+
+
+async def test_escape_drops_a_running_outcome_estimate(make_app, client):
+    engine = StalledEstimates(client)
+    app = make_app(engine=engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await rollout_ready(pilot)
+        screen: BrowserScreen = app.screen
+        await pilot.press("home", "right", "c")
+        assert "sampling 3 continuations" in str(screen.query_one("#outcomes").render())
+        assert "sampling 3 continuations" in str(screen.query_one("#status").render())
+        await pilot.press("escape")
+        assert "outcome sampling cancelled" in _messages(app)
+        assert "sampling" not in str(screen.query_one("#outcomes").render())
+        await until(pilot, lambda: engine.returned == 1)
+        await pilot.pause(0.2)
+        assert not app.session.outcomes
+        engine.delay = 0.0
+        await pilot.press("c")
+        await until(pilot, lambda: bool(app.session.outcomes))
 
 
 async def test_exports_write_json_and_svg(make_app, tmp_path):
