@@ -404,7 +404,7 @@ def _attach_adapter(model, adapter: Path, name: str, base_label: str):
 
     try:
         with _quiet_transformers():
-            if hasattr(model, "peft_config"):
+            if isinstance(model, PeftModel):
                 model.load_adapter(str(adapter), adapter_name=name)
                 return model
             return PeftModel.from_pretrained(model, str(adapter), adapter_name=name, is_trainable=False)

@@ -163,3 +163,17 @@ def test_memory_bound_chunk_never_holds_full_logits():
     positions = chunk_positions(152_064, spec)
     assert positions * 152_064 <= spec.chunk_elements
     assert positions * 152_064 * 4 < 80 * 2**20  # under 80 MB of fp32 per chunk at a Qwen vocabulary
+
+
+def test_ranks_count_strictly_greater_logits_including_ties_and_infinities():
+    import torch
+
+    from engine.scoring import _ranks
+
+    logits = torch.tensor([[0.5, 2.0, 2.0, -1.0, float("-inf")],
+                           [1e-30, 0.0, -1e-30, 3.0, 3.0],
+                           [float("-inf"), 1.0, float("-inf"), 0.0, 2.0]])
+    for column in range(5):
+        reference = logits[:, column:column + 1]
+        want = (logits > reference).sum(-1) + 1
+        assert _ranks(logits, reference, torch.empty_like(logits)).tolist() == want.tolist()
