@@ -9,6 +9,7 @@ from engine.data import Problem
 from engine.decode import SamplingSpec, Step
 from engine.grading import GradeResult
 from engine.interventions import ForkEstimate, InterventionResult
+from engine.pool import DEFAULT_TAUS, PoolStats
 from engine.records import ScoredRollout
 from engine.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
 
@@ -42,6 +43,9 @@ class EngineClient(Protocol):
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
                       n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate: ...
+
+    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
+                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats: ...
 
     def grade(self, completion: str, gold: str) -> GradeResult: ...
 
@@ -89,6 +93,10 @@ class LocalClient:
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
                       n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
         return self.workbench.fork_outcomes(prompt_ids, rollout, pos, token, gold, n, sampling)
+
+    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
+                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
+        return self.workbench.pool_stats(rollouts, size, keep_shortest, taus, with_base)
 
     def grade(self, completion: str, gold: str) -> GradeResult:
         return self.workbench.grade(completion, gold)

@@ -9,11 +9,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, median
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from engine.config import Tau
 from engine.errors import RmxError
 from engine.records import Rollout
+from engine.rollouts import read_rollouts
+
+if TYPE_CHECKING:
+    from engine.models import LoadedModel
 
 DEFAULT_TAUS = ("1.0", "1.2", "1.4", "1.6", "1.8", "2.2", "q0.95", "q0.97")
 """The τ values `rmx pool show` reports: the authors' sweep grid plus two quantiles."""
@@ -139,7 +143,8 @@ def _read_entropy_cache(cache: Path, model_key: str) -> dict[str, list[float]]:
 def base_entropies(model, rollouts: Sequence[Rollout], chunk_elements: int = 1 << 24,
                    cache: Path | None = None, progress: Callable[[int, int], None] | None = None
                    ) -> list[list[float]]:
-    """Exact base entropy (nats) at every completion token of each rollout, adapters disabled.
+    """Exact entropy (nats) under `model` as loaded (its adapter applied, if it has one) at every completion
+    token of each rollout.
 
     With `cache`, results are appended to a JSONL file as they are computed and reused by later calls
     for the same model, so a killed scoring pass resumes where it stopped.
@@ -149,6 +154,9 @@ def base_entropies(model, rollouts: Sequence[Rollout], chunk_elements: int = 1 <
     from engine.scoring import _lse_entropy, _logit_transform, hidden_states
 
     model_key = f"{model.spec.source}|{model.spec.dtype}|{model.spec.revision}"
+    if model.spec.adapter:
+        # Appended only when present, so caches written for a bare base stay valid.
+        model_key += f"|{model.spec.adapter}"
     known = _read_entropy_cache(cache, model_key) if cache is not None else {}
     handle = None
     if cache is not None:
@@ -252,6 +260,15 @@ class PoolStats:
 
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> "PoolStats":
+        lengths = {key: LengthStats(**data[key])
+                   for key in ("lengths_correct", "lengths_wrong", "trimmed_correct", "trimmed_wrong")}
+        decision = data.get("decision")
+        return cls(**{**data, **lengths,
+                      "pass_rates": [(label, count) for label, count in data["pass_rates"]],
+                      "decision": None if decision is None else [DecisionRate(**row) for row in decision]})
+
 
 def pool_stats(rollouts: Sequence[Rollout], spec: PoolSpec, entropies: Sequence[Sequence[float]] | None = None,
                taus: Sequence[str] = DEFAULT_TAUS) -> PoolStats:
@@ -297,6 +314,27 @@ def pool_stats(rollouts: Sequence[Rollout], spec: PoolSpec, entropies: Sequence[
     )
 
 
+def entropy_cache(rollouts: str | Path) -> Path:
+    """Where the base entropies of a rollouts file are cached: NAME.entropies.jsonl beside it."""
+    path = Path(rollouts)
+    return path.with_name(path.stem + ".entropies.jsonl")
+
+
+def inspect_pool(spec: PoolSpec, taus: Sequence[str] = DEFAULT_TAUS,
+                 base: Callable[[], "LoadedModel"] | None = None) -> PoolStats:
+    """The stats of `spec.rollouts` and its pool; with `base` (called for the model once the file and τ values
+    are checked, so a typo never waits for a model to load), also the decision-point rate per τ under that
+    model over the untrimmed pool, its entropies cached beside the rollouts."""
+    for text in taus:
+        Tau.parse(text)
+    rollouts = read_rollouts(spec.rollouts)
+    entropies = None
+    if base is not None:
+        untrimmed = select_pool(rollouts, PoolSpec(spec.rollouts, spec.size))
+        entropies = base_entropies(base(), untrimmed, cache=entropy_cache(spec.rollouts))
+    return pool_stats(rollouts, spec, entropies, taus)
+
+
 @dataclass(frozen=True)
 class PoolResult:
     """Where `rmx pool select` wrote the pool, and its stats."""
@@ -310,8 +348,6 @@ class PoolResult:
 
 def write_pool(spec: PoolSpec, out: str | Path) -> PoolResult:
     """Select the pool of `spec.rollouts` into `out` (a pool.jsonl) with its stats beside it."""
-    from engine.rollouts import read_rollouts
-
     rollouts = read_rollouts(spec.rollouts)
     pool = select_pool(rollouts, spec)
     path = Path(out)

@@ -18,6 +18,7 @@ from engine.errors import RmxError
 from engine.grading import GradeResult
 from engine.interventions import ForkEstimate, InterventionResult
 from engine.jobs import JobConflict, JobNotFound, JobStatus, JobView, job_entry
+from engine.pool import DEFAULT_TAUS, PoolStats
 from engine.records import ScoredRollout
 from engine.workbench import FORK_SAMPLING, WorkbenchInfo
 
@@ -277,6 +278,14 @@ class RemoteClient:
                 "n": n, "sampling": asdict(sampling)}
         data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
         return ForkEstimate.from_json(data)
+
+    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
+                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
+        """The pool's stats from the daemon (`rollouts` is a path on its machine); no read timeout, as scoring a
+        large pool under the base answers only when done."""
+        body = {"rollouts": str(rollouts), "size": size, "keep_shortest": keep_shortest, "taus": list(taus),
+                "with_base": with_base}
+        return PoolStats.from_json(self._call("POST", "/pool_stats", body, timeout=httpx.Timeout(None, connect=5.0)))
 
     def grade(self, completion: str, gold: str) -> GradeResult:
         return GradeResult(**self._call("POST", "/grade", {"completion": completion, "gold": gold}))

@@ -29,6 +29,7 @@ from engine.jobs import (
     POLL_S, EventTail, JobConflict, JobNotFound, JobView, cancel_job, find_run, json_bytes, list_runs, read_spec,
     read_status, resume_job, rmx_version, submit_job,
 )
+from engine.pool import DEFAULT_TAUS
 from engine.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
 
 KEEPALIVE_S = 5.0
@@ -164,6 +165,16 @@ class ForkBody(BaseModel):
 class GradeBody(BaseModel):
     completion: Text
     gold: Text
+
+
+class PoolStatsBody(BaseModel):
+    """The arguments of Workbench.pool_stats; PoolSpec's own checks give the one-line reasons."""
+
+    rollouts: Text
+    size: int | None = None
+    keep_shortest: float = 1.0
+    taus: list[Text] = Field(default_factory=lambda: list(DEFAULT_TAUS))
+    with_base: bool = False
 
 
 class ProblemsBody(BaseModel):
@@ -468,6 +479,13 @@ def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
         estimate = workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
                                            body.sampling.spec())
         return estimate.to_json(with_ids=True)
+
+    @app.post("/pool_stats")
+    def pool_stats(body: PoolStatsBody) -> dict[str, Any]:
+        """The pass-rate histogram, lengths and trim of a rollouts.jsonl on this machine; with_base adds the
+        decision-point rate per τ under the loaded base."""
+        return workbench.pool_stats(body.rollouts, body.size, body.keep_shortest, body.taus,
+                                    body.with_base).to_json()
 
     @app.post("/grade")
     def grade(body: GradeBody) -> dict[str, Any]:

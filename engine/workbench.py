@@ -13,6 +13,7 @@ from engine.errors import RmxError
 from engine.grading import GradeResult, grade
 from engine.interventions import RUN_MODES, ForkEstimate, InterventionResult, fork, run_mode
 from engine.models import LoadedModel, load_pair
+from engine.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
 from engine.prompts import completion_ids, prompt_ids
 from engine.records import ModelInfo, ScoredRollout
 from engine.scoring import score
@@ -154,6 +155,16 @@ class Workbench:
         self.base  # noqa: B018  (raises the one-line "no model is loaded")
         assert self._session is not None
         return self._session
+
+    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
+                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
+        """What `rmx pool show` reports for a rollouts.jsonl; `with_base` adds the decision-point rate per τ under
+        the loaded base (its entropies cached beside the rollouts, as the CLI does)."""
+        spec = PoolSpec(rollouts, size, keep_shortest)
+        if not with_base:
+            return inspect_pool(spec, taus)
+        with self._lock:
+            return inspect_pool(spec, taus, lambda: self.base)
 
     def grade(self, completion: str, gold: str) -> GradeResult:
         return grade(completion, gold)

@@ -124,3 +124,61 @@ def test_base_entropies_match_engine_scoring_and_resume_from_a_cut_cache(tiny_ll
         except json.JSONDecodeError:
             continue  # the cut line stays, unreadable and ignored
     assert len(readable) == 4  # the header and a whole record for each rollout
+
+
+def test_pool_stats_survive_a_json_round_trip():
+    from engine.pool import PoolSpec, PoolStats, pool_stats, select_pool
+
+    rollouts = _rollouts(PATTERN)
+    plain = pool_stats(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
+    pool = select_pool(rollouts, PoolSpec("r.jsonl"))
+    scored = pool_stats(rollouts, PoolSpec("r.jsonl"), [[0.25 * (i % 9) for i in range(len(r.completion_ids))]
+                                                        for r in pool], taus=("1.0", "q0.97"))
+    for stats in (plain, scored):
+        assert PoolStats.from_json(json.loads(json.dumps(stats.to_json()))) == stats
+
+
+def test_workbench_pool_stats_match_the_cli_and_score_under_the_loaded_base(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.models import load_model
+    from engine.pool import PoolSpec, PoolStats, base_entropies, entropy_cache, pool_stats, select_pool
+    from engine.rollouts import read_rollouts
+    from engine.workbench import Workbench
+    from rmx_tui.cli import app as cli_app
+    from tests.test_train import make_rollouts
+
+    path = str(make_rollouts(tmp_path / "rollouts.jsonl", problems=3, k=2, completion_len=(6, 12)))
+    bench = Workbench()
+    plain = bench.pool_stats(path, keep_shortest=0.5)
+    shown = CliRunner().invoke(cli_app, ["pool", "show", "--rollouts", path, "--keep-shortest", "0.5", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert PoolStats.from_json(json.loads(shown.output)) == plain and plain.decision is None
+    with pytest.raises(RmxError, match="no model is loaded"):
+        bench.pool_stats(path, with_base=True)
+    with pytest.raises(RmxError, match="rollouts file not found"):
+        bench.pool_stats(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(RmxError, match="neither a number"):
+        bench.pool_stats(path, taus=("1.0", "high"))
+
+    spec = ModelSpec(str(tiny_llama), dtype="float32", device="cpu")
+    bench.load(spec)
+    scored = bench.pool_stats(path, taus=("1.0", "q0.9"), with_base=True)
+    rollouts = read_rollouts(path)
+    entropies = base_entropies(load_model(spec), select_pool(rollouts, PoolSpec(path)))
+    assert scored == pool_stats(rollouts, PoolSpec(path), entropies, ("1.0", "q0.9"))
+    assert [row.tau for row in scored.decision] == ["1", "q0.9"]
+    assert entropy_cache(path) == tmp_path / "rollouts.entropies.jsonl" and entropy_cache(path).is_file()
+
+
+def test_an_adapter_gets_its_own_entropy_cache(tiny_llama, tiny_llama_adapter, tmp_path):
+    from engine.models import load_model
+    from engine.pool import base_entropies
+
+    rollouts = [Rollout("p", 0, (5, 6, 7), tuple(range(20, 30)), "", "1", None, True, "eos")]
+    cache = tmp_path / "entropies.jsonl"
+    bare = base_entropies(load_model(ModelSpec(str(tiny_llama), dtype="float32")), rollouts, cache=cache)
+    tuned_model = load_model(ModelSpec(str(tiny_llama), adapter=str(tiny_llama_adapter), dtype="float32"))
+    tuned = base_entropies(tuned_model, rollouts, cache=cache)
+    assert tuned != bare  # scored again, not read from the bare base's cache
+    assert base_entropies(tuned_model, rollouts, cache=cache) == tuned

@@ -31,8 +31,8 @@ from rmx_tui.cli import app as cli_app
 from tests.test_jobs import kill_jobs
 
 ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids",
-             "/token_texts", "/decode", "/intervene", "/fork", "/grade", "/problems", "/jobs", "/jobs/{job_id}",
-             "/jobs/{job_id}/events", "/jobs/{job_id}/cancel", "/jobs/{job_id}/resume"}
+             "/token_texts", "/decode", "/intervene", "/fork", "/grade", "/problems", "/pool_stats", "/jobs",
+             "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel", "/jobs/{job_id}/resume"}
 
 
 def short_tmp() -> Path:
@@ -122,6 +122,24 @@ def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_l
         remote.load(ModelSpec(str(pickles)))
     assert remote.info() == before
     assert before.base.extra == {} and remote.health()["ok"] is True
+
+
+def test_pool_stats_through_the_daemon_match_the_local_client(daemon, local, tmp_path):
+    from engine.pool import entropy_cache
+    from tests.test_train import make_rollouts
+
+    remote = daemon.client
+    path = str(make_rollouts(tmp_path / "rollouts.jsonl", problems=3, k=2, completion_len=(6, 12)))
+    plain = remote.pool_stats(path, keep_shortest=0.5)
+    assert plain == local.pool_stats(path, keep_shortest=0.5) and plain.decision is None
+    scored = remote.pool_stats(path, taus=("1.0", "q0.9"), with_base=True)
+    assert [row.tau for row in scored.decision] == ["1", "q0.9"] and entropy_cache(path).is_file()
+    # The local client finds the daemon's cached entropies: one file convention, one model key.
+    assert scored == local.pool_stats(path, taus=("1.0", "q0.9"), with_base=True)
+    with pytest.raises(RmxError, match="keep-shortest must be in"):
+        remote.pool_stats(path, keep_shortest=0.0)
+    with pytest.raises(RmxError, match="rollouts file not found"):
+        remote.pool_stats(str(tmp_path / "missing.jsonl"))
 
 
 def test_the_openapi_schema_is_published_and_curl_works_on_the_socket(daemon):

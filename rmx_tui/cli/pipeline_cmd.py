@@ -160,24 +160,17 @@ def pool_show(
     json_output: opt.Json = False,
 ) -> None:
     """Pass-rate histogram, correct vs wrong lengths, the trim's effect, and decision-point rates per τ."""
-    from engine.config import Tau
-    from engine.pool import PoolSpec, base_entropies, pool_stats, select_pool
-    from engine.rollouts import read_rollouts
+    from engine.pool import PoolSpec, inspect_pool
 
     spec = PoolSpec(rollouts, size, keep_shortest)
     tau_list = [t.strip() for t in taus.split(",") if t.strip()]
-    for tau in tau_list:
-        Tau.parse(tau)
-    records = read_rollouts(rollouts)
-    entropies = None
-    if base is not None:
+
+    def load_base():
         from engine.models import load_model
 
-        loaded = load_model(_model(base, None, dtype, device, revision, trust_remote_code))
-        untrimmed = select_pool(records, PoolSpec(rollouts, size))
-        cache = Path(rollouts).with_name(Path(rollouts).stem + ".entropies.jsonl")
-        entropies = base_entropies(loaded, untrimmed, cache=cache)
-    stats = pool_stats(records, spec, entropies, tau_list)
+        return load_model(_model(base, None, dtype, device, revision, trust_remote_code))
+
+    stats = inspect_pool(spec, tau_list, load_base if base is not None else None)
     if json_output:
         opt.print_json(stats.to_json())
         return
