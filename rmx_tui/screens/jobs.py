@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from engine.jobs import JobsClient, JobStatus, runs_dir
+from engine.client import EngineClient, LocalClient
+from engine.errors import RmxError
+from engine.jobs import JobsClient, JobStatus, read_spec, runs_dir
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,6 +21,7 @@ from rmx_tui.job_templates import Defaults
 from rmx_tui.jobs import describe
 from rmx_tui.screens.launch import LaunchJob
 from rmx_tui.screens.modals import MODAL_CSS
+from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
 from rmx_tui.screens.run import RunScreen
 from rmx_tui.widgets.job_table import JobTable
 from rmx_tui.widgets.tau_grid import SWEEP_KINDS, TauGrid, configured_tau, sweep_points
@@ -65,6 +68,8 @@ class JobsScreen(Screen):
         Binding("c", "cancel", "cancel", tooltip="Cancel the job under the cursor (asks first)"),
         Binding("r", "resume", "resume", tooltip="Resume a failed, cancelled or diverged job from its checkpoint"),
         Binding("f", "follow", "follow", tooltip="Pause or resume refreshing the list (resuming refreshes at once)"),
+        Binding("p", "pool", "pool", tooltip="Inspect the pool of a rollouts, pool or pipeline run: pass rates, "
+                "lengths, decision points per τ"),
         Binding("escape", "app.pop_screen", "back"),
     ]
 
@@ -262,6 +267,27 @@ class JobsScreen(Screen):
         status = self._selected()
         if status is not None:
             self._resume(status.id)
+
+    def action_pool(self) -> None:
+        status = self._selected()
+        if status is None:
+            return
+        run_dir = runs_dir() / status.id
+        try:
+            config = read_spec(run_dir).config
+        except (OSError, RmxError, ValueError, KeyError, TypeError):  # a daemon on another machine keeps its run dirs there
+            self.notify(f"the run dir of {status.id} is not on this machine", severity="warning")
+            return
+        path = rollouts_file_of(run_dir, status.kind, config)
+        if path is None:
+            self.notify(f"a {status.kind} run has no pool: p inspects rollouts, pool and pipeline runs",
+                        severity="warning")
+            return
+        pool = config.get("pool") if status.kind == "pool" and isinstance(config.get("pool"), dict) else {}
+        engine = getattr(self.app, "client", None)
+        # The workbench's client scores the pool under its loaded base; a bare host has none but reads the file.
+        self.app.push_screen(PoolScreen(engine if isinstance(engine, EngineClient) else LocalClient(), path,
+                                        size=pool.get("size"), keep_shortest=pool.get("keep_shortest", 1.0)))
 
     def action_follow(self) -> None:
         self.following = not self.following
