@@ -8,7 +8,7 @@ from engine.config import ModelSpec, Tau
 from engine.data import Problem
 from engine.decode import SamplingSpec, Step
 from engine.grading import GradeResult
-from engine.interventions import ForkEstimate, InterventionResult
+from engine.interventions import ForkEstimate, InterventionResult, ShouldStop
 from engine.pool import DEFAULT_TAUS, PoolStats
 from engine.records import ScoredRollout
 from engine.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
@@ -39,10 +39,15 @@ class EngineClient(Protocol):
     def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
                   tau: str | float | Tau | None = None, gold: str | None = None,
                   force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
-                  top: int = 5) -> InterventionResult: ...
+                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
+        """`should_stop` is asked between decoding steps; True ends the run early with Interrupted."""
+        ...
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
-                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate: ...
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
+                      should_stop: ShouldStop | None = None) -> ForkEstimate:
+        """`should_stop` is asked between decoding steps; True ends the estimate early with Interrupted."""
+        ...
 
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats: ...
@@ -87,12 +92,15 @@ class LocalClient:
     def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
                   tau: str | float | Tau | None = None, gold: str | None = None,
                   force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
-                  top: int = 5) -> InterventionResult:
-        return self.workbench.intervene(prompt_ids, mode, sampling, tau, gold, force, rollout, top)
+                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
+        return self.workbench.intervene(prompt_ids, mode, sampling, tau, gold, force, rollout, top,
+                                        should_stop=should_stop)
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
-                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
-        return self.workbench.fork_outcomes(prompt_ids, rollout, pos, token, gold, n, sampling)
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
+                      should_stop: ShouldStop | None = None) -> ForkEstimate:
+        return self.workbench.fork_outcomes(prompt_ids, rollout, pos, token, gold, n, sampling,
+                                            should_stop=should_stop)
 
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:

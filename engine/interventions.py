@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import closing
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from engine.config import Tau
 from engine.decode import DecodeSession, Rule, SamplingSpec, Step, StepContext, check_force, check_prompt
@@ -21,6 +22,16 @@ RANDOM_POOL = 20
 """The random control draws from the base top-20 minus its argmax (paper §3.2)."""
 WILSON_Z = 1.959963984540054
 """Two-sided 95% normal quantile."""
+
+ShouldStop = Callable[[], bool]
+"""Asked between decoding steps: True stops the run with Interrupted."""
+
+
+class Interrupted(RmxError):
+    """A run stopped before its end because its caller's should_stop said so; the decode session stays usable."""
+
+    def __init__(self, message: str = "intervention stopped") -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -217,17 +228,31 @@ def gated_rule(tau_nats: float) -> Rule:
     return rule
 
 
-def base_greedy_entropies(session: DecodeSession, prompt_ids: Sequence[int], sampling: SamplingSpec) -> list[float]:
+def _stoppable(steps: Iterator[Step], should_stop: ShouldStop | None) -> Iterator[Step]:
+    """The steps of a decode, asking `should_stop` after each; True closes the decode and raises Interrupted.
+
+    A decode left between steps has fed its session caches only whole steps, so the next one reuses them.
+    """
+    with closing(steps):
+        for step in steps:
+            if should_stop is not None and should_stop():
+                raise Interrupted()
+            yield step
+
+
+def base_greedy_entropies(session: DecodeSession, prompt_ids: Sequence[int], sampling: SamplingSpec,
+                          should_stop: ShouldStop | None = None) -> list[float]:
     """Base entropies along the base's own greedy rollout of this prompt: what a τ quantile is taken over."""
     greedy = replace(sampling, greedy=True)
-    return [step.entropy for step in session.decode(prompt_ids, greedy)]
+    return [step.entropy for step in _stoppable(session.decode(prompt_ids, greedy), should_stop)]
 
 
-def resolve_tau(session: DecodeSession, prompt_ids: Sequence[int], sampling: SamplingSpec, tau: Tau) -> float:
+def resolve_tau(session: DecodeSession, prompt_ids: Sequence[int], sampling: SamplingSpec, tau: Tau,
+                should_stop: ShouldStop | None = None) -> float:
     """τ in nats: as given, or the quantile of the base's own greedy-rollout entropies for this prompt."""
     if not tau.quantile:
         return tau.value
-    return tau.resolve(base_greedy_entropies(session, prompt_ids, sampling))
+    return tau.resolve(base_greedy_entropies(session, prompt_ids, sampling, should_stop))
 
 
 def run_mode(
@@ -242,13 +267,15 @@ def run_mode(
     gold: str | None = None,
     rollout: Sequence[int] = (),
     top: int = 5,
+    should_stop: ShouldStop | None = None,
 ) -> list[InterventionResult]:
     """n completions of one prompt under `mode` (one of RUN_MODES), each graded when `gold` is given.
 
     base and teacher decode alone; oracle, random and gated steer the base with the teacher;
     manual only forces. Forced (position, token) pairs apply in every mode and win over rules.
     A τ quantile (q0.97) is resolved against the base's own greedy rollout entropies for this
-    prompt, computed here (with forcing and any rollout left out).
+    prompt, computed here (with forcing and any rollout left out). `should_stop` is asked before
+    decoding and after every step (of every row); once it says True the run ends with Interrupted.
     """
     if mode not in RUN_MODES:
         raise RmxError(f"unknown mode '{mode}': use one of {', '.join(RUN_MODES)}")
@@ -265,7 +292,9 @@ def run_mode(
     # Checked before a τ quantile pays for its reference rollout; decode checks them again.
     check_prompt(view, prompt_ids)
     check_force(view, force, len(rollout_ids), sampling.max_new_tokens)
-    tau_nats = resolve_tau(session, prompt_ids, sampling, tau) if mode == "gated" else None
+    if should_stop is not None and should_stop():
+        raise Interrupted()
+    tau_nats = resolve_tau(session, prompt_ids, sampling, tau, should_stop) if mode == "gated" else None
     rule = None
     if mode == "oracle":
         rule = oracle_rule()
@@ -276,7 +305,7 @@ def run_mode(
     steps = session.decode(prompt_ids, sampling, rollout=rollout_ids, force=force, rule=rule, n=n, top=top,
                            drive="teacher" if mode == "teacher" else "base")
     rows: list[list[Step]] = [[] for _ in range(n)]
-    for step in steps:
+    for step in _stoppable(steps, should_stop):
         rows[step.row].append(step)
     kept = rollout_ids[: rows[0][0].pos]
     return [_result(view, mode, kept, row, tau_nats, gold) for row in rows]
@@ -313,6 +342,7 @@ def generate(
     rollout: Sequence[int] = (),
     top: int = 5,
     session: DecodeSession | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[InterventionResult]:
     """What `rmx generate` runs: n completions of a prompt, the base driving, optionally steered.
 
@@ -322,6 +352,7 @@ def generate(
     forced position, whichever comes first, and keeps its tokens before that as given.
     tau: the gate's threshold, nats or a quantile of the base's own greedy-rollout entropies for
     this prompt. Pass a `session` to reuse its KV caches across calls (browsing and forks).
+    `should_stop`, asked after every step, ends the run early with Interrupted.
     """
     if intervene is not None and intervene not in MODES:
         raise RmxError(f"unknown intervention '{intervene}': use one of {', '.join(MODES)}")
@@ -330,7 +361,7 @@ def generate(
     elif session.base is not base or session.teacher is not teacher:
         raise RmxError("this decode session belongs to another base/teacher pair")
     return run_mode(session, intervene or "base", prompt_ids, sampling, force=force, tau=tau, n=n, gold=gold,
-                    rollout=rollout, top=top)
+                    rollout=rollout, top=top, should_stop=should_stop)
 
 
 def fork(
@@ -342,16 +373,19 @@ def fork(
     gold: str,
     sampling: SamplingSpec = SamplingSpec(greedy=False, temperature=0.6, top_p=0.95),
     n: int = 8,
+    should_stop: ShouldStop | None = None,
 ) -> ForkEstimate:
     """Force `token` at `pos` of a rollout, sample n base continuations, and estimate P(correct) with a Wilson CI.
 
     The rollout's tokens before `pos` are kept; the session's cached start of them is reused,
-    and the n continuations share one prefill of the fork. The default sampling is the
-    authors' rollout recipe (temperature 0.6, top-p 0.95).
+    and the n continuations share one prefill of the fork, decoded as one batch. The default
+    sampling is the authors' rollout recipe (temperature 0.6, top-p 0.95). `should_stop`, asked
+    after every step of every continuation, ends the estimate early with Interrupted.
     """
     if gold is None or not str(gold).strip():
         raise RmxError("a fork estimate needs a gold answer to grade its continuations")
-    results = run_mode(session, "base", prompt_ids, sampling, force=[(pos, token)], n=n, gold=gold, rollout=rollout)
+    results = run_mode(session, "base", prompt_ids, sampling, force=[(pos, token)], n=n, gold=gold, rollout=rollout,
+                       should_stop=should_stop)
     correct = sum(bool(r.correct) for r in results)
     low, high = wilson(correct, n)
     return ForkEstimate(pos=int(pos), token=int(token), n=n, correct=correct, p=correct / n, low=low, high=high,

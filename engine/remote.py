@@ -16,7 +16,7 @@ from engine.data import Problem
 from engine.decode import SamplingSpec, Step
 from engine.errors import RmxError
 from engine.grading import GradeResult
-from engine.interventions import ForkEstimate, InterventionResult
+from engine.interventions import ForkEstimate, InterventionResult, Interrupted, ShouldStop
 from engine.jobs import JobConflict, JobNotFound, JobStatus, JobView, job_entry
 from engine.pool import DEFAULT_TAUS, PoolStats
 from engine.records import ScoredRollout
@@ -194,10 +194,16 @@ class RemoteClient:
         response = self._open(method, path, body, params, idempotent, self._stream_timeout)
         yield from self._frames(response)
 
-    def _frames(self, response: httpx.Response) -> Iterator[dict[str, Any]]:
-        """The frames of an open NDJSON response; the response is closed when they end or when this is closed."""
+    def _frames(self, response: httpx.Response, should_stop: ShouldStop | None = None) -> Iterator[dict[str, Any]]:
+        """The frames of an open NDJSON response; the response is closed when they end or when this is closed.
+
+        `should_stop` is asked at every line, keepalives included: True drops the connection (which stops the
+        daemon's work) and raises Interrupted.
+        """
         try:
             for line in response.iter_lines():
+                if should_stop is not None and should_stop():
+                    raise Interrupted()
                 if not line.strip():
                     continue  # keepalive
                 frame = json.loads(line)
@@ -212,6 +218,13 @@ class RemoteClient:
         finally:
             response.close()
         raise EngineLost(f"the stream from the engine at {self.target} ended before its done frame")
+
+    def _stoppable(self, path: str, body: Any, should_stop: ShouldStop) -> dict[str, Any]:
+        """The answer of a stoppable call's NDJSON stream (a blank line every few tenths of a second, then the
+        answer); should_stop is asked at every line, and True drops the connection, which stops the daemon's work."""
+        response = self._open("POST", path, body, timeout=self._stream_timeout)
+        [answer] = self._frames(response, should_stop)
+        return answer
 
     # --- EngineClient -------------------------------------------------------------------------
 
@@ -264,18 +277,30 @@ class RemoteClient:
     def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
                   tau: str | float | Tau | None = None, gold: str | None = None,
                   force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
-                  top: int = 5) -> InterventionResult:
-        """One completion under `mode` on the daemon; no read timeout, as a long decode answers only when done."""
+                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
+        """One completion under `mode` on the daemon; no read timeout, as a long decode answers only when done.
+
+        With `should_stop` the run is streamed instead, and stopped on the daemon (Interrupted here) once it says
+        True.
+        """
         body = {"prompt_ids": _ids(prompt_ids), "mode": mode, "sampling": asdict(sampling), "tau": _tau(tau),
                 "gold": gold, "force": _pairs(force), "rollout": _ids(rollout), "top": top}
+        if should_stop is not None:
+            return InterventionResult.from_json(self._stoppable("/intervene/stream", body, should_stop))
         data = self._call("POST", "/intervene", body, timeout=httpx.Timeout(None, connect=5.0))
         return InterventionResult.from_json(data)
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
-                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
-        """P(correct | token at pos) from n continuations sampled on the daemon; no read timeout, as intervene."""
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
+                      should_stop: ShouldStop | None = None) -> ForkEstimate:
+        """P(correct | token at pos) from n continuations sampled on the daemon; no read timeout, as intervene.
+
+        With `should_stop` the estimate is streamed, and stopped on the daemon as intervene's run is.
+        """
         body = {"prompt_ids": _ids(prompt_ids), "rollout": _ids(rollout), "pos": pos, "token": token, "gold": gold,
                 "n": n, "sampling": asdict(sampling)}
+        if should_stop is not None:
+            return ForkEstimate.from_json(self._stoppable("/fork/stream", body, should_stop))
         data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
         return ForkEstimate.from_json(data)
 

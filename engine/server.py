@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +35,9 @@ from engine.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
 
 KEEPALIVE_S = 5.0
 """An idle stream sends a blank line this often, so clients and tunnels can tell idle from dead."""
+WORKING_S = 0.1
+"""A stoppable call's stream sends a blank line this often while it works: the client checks between lines
+whether its caller wants it stopped."""
 UNIX_PATH_MAX = 104
 """The shortest sun_path limit among the platforms we run on (macOS), less the NUL."""
 MAX_ROWS = 4096
@@ -297,6 +301,26 @@ class _ClosingStream(StreamingResponse):
                     await run_in_threadpool(self._close)
 
 
+async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator[Any]:
+    """Run a blocking engine call in a worker thread, None (a blank line) every WORKING_S meanwhile, then its answer.
+
+    The call gets a should_stop that turns true once this stream is over, so when the client leaves first (the
+    stream is cancelled) the engine stops at its next step and lets go of the Workbench.
+    """
+    stop = threading.Event()
+    pending = asyncio.ensure_future(run_in_threadpool(call, stop.is_set))
+    try:
+        while not (await asyncio.wait({pending}, timeout=WORKING_S))[0]:
+            yield None
+        yield pending.result()
+    finally:
+        stop.set()
+        with anyio.CancelScope(shield=True):  # the Workbench is free again before the response ends
+            await asyncio.wait({pending})
+            if not pending.cancelled():
+                pending.exception()  # a client that left has nobody to hear the call's error (its Interrupted)
+
+
 def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[], Any] | None = None
                     ) -> StreamingResponse:
     """The one way a stream leaves the engine: NDJSON, one JSON object per line, ending in a `done` frame.
@@ -479,6 +503,32 @@ def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
         estimate = workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
                                            body.sampling.spec())
         return estimate.to_json(with_ids=True)
+
+    @app.post("/intervene/stream", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def intervene_stream(body: InterveneBody):
+        """/intervene as NDJSON: blank lines while it runs, then the result, then done. Closing the connection
+        stops the run at its next step and frees the engine. A malformed request is a 4xx; a problem the engine
+        finds ends the stream with `{"done": true, "error": ...}`."""
+        sampling = body.sampling.spec()
+
+        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
+            return workbench.intervene(body.prompt_ids, body.mode, sampling, body.tau, body.gold, body.force,
+                                       body.rollout, body.top, should_stop=should_stop).to_json(with_ids=True)
+
+        return ndjson_response(_stoppable(run))
+
+    @app.post("/fork/stream", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def fork_stream(body: ForkBody):
+        """/fork as NDJSON, as /intervene/stream: blank lines, the estimate, done; closing the connection stops it."""
+        sampling = body.sampling.spec()
+
+        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
+            return workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
+                                           sampling, should_stop=should_stop).to_json(with_ids=True)
+
+        return ndjson_response(_stoppable(run))
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from engine.data import Problem, load_problems
 from engine.decode import DecodeSession, SamplingSpec, Step
 from engine.errors import RmxError
 from engine.grading import GradeResult, grade
-from engine.interventions import RUN_MODES, ForkEstimate, InterventionResult, fork, run_mode
+from engine.interventions import RUN_MODES, ForkEstimate, InterventionResult, ShouldStop, fork, run_mode
 from engine.models import LoadedModel, load_pair
 from engine.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
 from engine.prompts import completion_ids, prompt_ids
@@ -130,11 +130,12 @@ class Workbench:
     def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
                   tau: str | float | Tau | None = None, gold: str | None = None,
                   force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
-                  top: int = 5) -> InterventionResult:
+                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
         """One completion under `mode` (base, teacher, oracle, random, gated or manual), graded when `gold` is given.
 
-        `tau` (nats, or a quantile such as `q0.97`) is the gate's threshold; other modes ignore it. Runs to the
-        end on the Workbench's decode session, so the caches of the sequence being browsed are reused.
+        `tau` (nats, or a quantile such as `q0.97`) is the gate's threshold; other modes ignore it. Runs on the
+        Workbench's decode session, so the caches of the sequence being browsed are reused. `should_stop` is
+        asked after every decoded step: True ends the run with Interrupted and frees the Workbench.
         """
         if mode not in RUN_MODES:
             raise RmxError(f"unknown mode '{mode}': use one of {', '.join(RUN_MODES)}")
@@ -142,14 +143,18 @@ class Workbench:
         with self._lock:
             session = self._loaded_session()
             return run_mode(session, mode, prompt_ids, sampling, force=force, tau=gate, gold=gold,
-                            rollout=rollout, top=top)[0]
+                            rollout=rollout, top=top, should_stop=should_stop)[0]
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
-                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING) -> ForkEstimate:
-        """Force `token` at `pos` of `rollout`, sample n base continuations, estimate P(correct) with a Wilson CI."""
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
+                      should_stop: ShouldStop | None = None) -> ForkEstimate:
+        """Force `token` at `pos` of `rollout`, sample n base continuations, estimate P(correct) with a Wilson CI.
+
+        `should_stop`, asked after every decoded step, ends the estimate early with Interrupted.
+        """
         with self._lock:
             session = self._loaded_session()
-            return fork(session, prompt_ids, rollout, pos, token, gold, sampling, n)
+            return fork(session, prompt_ids, rollout, pos, token, gold, sampling, n, should_stop)
 
     def _loaded_session(self) -> DecodeSession:
         self.base  # noqa: B018  (raises the one-line "no model is loaded")

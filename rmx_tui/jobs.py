@@ -180,10 +180,10 @@ def score(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequen
 
 
 def sample(client: EngineClient, job: SampleJob, post: Post, cancelled: Cancelled) -> None:
-    """The engine's fork estimate, as outcome bars. One call that cannot stop midway: a cancel drops its answer."""
+    """The engine's fork estimate, as outcome bars; a cancel stops the engine at its next step and posts nothing."""
     try:
         estimate = client.fork_outcomes(job.prompt_ids, job.rollout, job.pos, job.token, job.gold, n=job.n,
-                                        sampling=job.sampling)
+                                        sampling=job.sampling, should_stop=cancelled)
     except Exception as error:
         if not cancelled():
             post(EngineFailed("sample", describe(error), job.key))
@@ -199,10 +199,10 @@ def sample(client: EngineClient, job: SampleJob, post: Post, cancelled: Cancelle
 
 
 def intervene(client: EngineClient, job: InterventionJob, post: Post, cancelled: Cancelled) -> None:
-    """One engine call that cannot stop midway: a cancel drops its answer."""
+    """A run of one intervention mode; a cancel stops the engine at its next step and posts nothing."""
     try:
         result = client.intervene(job.prompt_ids, job.mode, job.sampling, tau=job.tau, gold=job.gold,
-                                  top=ALTERNATIVES)
+                                  top=ALTERNATIVES, should_stop=cancelled)
     except Exception as error:
         if not cancelled():
             # No branch exists yet: the failure belongs to no branch.

@@ -12,10 +12,11 @@ from engine.data import Problem
 from engine.decode import DecodeSession, SamplingSpec
 from engine.errors import RmxError
 from engine.experiments import FIGURE2_MODES, read_results, run_figure2, summarize
-from engine.interventions import (InterventionResult, base_greedy_entropies, fork, generate, run_mode,
-                                  wilson)
+from engine.interventions import (InterventionResult, Interrupted, base_greedy_entropies, fork, generate,
+                                  run_mode, wilson)
 from engine.models import load_model, load_pair
 from engine.scoring import score
+from engine.workbench import Workbench
 
 PROMPTS = ["Sam has 4 pencils and gets 3 more.", "What is 12 + 30?", "Let x be a number such that"]
 SPEC = SamplingSpec(max_new_tokens=16)
@@ -240,6 +241,71 @@ def test_fork_grades_n_continuations_and_bounds_p(llama_pair):
     assert estimate.correct >= 1, "the kept prefix already boxes the gold answer"
     with pytest.raises(RmxError, match="gold"):
         fork(session, prompt, rollout, 2, 5, "", spec, n=2)
+
+
+class StopAfter:
+    """A should_stop that says True on its k-th question, and counts the questions."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.k
+
+
+def loaded_workbench(tiny_llama, tiny_llama_teacher) -> Workbench:
+    workbench = Workbench()
+    workbench.load(ModelSpec(str(tiny_llama), dtype="float32", device="cpu"),
+                   ModelSpec(str(tiny_llama_teacher), dtype="float32", device="cpu"))
+    return workbench
+
+
+def same_run(a: InterventionResult, b: InterventionResult) -> bool:
+    """The same tokens, touches and verdict; floats to rounding, as a reused cache may add in another order."""
+    return ((a.completion_ids, a.touched, a.correct) == (b.completion_ids, b.touched, b.correct)
+            and (a.tau, *a.entropies) == pytest.approx((b.tau, *b.entropies), abs=1e-4))
+
+
+@pytest.mark.parametrize("mode, tau, k", [("oracle", None, 1), ("oracle", None, 5), ("gated", "q0.5", 3),
+                                          ("gated", "q0.5", 30)])
+def test_should_stop_ends_an_intervention_and_the_workbench_carries_on(tiny_llama, tiny_llama_teacher, mode, tau, k):
+    """k = 1 stops before decoding, 3 within the τ reference rollout, 5 and 30 within the run itself."""
+    spec = SamplingSpec(max_new_tokens=24)
+    fresh = loaded_workbench(tiny_llama, tiny_llama_teacher)
+    prompt = fresh.prompt_ids(PROMPTS[0])
+    expected = fresh.intervene(prompt, mode, spec, tau=tau, gold="7")
+    assert len(expected.steps) == 24, "the run outlasts every k"
+    workbench = loaded_workbench(tiny_llama, tiny_llama_teacher)
+    stop = StopAfter(k)
+    with pytest.raises(Interrupted, match="^intervention stopped$"):
+        workbench.intervene(prompt, mode, spec, tau=tau, gold="7", should_stop=stop)
+    assert stop.asked == k, "it stops at the first True"
+    assert same_run(workbench.intervene(prompt, mode, spec, tau=tau, gold="7"), expected)
+    # A run that is never stopped asks after every step, and gives what it gives without asking.
+    never = StopAfter(10**9)
+    assert same_run(workbench.intervene(prompt, mode, spec, tau=tau, gold="7", should_stop=never), expected)
+    assert never.asked == 1 + len(expected.steps) + (len(expected.steps) if mode == "gated" else 0)
+
+
+def test_should_stop_ends_a_fork_estimate_between_its_samples(tiny_llama, tiny_llama_teacher):
+    spec = SamplingSpec(greedy=False, temperature=0.6, top_p=0.95, seed=0, max_new_tokens=12)
+    fresh = loaded_workbench(tiny_llama, tiny_llama_teacher)
+    prompt = fresh.prompt_ids(PROMPTS[0])
+    answer = fresh.tokenize(" The answer is \\boxed{7}.")
+    rollout = answer + list(fresh.intervene(prompt + answer, "base", SPEC).completion_ids)
+    pos = len(answer)
+    expected = fresh.fork_outcomes(prompt, rollout, pos, rollout[pos], "7", 4, spec)
+    workbench = loaded_workbench(tiny_llama, tiny_llama_teacher)
+    workbench.intervene(prompt + answer, "base", SPEC)  # the same cache history as the fresh one
+    stop = StopAfter(7)  # one question before decoding, then one per row and step: the 7th follows row 1's 2nd step
+    with pytest.raises(Interrupted):
+        workbench.fork_outcomes(prompt, rollout, pos, rollout[pos], "7", 4, spec, should_stop=stop)
+    assert stop.asked == 7
+    estimate = workbench.fork_outcomes(prompt, rollout, pos, rollout[pos], "7", 4, spec)
+    assert (estimate.correct, estimate.low, estimate.high) == (expected.correct, expected.low, expected.high)
+    assert all(same_run(a, b) for a, b in zip(estimate.continuations, expected.continuations, strict=True))
 
 
 PROBLEMS = [Problem(id=f"p{i}", problem=text, answer="7", source="test") for i, text in enumerate(PROMPTS)]

@@ -19,7 +19,7 @@ from engine.client import EngineClient, LocalClient
 from engine.config import ModelSpec, Tau
 from engine.decode import SamplingSpec, Step
 from engine.errors import RmxError
-from engine.interventions import ForkEstimate, InterventionResult
+from engine.interventions import ForkEstimate, InterventionResult, Interrupted
 from engine.records import TopToken
 from engine.remote import RemoteClient, StepStream
 from engine.server import create_app
@@ -180,6 +180,36 @@ def test_closing_a_remote_decode_mid_stream_frees_the_engine(engines):
     assert remote == local
 
 
+def test_stopping_a_remote_intervention_or_fork_stops_the_daemon_and_frees_it(engines):
+    prompt = engines.prompt
+    long = SamplingSpec(max_new_tokens=480)
+    local = engines.local.intervene(prompt, "oracle", long, gold="7")
+    began = time.monotonic()
+    remote = engines.remote.intervene(prompt, "oracle", long, gold="7", should_stop=lambda: False)
+    whole = time.monotonic() - began
+    assert remote == local and len(remote.steps) > 100, "streamed, never stopped: the plain answer"
+
+    answer = engines.local.tokenize(" The answer is \\boxed{7}.")
+    rollout = answer + list(local.completion_ids[:8])
+    pos = len(answer)
+    # Each takes longer than the oracle run above: a gated run decodes twice (its τ's reference rollout first),
+    # and 64 sampled rows of up to 480 tokens take several times as long.
+    wide = SamplingSpec(greedy=False, temperature=0.6, top_p=0.95, max_new_tokens=480)
+    calls = {"intervene": lambda stop: engines.remote.intervene(prompt, "gated", long, tau="q0.5", gold="7",
+                                                                should_stop=stop),
+             "fork": lambda stop: engines.remote.fork_outcomes(prompt, rollout, pos, rollout[pos], "7", 64, wide,
+                                                               should_stop=stop)}
+    for name, call in calls.items():
+        began = time.monotonic()
+        with pytest.raises(Interrupted, match="^intervention stopped$"):
+            call(lambda: time.monotonic() > began + 0.2)
+        stopped = time.monotonic() - began
+        # Had the daemon gone on with the call, the next request would wait for the lock until its end.
+        assert stopped + _prompt_score_returns_promptly(engines, prompt) < whole / 2, name
+    local, remote = both(engines, lambda c: c.intervene(prompt, "oracle", SamplingSpec(max_new_tokens=10), gold="7"))
+    assert remote.completion_ids == local.completion_ids and remote.touched == local.touched
+
+
 class _Scripted:
     """A Workbench stand-in whose decode fails at a chosen step; it records whether its stream was closed."""
 
@@ -255,6 +285,35 @@ def test_a_slow_step_gets_keepalive_lines_meanwhile(monkeypatch):
         lines = client._http.post("/decode", json={"prompt_ids": [1]}).text.split("\n")
         assert "" in lines[1:-1] and json.loads(lines[-2]) == {"done": True}
         assert [s.pos for s in client.decode([1])] == [0, 1, 2]
+
+
+def test_a_stoppable_call_streams_blank_lines_then_its_answer_then_done(monkeypatch):
+    monkeypatch.setattr("engine.server.WORKING_S", 0.05)
+    step = Step(pos=0, id=1, text="x", logprob=-0.5, entropy=1.0, top=(TopToken(1, "x", -0.5),), source="base",
+                end="length")
+    result = InterventionResult(mode="base", steps=(step,), completion_ids=(1,), text="x", touched=())
+
+    class Slow:
+        def intervene(self, prompt_ids, mode, *args, should_stop):
+            time.sleep(0.3)
+            if mode == "manual":
+                raise RmxError("the device ran out of memory (simulated)")
+            return result
+
+    with _scripted_client(Slow()) as client:
+        lines = client._http.post("/intervene/stream", json={"prompt_ids": [1], "mode": "base"}).text.split("\n")
+        assert "" in lines[:-3] and not any(lines[:-3])
+        assert json.loads(lines[-3]) == result.to_json(with_ids=True) and json.loads(lines[-2]) == {"done": True}
+        asked = []
+
+        def never() -> bool:
+            asked.append(True)
+            return False
+
+        assert client.intervene([1], "base", should_stop=never) == result
+        assert len(asked) >= 3, "asked at every line: the blank ones, the answer and done"
+        with pytest.raises(RmxError, match=r"^the device ran out of memory \(simulated\)$"):
+            client.intervene([1], "manual", should_stop=lambda: False)
 
 
 def test_step_json_round_trips_and_keeps_the_public_shape():

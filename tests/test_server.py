@@ -31,8 +31,9 @@ from rmx_tui.cli import app as cli_app
 from tests.test_jobs import kill_jobs
 
 ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids",
-             "/token_texts", "/decode", "/intervene", "/fork", "/grade", "/problems", "/pool_stats", "/jobs",
-             "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel", "/jobs/{job_id}/resume"}
+             "/token_texts", "/decode", "/intervene", "/fork", "/intervene/stream", "/fork/stream", "/grade",
+             "/problems", "/pool_stats", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
+             "/jobs/{job_id}/resume"}
 
 
 def short_tmp() -> Path:
@@ -122,6 +123,17 @@ def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_l
         remote.load(ModelSpec(str(pickles)))
     assert remote.info() == before
     assert before.base.extra == {} and remote.health()["ok"] is True
+    # The stoppable streams: a malformed body is a 4xx before any frame; an engine refusal, the stream's error.
+    for path in ("/intervene/stream", "/fork/stream"):
+        assert remote._http.post(path, json={"prompt_ids": "seven", "mode": "base"}).status_code == 422
+        response = remote._http.post(path, json={"prompt_ids": [1, 2], "rollout": [3], "pos": 0, "token": 3,
+                                                 "mode": "base", "sampling": {"temperature": 0}})
+        assert response.status_code == 400 and "temperature" in response.json()["detail"]
+    with pytest.raises(RmxError, match="^oracle needs a teacher model"):
+        remote.intervene([1, 2], "oracle", should_stop=lambda: False)
+    with pytest.raises(RmxError, match="gold answer"):
+        remote.fork_outcomes([1, 2], [3, 4], 0, 5, "", should_stop=lambda: False)
+    assert remote.health()["ok"] is True
 
 
 def test_pool_stats_through_the_daemon_match_the_local_client(daemon, local, tmp_path):

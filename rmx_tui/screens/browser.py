@@ -656,8 +656,7 @@ class BrowserScreen(Screen):
             return
         self.app.workers.cancel_group(self, "engine")
         if self._blocking is not None:
-            # One engine call cannot stop midway: it ends in the background and the worker drops its answer.
-            self.notify(f"{self._blocking} cancelled: the engine finishes its current call, then drops the result")
+            self.notify(f"{self._blocking} cancelled: the engine stops at its next token")
             self._end_blocking()
 
     # --- actions: navigation and gate -------------------------------------------------------

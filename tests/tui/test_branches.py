@@ -8,6 +8,7 @@ import time
 import pytest
 
 from engine.decode import SamplingSpec
+from engine.interventions import Interrupted
 
 from rmx_tui.model import CANCELLED, DONE, FAILED
 from rmx_tui.screens.browser import BrowserScreen
@@ -170,19 +171,31 @@ async def test_sampling_continuations_gives_outcome_bars(make_app):
 
 
 class StalledEstimates:
-    """The real client, each outcome estimate stalled first: time to press esc while the engine works on it."""
+    """The real client, its outcome estimates slowed (a pause at each question the engine asks between steps):
+    time to press esc while the engine works on one. It counts the questions, the estimates returned and those
+    stopped midway."""
 
-    def __init__(self, inner, delay: float = 0.5) -> None:
+    def __init__(self, inner, delay: float = 0.1) -> None:
         self.inner = inner
         self.delay = delay
         self.returned = 0
+        self.stopped = 0
+        self.asked = 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def fork_outcomes(self, *args, **kwargs):
-        time.sleep(self.delay)
-        estimate = self.inner.fork_outcomes(*args, **kwargs)
+    def fork_outcomes(self, *args, should_stop, **kwargs):
+        def slowed() -> bool:
+            self.asked += 1
+            time.sleep(self.delay)
+            return should_stop()
+
+        try:
+            estimate = self.inner.fork_outcomes(*args, should_stop=slowed, **kwargs)
+        except Interrupted:
+            self.stopped += 1
+            raise
         self.returned += 1
         return estimate
 
@@ -199,12 +212,30 @@ async def test_escape_drops_a_running_outcome_estimate(make_app, client):
         await pilot.press("escape")
         assert "outcome sampling cancelled" in _messages(app)
         assert "sampling" not in str(screen.query_one("#outcomes").render())
-        await until(pilot, lambda: engine.returned == 1)
+        await until(pilot, lambda: engine.stopped == 1)
         await pilot.pause(0.2)
-        assert not app.session.outcomes
+        assert not app.session.outcomes and engine.returned == 0
         engine.delay = 0.0
         await pilot.press("c")
         await until(pilot, lambda: bool(app.session.outcomes))
+
+
+async def test_escape_during_an_estimate_lets_a_fork_run_at_once(make_app, client):
+    engine = StalledEstimates(client, delay=0.2)
+    app = make_app(engine=engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await rollout_ready(pilot)
+        screen: BrowserScreen = app.screen
+        root = screen.active
+        await pilot.press("home", "right", "c")
+        await until(pilot, lambda: engine.asked >= 2)
+        await pilot.press("escape")
+        # The fork's decode waits for the engine lock: for the abandoned estimate's current step, not its end.
+        engine.delay = 0.0
+        await pilot.press("2")
+        await _fork_done(pilot)
+        assert screen.active.parent is root and screen.active.state == DONE
+        assert engine.stopped == 1 and engine.returned == 0 and not app.session.outcomes
 
 
 async def test_exports_write_json_and_svg(make_app, tmp_path):

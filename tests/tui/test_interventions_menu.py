@@ -8,6 +8,7 @@ import pytest
 
 from engine.client import LocalClient
 from engine.errors import RmxError
+from engine.interventions import Interrupted
 from textual.widgets import OptionList
 
 from rmx_tui.model import DONE
@@ -20,19 +21,33 @@ pytestmark = pytest.mark.anyio
 
 
 class RecordingClient:
-    """The real client, keeping every intervention result it hands back; `delay` stalls each call first."""
+    """The real client, keeping every intervention result it hands back; it counts the questions the engine asks
+    between decoding steps and the runs stopped midway.
+
+    `delay` slows the engine down: a pause at each question it asks between decoding steps.
+    """
 
     def __init__(self, inner: LocalClient, delay: float = 0.0) -> None:
         self.inner = inner
         self.delay = delay
         self.results = []
+        self.stopped = 0
+        self.asked = 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def intervene(self, *args, **kwargs):
-        time.sleep(self.delay)
-        result = self.inner.intervene(*args, **kwargs)
+    def intervene(self, *args, should_stop, **kwargs):
+        def slowed() -> bool:
+            self.asked += 1
+            time.sleep(self.delay)
+            return should_stop()
+
+        try:
+            result = self.inner.intervene(*args, should_stop=slowed, **kwargs)
+        except Interrupted:
+            self.stopped += 1
+            raise
         self.results.append(result)
         return result
 
@@ -187,8 +202,8 @@ async def test_an_engine_error_is_a_notification_and_the_app_stays_usable(make_a
         await until(pilot, lambda: screen.active.parent is root and screen.active.state == DONE)
 
 
-async def test_escape_drops_a_running_intervention(make_app, client):
-    engine = RecordingClient(client, delay=0.5)
+async def test_escape_stops_a_running_intervention_and_the_next_one_runs(make_app, client):
+    engine = RecordingClient(client, delay=0.2)
     app = make_app(engine=engine)
     async with app.run_test(size=SIZE) as pilot:
         await rollout_ready(pilot)
@@ -196,12 +211,17 @@ async def test_escape_drops_a_running_intervention(make_app, client):
         root = screen.active
         await pilot.press("i", "1")
         assert "running oracle" in str(screen.query_one("#status").render())
+        await until(pilot, lambda: engine.asked >= 2)  # decoding
         await pilot.press("escape")
         assert "the oracle run cancelled" in _messages(app)
         assert "running oracle" not in str(screen.query_one("#status").render())
-        await until(pilot, lambda: bool(engine.results))
-        await pilot.pause(0.2)
-        assert screen.active is root and not root.children
+        # At once, with the abandoned run perhaps still on its current step: it waits for that step only.
+        engine.delay = 0.0
+        await pilot.press("i", "2")
+        await until(pilot, lambda: screen.active is not root and screen.active.state == DONE)
+        assert engine.stopped == 1, "the engine stopped the oracle run midway"
+        [random_run] = engine.results
+        assert random_run.mode == "random" and [child.key for child in root.children] == [screen.active.key]
 
 
 def test_snapshot_of_the_branch_view_after_a_gated_run(snap_compare, make_app):
