@@ -6,13 +6,15 @@ A key's time runs from posting its Key event to the app to the moment the heatma
 inspector were repainted. Textual paints at most TEXTUAL_FPS times a second (60 by default, so up to 16.7 ms
 of waiting for the next frame); the benchmark raises it to 1000 so the numbers measure work, not frame pacing.
 Each measure is reported twice: wall time, and this process's CPU time over the same span (what the app itself
-spent, whatever else the machine is running). A calibration loop says how fast the machine was at the time.
+spent, whatever else the machine is running). A calibration loop says how fast the machine was at the time, and
+the full (generation-2) garbage collections run while opening and while pressing keys are listed with their times.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import os
 import random
@@ -130,6 +132,34 @@ def report(name: str, samples: list[Stamp], target: float) -> str:
     return f"| {name} | {len(samples)} | {_stats(wall)} | {_stats(cpu)} | < {target:g} | {verdict} |"
 
 
+class FullCollections:
+    """Times the generation-2 garbage collections run inside a `with` block: each walks every tracked object."""
+
+    def __init__(self, during: str) -> None:
+        self.during = during
+        self.took: list[float] = []
+        self._started = 0.0
+
+    def __enter__(self) -> "FullCollections":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.took.append((time.perf_counter() - self._started) * 1000)
+
+    def __str__(self) -> str:
+        times = ", ".join(f"{ms:.0f}" for ms in self.took)
+        return f"full garbage collections while {self.during}: {len(self.took)}" + (f" ({times} ms)" if times else "")
+
+
 def calibrate() -> float:
     """Seconds for sum(range(10**7)): about 0.15 on an idle recent x86 core."""
     started = time.perf_counter()
@@ -137,7 +167,7 @@ def calibrate() -> float:
     return time.perf_counter() - started
 
 
-async def bench(tokens: int, presses: int, opens_count: int) -> list[str]:
+async def bench(tokens: int, presses: int, opens_count: int) -> tuple[list[str], list[FullCollections]]:
     rollout = synthetic_rollout(tokens)
     problem = Problem(id="synthetic", problem="a long synthetic rollout", answer="42", source="bench")
     # An empty client: the benchmark never reaches the engine, the rollout is already in memory.
@@ -150,52 +180,55 @@ async def bench(tokens: int, presses: int, opens_count: int) -> list[str]:
         painted = Painted(view, inspector=screen.query_one(Inspector), status=screen.query_one(StatusBar))
         height = view.scrollable_content_region.height
         opens = []
-        for _ in range(opens_count):
-            # A new branch each time: nothing about it has been measured, laid out or sorted yet.
-            branch = app.session.new_root(problem, rollout.prompt_ids, "synthetic")
-            branch.apply_score(rollout, {})
-            branch.state = "done"
-            started = now()
-            screen.activate(branch, cursor=tokens // 2)
-            await pilot.pause()
-            lines = range(view.scroll_offset.y, view.scroll_offset.y + height)
-            opens.append(await wait(painted, started, lines, widgets=("status",)))
+        opening, pressing = FullCollections("opening"), FullCollections("pressing keys")
+        with opening:
+            for _ in range(opens_count):
+                # A new branch each time: nothing about it has been measured, laid out or sorted yet.
+                branch = app.session.new_root(problem, rollout.prompt_ids, "synthetic")
+                branch.apply_score(rollout, {})
+                branch.state = "done"
+                started = now()
+                screen.activate(branch, cursor=tokens // 2)
+                await pilot.pause()
+                lines = range(view.scroll_offset.y, view.scroll_offset.y + height)
+                opens.append(await wait(painted, started, lines, widgets=("status",)))
         rows.append(report(f"first open + paint {tokens} tokens (styles cold)", opens[:1], 200))
         rows.append(report(f"open + paint {tokens} tokens, each a new branch", opens[1:], 200))
-        for name, key, character in (("cursor → (right)", "right", None), ("cursor ↓ (down)", "down", None),
-                                     ("next decision (n)", "n", "n")):
+        with pressing:
+            for name, key, character in (("cursor → (right)", "right", None), ("cursor ↓ (down)", "down", None),
+                                         ("next decision (n)", "n", "n")):
+                samples = []
+                scrolls = 0
+                for _ in range(presses):
+                    cursor, top = view.cursor, view.scroll_offset.y
+                    started = press(app, key, character)
+                    while view.cursor == cursor:
+                        await asyncio.sleep(0)
+                    if view.scroll_offset.y != top:
+                        # The view scrolled: every visible line is painted again.
+                        scrolls += 1
+                        lines = range(view.scroll_offset.y, view.scroll_offset.y + height)
+                    else:
+                        lines = {view._layout.token_line[cursor], view._layout.token_line[view.cursor]}
+                    samples.append(await wait(painted, started, lines))
+                rows.append(report(f"{name}, {scrolls} scrolls", samples, 16))
             samples = []
-            scrolls = 0
-            for _ in range(presses):
-                cursor, top = view.cursor, view.scroll_offset.y
-                started = press(app, key, character)
-                while view.cursor == cursor:
+            crossed = 0
+            for index in range(presses):
+                old = view.tau
+                started = press(app, *(("plus", "+") if index % 2 == 0 else ("minus", "-")))
+                while view.tau == old:
                     await asyncio.sleep(0)
-                if view.scroll_offset.y != top:
-                    # The view scrolled: every visible line is painted again.
-                    scrolls += 1
-                    lines = range(view.scroll_offset.y, view.scroll_offset.y + height)
-                else:
-                    lines = {view._layout.token_line[cursor], view._layout.token_line[view.cursor]}
-                samples.append(await wait(painted, started, lines))
-            rows.append(report(f"{name}, {scrolls} scrolls", samples, 16))
-        samples = []
-        crossed = 0
-        for index in range(presses):
-            old = view.tau
-            started = press(app, *(("plus", "+") if index % 2 == 0 else ("minus", "-")))
-            while view.tau == old:
-                await asyncio.sleep(0)
-            low, high = sorted((old, view.tau))
-            top = view.scroll_offset.y
-            # What must repaint: the status bar, the lines holding a token that crossed τ, and the
-            # inspector if the cursor's token crossed it (the rest is left as it was painted).
-            lines = view._layout.lines_holding(top, top + height, lambda token: low < view._entropy[token] <= high)
-            crossed += len(lines)
-            widgets = ("status", "inspector") if low < view._entropy[view.cursor] <= high else ("status",)
-            samples.append(await wait(painted, started, lines, widgets))
-        rows.append(report(f"τ ± (about {crossed / presses:.0f} lines restyled a key)", samples, 16))
-    return rows
+                low, high = sorted((old, view.tau))
+                top = view.scroll_offset.y
+                # What must repaint: the status bar, the lines holding a token that crossed τ, and the
+                # inspector if the cursor's token crossed it (the rest is left as it was painted).
+                lines = view._layout.lines_holding(top, top + height, lambda token: low < view._entropy[token] <= high)
+                crossed += len(lines)
+                widgets = ("status", "inspector") if low < view._entropy[view.cursor] <= high else ("status",)
+                samples.append(await wait(painted, started, lines, widgets))
+            rows.append(report(f"τ ± (about {crossed / presses:.0f} lines restyled a key)", samples, 16))
+    return rows, [opening, pressing]
 
 
 def main() -> None:
@@ -205,10 +238,11 @@ def main() -> None:
     parser.add_argument("--opens", type=int, default=15)
     args = parser.parse_args()
     before = calibrate()
-    rows = asyncio.run(bench(args.tokens, args.presses, args.opens))
+    rows, collections = asyncio.run(bench(args.tokens, args.presses, args.opens))
     after = calibrate()
     print(f"calibration sum(range(10**7)): {before:.2f} s before, {after:.2f} s after; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("\n".join(str(each) for each in collections))
     print("| measure | n | wall median ms | wall p95 ms | CPU median ms | CPU p95 ms | target ms | CPU p95 |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

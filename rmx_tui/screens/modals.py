@@ -13,6 +13,8 @@ MODAL_CSS = """
 {name} > Vertical {{
     width: 64; height: auto; padding: 1 2; background: $panel; border: thick $primary;
 }}
+/* A label is as wide as its text unless told otherwise: fill the box so long hints wrap inside it. */
+{name} Label {{ width: 100%; }}
 {name} Label.hint {{ color: $foreground-muted; }}
 """
 

@@ -1,4 +1,4 @@
-"""The heatmap legend: the entropy ramp in nats, and what brightness, underlines and reversed tokens mean."""
+"""The heatmap legend: the entropy ramp in nats, and what brightness, underlines and marked tokens mean."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ class Legend(Widget):
 
     def render(self) -> Content:
         step = HEAT.ceiling / STOPS
-        # Three cells a stop, labelled every other stop: readable at 54 columns.
+        # Three cells a stop, labelled every other stop, and the marks on a second line: whole at 54 columns.
         ramp = [(f"{i * step:3.1f}" if i % 2 == 0 else "   ", f"$heat-text-{i} on $heat-{i}") for i in range(STOPS)]
         return Content.assemble(
             ("entropy ", "$foreground-muted"), *ramp, (f" {HEAT.ceiling:g}+ nats", "$foreground-muted"),
-            ("  │ ", "$foreground-muted"), ("bright", "bold"), (" above τ  ", "$foreground-muted"),
+            ("  │ ", "$foreground-muted"), ("bright", "bold"), (" > τ  ", "$foreground-muted"),
             ("reranked", "underline"), (" ", ""), ("shifted", "bold underline"), (" ", ""),
-            ("forced", "bold reverse"), (" ", ""), ("shared", "dim"),
+            ("forced", "bold reverse"), (" ", ""), ("steered", "bold $background on $secondary"), (" ", ""),
+            ("shared", "dim"),
         )

@@ -9,6 +9,7 @@ from engine.config import ModelSpec
 from rmx_tui.app import RmxApp
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.widgets.inspector import Inspector
+from rmx_tui.widgets.legend import Legend
 from rmx_tui.widgets.problem_list import ProblemList
 from rmx_tui.widgets.status_bar import StatusBar
 from tests.tui.harness import SIZE, rollout_ready, settings, until
@@ -200,17 +201,33 @@ async def test_loading_through_settings_reports_progress_and_the_models(specs, t
         assert not app.screen.query_one("#notice").display
 
 
+async def test_the_legend_names_every_mark_within_its_two_lines(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await rollout_ready(pilot)
+        legend = app.screen.query_one(Legend)
+        lines = legend.render().wrap(legend.content_region.width)
+        assert len(lines) == legend.content_region.height == 2
+        assert all(mark in lines[-1].plain for mark in ("reranked", "shifted", "forced", "steered", "shared"))
+
+
 async def test_palette_lists_every_screen_action(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await rollout_ready(pilot)
-        titles = {command.title for command in app.get_system_commands(app.screen)}
+        commands = {command.title: command.help for command in app.get_system_commands(app.screen)}
         for expected in ("Next decision point: base entropy above τ", "Fork here with the teacher's pick",
                          "Sample continuations from this token and grade them: P(correct | token)",
                          "Back up to the parent branch", "Export SVG", "Export JSON", "Search", "Table 2",
                          "Fork with a seeded draw from the base top-20, argmax excluded", "Force a typed token",
                          "Cancel decoding"):
-            assert expected in titles, expected
+            assert expected in commands, expected
+        # The interventions menu and the touched-token jumps are off the footer: the palette is where they show.
+        for title, key in (("Run oracle, random or gated on this problem: a new branch, its touched tokens highlighted",
+                            "key i"),
+                           ("Next touched token: one forced by you, or substituted by an intervention", "key f"),
+                           ("Previous touched token", "key F")):
+            assert commands.get(title) == key, title
 
 
 async def test_line_moves_step_over_tokens_that_span_lines(make_app):

@@ -1,4 +1,4 @@
-"""Units under the widgets: the gate's moves and quantiles, token glyphs and wrapping, the branch model."""
+"""Units under the widgets: the gate's moves and quantiles, token glyphs and wrapping, the branch model, freezing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from engine.decode import Step
 from engine.records import TopToken
 
 from rmx_tui.gate import Gate, count_above
-from rmx_tui.model import Outcome, Session, Verdict
+from rmx_tui.model import Branch, Outcome, Session, Verdict
 from rmx_tui.token_layout import TokenLayout, glyphs, quoted
+from rmx_tui.widgets import token_view
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +117,21 @@ def test_lines_holding_finds_every_line_a_wanted_token_touches():
                      if any(index in wanted for index, _t, _c in layout.fragments(line))}
     assert len(lines) == 2  # the long token is cut across two lines
     assert layout.lines_holding(5, 99, lambda token: True) <= set(range(5, layout.line_count))
+
+
+def test_scored_tokens_are_frozen_once_enough_new_ones_were_shown(monkeypatch):
+    frozen = []
+    monkeypatch.setattr(token_view.gc, "freeze", lambda: frozen.append(True))
+    freezer = token_view.Freezer()
+    problem = Problem(id="p", problem="1+1", answer="2", source="test")
+    branch = Branch(key="p#1", problem=problem, prompt_ids=(1,), label="greedy")
+    branch.tokens = [None] * (token_view.FREEZE_AFTER // 2)
+    freezer.shown(branch)
+    assert not frozen and freezer.pending == 0, "a streamed branch's records are replaced once it is scored"
+    branch.scored = True
+    freezer.shown(branch)
+    freezer.shown(branch)
+    assert not frozen, "the same records are counted once"
+    branch.tokens = list(branch.tokens)  # scored again: new records
+    freezer.shown(branch)
+    assert frozen == [True] and freezer.pending == 0
