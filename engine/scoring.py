@@ -149,12 +149,13 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
     step = min(chunk_positions(base.vocab_size, spec), max(1, base_h.shape[0]))
     blocks = [torch.empty((step, base.vocab_size), dtype=torch.float32, device=base_h.device)
               for _ in range(3 if teacher is not None else 2)]
+    product = torch.empty((step, base.vocab_size), dtype=base_h.dtype, device=base_h.device)
     out: dict[str, list] = {k: [] for k in ("logprob", "entropy", "rank", "top_ids", "top_logprobs",
                                             "base_argmax", "t_id", "t_entropy", "t_rank")}
     for start in range(0, base_h.shape[0], step):
         stop = start + step
         with base.active():
-            raw = head(base_h[start:stop])
+            raw = _project(head, base_h[start:stop], product)
         rows = raw.shape[0]
         logits, scratch = transform(blocks[0][:rows].copy_(raw)), blocks[1][:rows]
         del raw
@@ -170,7 +171,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
         out["base_argmax"] += top_ids[:, 0].tolist()
         if teacher is not None:
             with teacher.active():
-                raw = teacher_head(teacher_h[start:stop])
+                raw = _project(teacher_head, teacher_h[start:stop], product)
             teacher_logits = teacher_transform(blocks[2][:rows].copy_(raw))
             del raw
             teacher_id = teacher_logits.argmax(-1, keepdim=True)
@@ -179,6 +180,17 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
             out["t_entropy"] += teacher_entropy.tolist()
             out["t_rank"] += _ranks(logits, logits.gather(1, teacher_id), scratch).tolist()
     return out
+
+
+def _project(head, hidden, product):
+    """head(hidden), multiplied into the reused `product` block when the head is a plain bias-free Linear."""
+    import torch
+
+    weight = head.weight
+    if type(head) is torch.nn.Linear and head.bias is None and hidden.dtype == weight.dtype == product.dtype \
+            and weight.shape[0] == product.shape[1]:
+        return torch.mm(hidden, weight.t(), out=product[:hidden.shape[0]])
+    return head(hidden)
 
 
 def _ranks(logits, reference, scratch):

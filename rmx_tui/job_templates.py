@@ -174,6 +174,7 @@ def _pipeline(defaults: Defaults) -> str:
         'dtype = "auto"            # bf16 where the device computes it natively, else fp32\n\n'
         "[rollouts]\n"
         'dataset = "smoke"          # paper: math_train_pool_150\n'
+        "limit = 12                 # the first 12 smoke problems: 8 have mixed success at K = 8 on the demo\n"
         "k = 8                      # paper: 20\n"
         "max_new_tokens = 48        # paper: up to 8192\n"
         "temperature = 0.6\n"

@@ -41,7 +41,6 @@ class InterventionMenu(ModalScreen[str | None]):
 
     DEFAULT_CSS = MODAL_CSS.format(name="InterventionMenu") + """
     InterventionMenu > Vertical { width: 90; }
-    InterventionMenu Label { width: 100%; }
     InterventionMenu OptionList { margin: 1 0; }
     """
     BINDINGS = [
