@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.reactive import var
 from textual.screen import Screen
 
+from rmx_tui.freezer import Freezer
 from rmx_tui.gate import Gate
 from rmx_tui.model import Session
 from rmx_tui.screens.browser import BrowserScreen
@@ -35,6 +36,8 @@ class RmxApp(App[None]):
         self.settings = settings
         self.client = client if client is not None else LocalClient()
         self.session = Session()
+        self.freezer = Freezer()
+        """Freezes the scored records the heatmaps show, so full collections stop walking them (see Freezer)."""
         self.info: WorkbenchInfo | None = None
         self.set_reactive(RmxApp.gate, Gate(settings.tau))
         for theme_spec in workbench_themes():

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 from bisect import bisect_left, bisect_right
-from weakref import WeakKeyDictionary
 
 from rich.segment import Segment
 from rich.style import Style
@@ -31,41 +29,6 @@ DECORATIONS = ((SHARED, "shared"), (RERANKED, "reranked"), (SHIFTED, "shifted"),
                (STEERED, "steered"), (FORK, "touched"), (MATCH, "match"), (CURSOR, "cursor"),
                (IDLE_CURSOR, "idle-cursor"))
 """Later decorations win over earlier ones where they set the same property."""
-
-FREEZE_AFTER = 4096
-"""Newly scored tokens shown that make another gc.freeze() worth its cost (see Freezer)."""
-
-
-class Freezer:
-    """Takes scored token records out of the cyclic garbage collector's reach once enough new ones were shown.
-
-    A scored token is about nine objects the collector tracks (its record, its top-k tuple and entries, the
-    teacher's pick), kept for the session: a 32k-token rollout is ~300k of them, and every full collection walks
-    them all (150-300 ms on a loaded 2-vCPU machine) inside whichever open or key Textual's paint churn (a Strip
-    is 16 tracked objects) happens to trigger it in. Nothing the view allocates can shorten that walk; freezing
-    does, and costs the records nothing: they hold no cycles, so refcounting still frees them. What it costs is
-    that cycles among the other objects alive at that moment (mostly Strips in Textual's caches, about 0.2 MB
-    measured at 160×50) are never collected once they become garbage: hence a freeze per FREEZE_AFTER newly
-    scored tokens shown (4 MB of records or more), not one per open.
-    """
-
-    def __init__(self) -> None:
-        self.counted: WeakKeyDictionary[Branch, int] = WeakKeyDictionary()
-        """The id of each branch's token list already counted: scoring a branch again gives it a new list."""
-        self.pending = 0
-
-    def shown(self, branch: Branch) -> None:
-        if not branch.scored or self.counted.get(branch) == id(branch.tokens):
-            return
-        self.counted[branch] = id(branch.tokens)
-        self.pending += len(branch.tokens)
-        if self.pending >= FREEZE_AFTER:
-            gc.freeze()
-            self.pending = 0
-
-
-FREEZER = Freezer()
-"""One for the process, as the collector is."""
 
 _HEAT_CSS = "\n".join(
     f"TokenView > .token-view--hot-{i} {{ background: $heat-{i}; color: $heat-text-{i}; }}\n"
@@ -158,7 +121,7 @@ class TokenView(ScrollView, can_focus=True):
         self._resize_virtual()
         if branch is not None:
             # After the layout: its per-token lists are long-lived too.
-            FREEZER.shown(branch)
+            self._freezer_saw(branch)
         self.refresh()
         self.scroll_to_cursor()
         self.post_message(self.CursorMoved(self, self.cursor))
@@ -188,9 +151,15 @@ class TokenView(ScrollView, can_focus=True):
             return
         self._entropy, self._codes, self._disagreements, self._touched = [], [], [], []
         self._measure(0)
-        FREEZER.shown(self.branch)
+        self._freezer_saw(self.branch)
         self.refresh()
         self.post_message(self.CursorMoved(self, self.cursor))
+
+    def _freezer_saw(self, branch: Branch) -> None:
+        # The app owns the one Freezer, as the process owns the one collector; a bare host app has none.
+        freezer = getattr(self.app, "freezer", None)
+        if freezer is not None:
+            freezer.shown(branch)
 
     def _take(self, start: int) -> None:
         tokens = self.branch.tokens if self.branch is not None else []

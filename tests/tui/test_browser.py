@@ -37,6 +37,7 @@ async def test_opens_on_a_scored_rollout_at_the_first_decision_point(make_app):
         assert screen.query_one(Inspector).index == first
         tree = screen.query_one(ProblemList)
         assert tree.cursor_node.data is branch
+        assert app.freezer.counted[branch] == id(branch.tokens)  # its scored records count toward a gc.freeze
 
 
 async def test_keys_move_between_tokens_decisions_and_disagreements(make_app):

@@ -14,7 +14,7 @@ from engine.records import TopToken
 from rmx_tui.gate import Gate, count_above
 from rmx_tui.model import Branch, Outcome, Session, Verdict
 from rmx_tui.token_layout import TokenLayout, glyphs, quoted
-from rmx_tui.widgets import token_view
+from rmx_tui import freezer as freezing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,11 +121,11 @@ def test_lines_holding_finds_every_line_a_wanted_token_touches():
 
 def test_scored_tokens_are_frozen_once_enough_new_ones_were_shown(monkeypatch):
     frozen = []
-    monkeypatch.setattr(token_view.gc, "freeze", lambda: frozen.append(True))
-    freezer = token_view.Freezer()
+    monkeypatch.setattr(freezing.gc, "freeze", lambda: frozen.append(True))
+    freezer = freezing.Freezer()
     problem = Problem(id="p", problem="1+1", answer="2", source="test")
     branch = Branch(key="p#1", problem=problem, prompt_ids=(1,), label="greedy")
-    branch.tokens = [None] * (token_view.FREEZE_AFTER // 2)
+    branch.tokens = [None] * (freezing.FREEZE_AFTER // 2)
     freezer.shown(branch)
     assert not frozen and freezer.pending == 0, "a streamed branch's records are replaced once it is scored"
     branch.scored = True
