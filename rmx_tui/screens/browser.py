@@ -430,7 +430,8 @@ class BrowserScreen(Screen):
         child = self.app.session.new_intervention(root, message.result)
         self.query_one(ProblemList).add_branch(child)
         touched = message.result.touched
-        self.activate(child, cursor=touched[0] if touched else None)
+        # A run that matches the rollout to the end leaves it past its last token: land on the last one.
+        self.activate(child, cursor=touched[0] if touched else min(child.fork_pos, max(len(child.tokens) - 1, 0)))
         self.query_one(StatusBar).set_activity(f"scoring {child.label}")
         self._run_score(child.key, child.prompt_ids, tuple(child.ids))
 

@@ -14,6 +14,7 @@ from textual.widgets import OptionList
 from rmx_tui.model import DONE
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.screens.intervene_menu import InterventionMenu
+from rmx_tui.widgets.inspector import Inspector
 from rmx_tui.widgets.token_view import STEERED, TOUCHED
 from tests.tui.harness import SIZE, rollout_ready, until
 
@@ -176,6 +177,9 @@ async def test_without_a_teacher_only_the_base_runs_and_the_others_say_why(make_
         await until(pilot, lambda: screen.active is not root and screen.active.state == DONE)
         assert screen.active.label == "base · 0 touched" and not screen.main_view._touched
         assert screen.active.verdict is not None
+        assert screen.active.ids == root.ids  # the greedy base again: nothing differs, and the cursor is on a token
+        assert screen.current_view().cursor == len(root.ids) - 1
+        assert screen.query_one(Inspector).index == len(root.ids) - 1
 
 
 async def test_with_no_rollout_open_i_says_so_in_one_line(make_app):
