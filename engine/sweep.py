@@ -116,7 +116,8 @@ def _run_tau(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, tau: str, 
             evaluation = evaluate(replace(base, adapter=result.adapter), sweep_spec.eval_spec(), scored,
                                   resume=resume, should_stop=should_stop)
         score = evaluation.scores[0].score
-    emit({"sweep/tau": tau, "sweep/score": score, "sweep/decision_frac": result.decision_frac})
+    # pass@1 by name: the TUI's τ grid files it under its "pass@1 (held out)" column.
+    emit({"sweep/tau": tau, "sweep/pass@1": score, "sweep/decision_frac": result.decision_frac})
     return SweepRow(tau, result.tau_correct, result.decision_frac, result.state, result.adapter, score)
 
 

@@ -96,8 +96,18 @@ def test_sweep_trains_one_adapter_per_tau_and_keeps_the_best(tiny_llama, tmp_pat
     spec = TrainSpec(str(rollouts), grad_accum=4, lr=1e-3, lora_r=4, lora_alpha=8, max_steps=2)
     sweep_spec = SweepSpec(taus="q0.5,q0.9", holdout=2, holdout_dataset="smoke", holdout_offset=10, max_new_tokens=4,
                            template="raw")
-    result = sweep(ModelSpec(str(tiny_llama), dtype="float32"), spec, sweep_spec, tmp_path / "sweep")
+    events: list[dict] = []
+    result = sweep(ModelSpec(str(tiny_llama), dtype="float32"), spec, sweep_spec, tmp_path / "sweep",
+                   emit=events.append)
     assert [row.tau for row in result.rows] == ["q0.5", "q0.9"]
+    from rmx_tui.widgets.tau_grid import sweep_points
+
+    grid: dict[str, dict[str, float]] = {}
+    for point in sweep_points(events):  # what the TUI's τ grid makes of the run's events
+        grid.setdefault(point.tau, {}).update(point.values)
+    assert {tau: sorted(values) for tau, values in grid.items()} == {
+        tau: ["decision_frac", "loss", "pass@1"] for tau in ("q0.5", "q0.9")}
+    assert [grid[row.tau]["pass@1"] for row in result.rows] == [row.score for row in result.rows]
     assert result.rows[0].decision_frac > result.rows[1].decision_frac
     assert all(row.state == "done" and row.score is not None for row in result.rows)
     assert result.best_tau == "q0.5"  # ties keep the first τ, and a random model scores 0 on both
@@ -132,7 +142,7 @@ def test_a_sweep_over_two_devices_runs_a_lane_each_and_matches_one_device(tiny_l
     events: list[dict] = []
     spread = sweep(model, spec, two, tmp_path / "two", emit=events.append)
     assert {"sweep/devices": "cpu,cpu"} in events
-    assert sorted(e["sweep/tau"] for e in events if "sweep/score" in e) == ["q0.5", "q0.9"]  # streamed from the lanes
+    assert sorted(e["sweep/tau"] for e in events if "sweep/pass@1" in e) == ["q0.5", "q0.9"]  # streamed from the lanes
     losses = [e for e in events if "train/loss" in e]
     assert len(losses) == 4 and sorted(e["sweep/tau"] for e in losses) == ["q0.5", "q0.5", "q0.9", "q0.9"]
     assert (tmp_path / "two" / "base_pass-0").is_dir() and (tmp_path / "two" / "base_pass-1").is_dir()

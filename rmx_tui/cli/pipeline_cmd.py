@@ -67,8 +67,8 @@ def _event_line(event: dict[str, Any]) -> str | None:
         return f"eval {event['eval/benchmark']}: {event['eval/metric']} {event['eval/score']:.3f}"
     if "distill/step" in event:
         return f"distill {event['distill/step']}/{event['distill/total']}  KL {event['distill/kl']:.4f}"
-    if "sweep/score" in event:
-        return f"sweep τ {event['sweep/tau']}: holdout {event['sweep/score']}"
+    if "sweep/pass@1" in event:
+        return f"sweep τ {event['sweep/tau']}: holdout pass@1 {event['sweep/pass@1']}"
     if "pipeline/stage" in event:
         return f"pipeline {event['pipeline/stage']}: {event['pipeline/state']}"
     return None

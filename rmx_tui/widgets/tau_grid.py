@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from rich.text import Text
 from textual.widgets import DataTable
 
-SWEEP_KINDS = frozenset({"sweep", "train"})
+SWEEP_KINDS = frozenset({"sweep", "train", "pipeline"})
 """Job kinds whose runs feed the grid."""
 METRICS = {"decision_frac": "decision frac", "loss": "loss", "pass@1": "pass@1 (held out)"}
 """Event key suffixes (after the last slash: `train/loss`, `eval/pass@1`, `sweep/decision_frac`) → columns."""
@@ -25,9 +25,14 @@ class SweepPoint:
 
 
 def configured_tau(config: dict[str, Any]) -> str:
-    """A run's τ as its config gives it: `1.4`, `q0.97`, or `correct|wrong` when the two differ."""
-    tau = config.get("tau")
-    correct, wrong = config.get("tau_correct") or tau, config.get("tau_wrong") or tau
+    """A run's τ as its config gives it: `1.4`, `q0.97`, or `correct|wrong` when the two differ.
+
+    A train or sweep job keeps it under `train`; a pipeline job under `pipeline.train`.
+    """
+    stages = config.get("pipeline") if isinstance(config.get("pipeline"), dict) else config
+    train = stages.get("train") if isinstance(stages.get("train"), dict) else {}
+    tau = train.get("tau")
+    correct, wrong = train.get("tau_correct") or tau, train.get("tau_wrong") or tau
     if correct is None and wrong is None:
         return "?"
     return _tau_text(correct) if correct == wrong else f"{_tau_text(correct)}|{_tau_text(wrong)}"

@@ -107,8 +107,9 @@ def train_run(tau: str, losses: list[float], frac: float, pass_at_1: float | Non
     """A finished `train` run written through the engine's run-dir API: what the τ grid reads."""
     index = len(list_runs()) + 1
     created = FIXED_T + 60 * index
-    run_dir = create_run(JobSpec(kind="train", entry="engine.train:train", config={"tau": tau}, rmx_version="0",
-                                 created=created))
+    run_dir = create_run(JobSpec(kind="train", entry="engine.pipeline:train_job",
+                                 config={"model": {"source": "demo"}, "train": {"rollouts": "r.jsonl", "tau": tau}},
+                                 rmx_version="0", created=created))
     writer = EventWriter(run_dir / "events.jsonl")
     for step, loss in enumerate(losses, start=1):
         writer.write({"t": created + step, "step": step, "train/loss": loss, "train/decision_frac": frac,
@@ -312,3 +313,12 @@ async def test_p_opens_the_pool_of_a_rollouts_run_and_refuses_other_kinds():
         assert screen.query_one(PassRateHistogram).display
         await pilot.press("escape")
         assert isinstance(pilot.app.screen, JobsScreen)
+
+
+def test_the_configured_tau_is_read_where_each_kind_keeps_it():
+    from rmx_tui.widgets.tau_grid import configured_tau
+
+    assert configured_tau({"model": {}, "train": {"tau": "q0.97"}}) == "q0.97"  # train and sweep jobs
+    assert configured_tau({"model": {}, "train": {"tau": 1.4, "tau_wrong": 1.8}}) == "1.4|1.8"
+    assert configured_tau({"pipeline": {"model": {}, "train": {"tau": "q0.95"}}}) == "q0.95"
+    assert configured_tau({"model": {}}) == "?" and configured_tau({"pipeline": "broken"}) == "?"
