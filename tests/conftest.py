@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -69,10 +71,31 @@ def tiny_other_vocab(tiny_root) -> Path:
     return build_model(tiny_root / "llama-other-vocab", "llama", seed=3, vocab_size=320)
 
 
+USER_RUNTIME_DIR = os.environ.get("RMX_RUNTIME_DIR")
+"""The runtime dir the suite was started with: a fixture that finds another one set knows an outer fixture did."""
+
+
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path_factory, monkeypatch):
-    """Keep caches and run dirs out of the user's home; the demo conversion cache is shared per session."""
+    """Keep caches, run dirs and daemon sockets out of the user's; the demo conversion cache is shared per session.
+
+    A daemon a test started in its own runtime dir and left running is stopped afterwards, so none outlives the suite
+    (a module-scoped fixture that runs a daemon for its tests sets RMX_RUNTIME_DIR first and keeps its own).
+    """
     shared_cache = os.environ.get("RMX_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "rmx-cache")
     monkeypatch.setenv("RMX_CACHE_DIR", shared_cache)
     monkeypatch.setenv("RMX_DATA_DIR", str(tmp_path_factory.mktemp("rmx-data")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if os.environ.get("RMX_RUNTIME_DIR") != USER_RUNTIME_DIR:  # a module-scoped daemon fixture set its own
+        yield
+        return
+    runtime = Path(tempfile.mkdtemp(prefix="rmx-", dir="/tmp"))  # short: a socket path must fit in ~104 bytes
+    monkeypatch.setenv("RMX_RUNTIME_DIR", str(runtime))
+    yield
+    from engine.daemon import stop_daemon
+
+    with monkeypatch.context() as env:
+        env.setenv("RMX_RUNTIME_DIR", str(runtime))
+        leaked = stop_daemon()
+    shutil.rmtree(runtime, ignore_errors=True)
+    assert leaked is None, f"the test left a daemon running (pid {leaked.pid})"

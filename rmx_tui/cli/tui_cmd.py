@@ -58,7 +58,10 @@ def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec
         sampling=SamplingSpec(greedy=not sample, seed=seed, max_new_tokens=max_new_tokens),
         outcome_sampling=replace(defaults.outcome_sampling, max_new_tokens=max_new_tokens),
     )
-    RmxApp(settings, client=_client(ctx, default_local), theme=theme).run()
+    # The app checks the theme (and every other setting) before a daemon is started for it.
+    app = RmxApp(settings, theme=theme)
+    app.client = _client(ctx, default_local) or app.client
+    app.run()
 
 
 def tui(
