@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,8 +158,8 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     from engine.rollouts import read_rollouts
     from engine.scoring import _logit_transform, hidden_states
     from engine.train import (
-        CHECKPOINTS, _commit_folder, _load_checkpoint, _rng_state, _schedule, _seed_all, _write_adapter,
-        finished_run, latest_checkpoint, lora_model, save_checkpoint,
+        _commit_folder, _rng_state, _schedule, _write_adapter, finished_run, latest_checkpoint, lora_model,
+        restore_run, save_checkpoint,
     )
 
     emit = emit or (lambda event: None)
@@ -215,13 +214,9 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     total = len(windows)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
     every = spec.checkpoint_every or max(1, round(0.15 * total))
-    (out / CHECKPOINTS).mkdir(exist_ok=True)
-    for stale in (out / CHECKPOINTS).glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # a checkpoint a kill interrupted: never part of the run
-    _seed_all(spec.seed)
-    done, history = 0, []
-    if resume and existing is not None:
-        done, history, windows = _load_checkpoint(model, optimizer, scheduler, existing, fingerprint)
+    done, history, windows = restore_run(model, optimizer, scheduler, out, existing if resume else None, fingerprint,
+                                         spec.seed, windows)
+    if done:
         emit({"distill/resumed_from": done})
 
     def checkpoint(at: int) -> None:

@@ -746,13 +746,9 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
-    step, history = 0, []
-    (out / CHECKPOINTS).mkdir(exist_ok=True)
-    for stale in (out / CHECKPOINTS).glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # a checkpoint a kill interrupted: never part of the run
-    _seed_all(spec.seed)
-    if resume and existing is not None:
-        step, history, windows = _load_checkpoint(model, optimizer, scheduler, existing, fingerprint)
+    step, history, windows = restore_run(model, optimizer, scheduler, out, existing if resume else None, fingerprint,
+                                         spec.seed, windows)
+    if step:
         emit({"train/resumed_from": step})
 
     def checkpoint(at: int) -> Path:
@@ -843,6 +839,21 @@ def _write_adapter(model, folder: Path) -> None:
         warnings.simplefilter("ignore")
         model.save_pretrained(str(folder), safe_serialization=True)
     _fsync_tree(folder)
+
+
+def restore_run(model, optimizer, scheduler, out: Path, checkpoint: Path | None, fingerprint: str, seed: int,
+                windows: list) -> tuple[int, list, list]:
+    """Clear checkpoints a kill cut short, seed every RNG, then restore `checkpoint` if one is given.
+
+    Returns (step, loss history, windows) to go on from: (0, [], windows) for a fresh run.
+    """
+    (out / CHECKPOINTS).mkdir(exist_ok=True)
+    for stale in (out / CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a checkpoint a kill interrupted: never part of the run
+    _seed_all(seed)
+    if checkpoint is None:
+        return 0, [], windows
+    return _load_checkpoint(model, optimizer, scheduler, checkpoint, fingerprint)
 
 
 def _load_checkpoint(model, optimizer, scheduler, folder: Path, fingerprint: str) -> tuple[int, list, list]:
