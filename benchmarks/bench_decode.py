@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.config import ModelSpec  # noqa: E402
-from engine.decode import DecodeSession, SamplingSpec, decode_batch  # noqa: E402
-from engine.errors import RmxError  # noqa: E402
-from engine.interventions import oracle_rule  # noqa: E402
-from engine.models import load_model, load_pair, resolve_source  # noqa: E402
-from engine.prompts import prompt_ids  # noqa: E402
-from engine.scoring import _lse_entropy  # noqa: E402
+from engine.core.config import ModelSpec  # noqa: E402
+from engine.core.decode import DecodeSession, SamplingSpec, decode_batch  # noqa: E402
+from engine.core.errors import RmxError  # noqa: E402
+from engine.core.interventions import oracle_rule  # noqa: E402
+from engine.core.models import load_model, load_pair, resolve_source  # noqa: E402
+from engine.core.prompts import prompt_ids  # noqa: E402
+from engine.core.scoring import _lse_entropy  # noqa: E402
 
 PROBLEMS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

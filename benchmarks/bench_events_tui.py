@@ -1,7 +1,7 @@
 """Run-view benchmark: the event rate a live RunScreen keeps up with while a writer process appends events.
 
 Run: python benchmarks/bench_events_tui.py [--seconds 4] [--small 2000,10000,30000,60000,0] [--train 1000,5000,15000,0]
-A writer process plays a live job (status `running`, heartbeats, events through engine.jobs.EventWriter) and
+A writer process plays a live job (status `running`, heartbeats, events through engine.jobs.store.EventWriter) and
 appends events at a target rate (0: as fast as it can) for `--seconds`; a Pilot-driven RunScreen follows the run
 through LocalJobs, as the TUI does, from the moment the writer starts. Two event shapes: `small` (two numeric keys)
 and `train` (the thirteen keys rmx train emits every step). Every 50 ms the benchmark samples how many events
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.jobs import (  # noqa: E402
+from engine.jobs.store import (  # noqa: E402
     EventWriter, JobSpec, LocalJobs, create_run, read_status, tail_events, write_json_atomic,
 )
 from textual.app import App  # noqa: E402
@@ -115,7 +115,7 @@ def lags(samples: list[tuple[float, int]], written: list[float], since: float, u
 
 
 async def phase(shape: str, rate: float, seconds: float) -> dict:
-    run_dir = create_run(JobSpec(kind="bench", entry="engine.selftest_job:selftest", config={}, rmx_version="bench",
+    run_dir = create_run(JobSpec(kind="bench", entry="engine.jobs.selftest:selftest", config={}, rmx_version="bench",
                                  created=time.time()))
     app = Host(run_dir.name)
     folded: list[tuple[float, int]] = []
@@ -158,7 +158,7 @@ async def phase(shape: str, rate: float, seconds: float) -> dict:
 async def replay(shape: str, count: int) -> tuple[float, float]:
     """Seconds from opening the run view on a finished run of `count` events to holding all of them, and the
     longest UI stall meanwhile."""
-    run_dir = create_run(JobSpec(kind="bench", entry="engine.selftest_job:selftest", config={}, rmx_version="bench",
+    run_dir = create_run(JobSpec(kind="bench", entry="engine.jobs.selftest:selftest", config={}, rmx_version="bench",
                                  created=time.time()))
     writer = EventWriter(run_dir / "events.jsonl")
     for index in range(count):

@@ -12,8 +12,8 @@ import time
 
 
 def _load(dtype: str):
-    from engine.config import ModelSpec
-    from engine.models import load_model
+    from engine.core.config import ModelSpec
+    from engine.core.models import load_model
 
     return load_model(ModelSpec("demo", dtype=dtype))
 
@@ -28,7 +28,7 @@ def _ids(model, length: int):
 def time_ratio(length: int, repeats: int, dtype: str) -> dict:
     import torch
 
-    from engine.scoring import score
+    from engine.core.scoring import score
 
     model = _load(dtype)
     ids = _ids(model, length)
@@ -54,7 +54,7 @@ def peak_memory(mode: str, length: int, dtype: str) -> dict:
     """Run in a child process: peak RSS growth of one scoring call over a body-only forward."""
     import torch
 
-    from engine.scoring import hidden_states, score
+    from engine.core.scoring import hidden_states, score
 
     model = _load(dtype)
     ids = _ids(model, length)

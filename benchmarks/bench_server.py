@@ -41,7 +41,7 @@ def produce(run_dir: Path, count: int) -> None:
     """Write `count` training-like events as fast as possible, heartbeating like a job, then end `done`."""
     from dataclasses import replace
 
-    from engine.jobs import EventWriter, read_status, write_json_atomic
+    from engine.jobs.store import EventWriter, read_status, write_json_atomic
 
     status = replace(read_status(run_dir), state="running", pid=os.getpid(), started=time.time(), heartbeat=time.time())
     write_json_atomic(run_dir / "status.json", status.to_json())
@@ -57,9 +57,9 @@ def produce(run_dir: Path, count: int) -> None:
 
 
 def new_run(count: int) -> Path:
-    from engine.jobs import JobSpec, create_run
+    from engine.jobs.store import JobSpec, create_run
 
-    return create_run(JobSpec("selftest", "engine.selftest_job:selftest", {"count": count}, "bench", time.time()))
+    return create_run(JobSpec("selftest", "engine.jobs.selftest:selftest", {"count": count}, "bench", time.time()))
 
 
 def main() -> int:
@@ -79,8 +79,8 @@ def main() -> int:
                       RMX_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     import httpx
 
-    from engine.config import ModelSpec
-    from engine.daemon import client_for, start_daemon, stop_daemon
+    from engine.core.config import ModelSpec
+    from engine.service.daemon import client_for, start_daemon, stop_daemon
     from tests.tiny import build_model
 
     rows: list[tuple[str, str]] = []
@@ -133,7 +133,7 @@ def main() -> int:
         "",
         f"`python benchmarks/bench_server.py` on {time.strftime('%Y-%m-%d')}: {platform.platform()}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
-        "(a shared machine: other work ran at the same time). Client: engine.remote.RemoteClient (httpx).",
+        "(a shared machine: other work ran at the same time). Client: engine.service.remote.RemoteClient (httpx).",
         "",
         f"## Round trips ({args.requests} sequential requests each, after 20 warm-up)",
         "",

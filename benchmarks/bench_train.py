@@ -2,7 +2,7 @@
 
 1. A ReasonMaxxer step (cached base pass, and recomputing the base) ÷ a plain LoRA cross-entropy step on
    the same sequence, same adapter, same optimizer.
-2. Rollout sampling (engine.backends.hf over engine.decode) ÷ HF `generate`, same prompt and settings.
+2. Rollout sampling (engine.core.backends.hf over engine.core.decode) ÷ HF `generate`, same prompt and settings.
 3. A projection of the paper's setting (1,000 sequences, a 1.5B model) from the measured throughput.
 
 Usage: python benchmarks/bench_train.py [--base demo] [--reps 3] [--threads 2] [--out benchmarks/results_train.md]
@@ -35,10 +35,10 @@ def _median_ratio(fast: list[float], slow: list[float]) -> float:
 def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> dict:
     import torch
 
-    from engine.config import ModelSpec
-    from engine.models import load_model
-    from engine.scoring import _logit_transform, hidden_states
-    from engine.train import Example, TrainSpec, _Sequence, _sequence_backward, lora_model
+    from engine.core.config import ModelSpec
+    from engine.core.models import load_model
+    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.recipes.train import Example, TrainSpec, _Sequence, _sequence_backward, lora_model
 
     loaded = load_model(ModelSpec(base))
     params_total = sum(p.numel() for p in loaded.core.parameters())
@@ -104,10 +104,10 @@ def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> d
 def bench_sampling(base: str, k: int, max_new_tokens: int, reps: int) -> dict:
     import torch
 
-    from engine.backends import SampleRequest
-    from engine.backends.hf import HFSampler
-    from engine.config import ModelSpec
-    from engine.prompts import prompt_ids
+    from engine.core.backends import SampleRequest
+    from engine.core.backends.hf import HFSampler
+    from engine.core.config import ModelSpec
+    from engine.core.prompts import prompt_ids
 
     sampler = HFSampler(ModelSpec(base), temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens)
     model = sampler.model
@@ -134,10 +134,10 @@ def bench_sampling(base: str, k: int, max_new_tokens: int, reps: int) -> dict:
                     break
         return count
 
-    rates: dict[str, list[float]] = {"rmx sampler (engine.decode)": [], "HF generate": []}
+    rates: dict[str, list[float]] = {"rmx sampler (engine.core.decode)": [], "HF generate": []}
     ours(0), generate(0)  # warm-up
     for rep in range(reps):
-        for name, fn in (("rmx sampler (engine.decode)", ours), ("HF generate", generate)):
+        for name, fn in (("rmx sampler (engine.core.decode)", ours), ("HF generate", generate)):
             t0 = time.perf_counter()
             count = fn(rep + 1)
             rates[name].append(count / (time.perf_counter() - t0))

@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TEXTUAL_FPS", "1000")
 
-from engine.client import LocalClient  # noqa: E402
-from engine.data import Problem  # noqa: E402
-from engine.records import ScoredRollout, TeacherPick, TokenScore, TopToken  # noqa: E402
+from engine.service.client import LocalClient  # noqa: E402
+from engine.core.data import Problem  # noqa: E402
+from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken  # noqa: E402
 from textual import events  # noqa: E402
 
 from rmx_tui.app import RmxApp  # noqa: E402

@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
-from engine.client import EngineClient, LocalClient
-from engine.errors import RmxError
-from engine.workbench import WorkbenchInfo
+from engine.service.client import EngineClient, LocalClient
+from engine.core.errors import RmxError
+from engine.service.workbench import WorkbenchInfo
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
@@ -55,7 +55,7 @@ class RmxApp(App[None]):
 
     def action_jobs(self) -> None:
         """Open the jobs screen: through the daemon when connected to one, else on the run dirs directly."""
-        from engine.jobs import JobsClient, LocalJobs
+        from engine.jobs.store import JobsClient, LocalJobs
         from rmx_tui.screens.jobs import JobsScreen
 
         self.push_screen(JobsScreen(self.client if isinstance(self.client, JobsClient) else LocalJobs()))

@@ -7,7 +7,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.config import Tau
+from engine.core.config import Tau
 
 NATS_STEP = 0.1
 QUANTILE_STEP = 0.01

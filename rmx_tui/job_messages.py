@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.jobs import JobStatus, JobView
+from engine.jobs.store import JobStatus, JobView
 from textual.message import Message
 
 from rmx_tui.widgets.tau_grid import SweepPoint

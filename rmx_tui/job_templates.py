@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.errors import RmxError
-from engine.jobs import JobStatus
-from engine.workbench import WorkbenchInfo
+from engine.core.errors import RmxError
+from engine.jobs.store import JobStatus
+from engine.service.workbench import WorkbenchInfo
 
 KINDS = ("selftest", "intervene", "rollouts", "pool", "train", "sweep", "eval", "distill", "pipeline")
 """The kinds a user can launch, in the order the paper's workflow uses them (selftest first: it needs no model)."""

@@ -7,11 +7,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from engine.client import EngineClient
-from engine.config import ModelSpec
-from engine.decode import SamplingSpec, Step
-from engine.errors import RmxError
-from engine.rollouts import read_rollouts
+from engine.service.client import EngineClient
+from engine.core.config import ModelSpec
+from engine.core.decode import SamplingSpec, Step
+from engine.core.errors import RmxError
+from engine.recipes.rollouts import read_rollouts
 from textual.message import Message
 
 from rmx_tui.messages import (

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from engine.data import Problem
-from engine.decode import Step
-from engine.interventions import InterventionResult
-from engine.records import Rollout, ScoredRollout
-from engine.workbench import WorkbenchInfo
+from engine.core.data import Problem
+from engine.core.decode import Step
+from engine.core.interventions import InterventionResult
+from engine.core.records import Rollout, ScoredRollout
+from engine.service.workbench import WorkbenchInfo
 from textual.message import Message
 
 from rmx_tui.model import Outcome, Verdict

@@ -6,10 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from engine.data import Problem
-from engine.decode import Step
-from engine.interventions import InterventionResult
-from engine.records import ScoredRollout, TokenScore
+from engine.core.data import Problem
+from engine.core.decode import Step
+from engine.core.interventions import InterventionResult
+from engine.core.records import ScoredRollout, TokenScore
 
 STREAMING, SCORING, DONE, CANCELLED, FAILED = "streaming", "scoring", "done", "cancelled", "failed"
 """A branch is decoding, then being scored, then done; or it stopped early, kept partial."""
@@ -44,7 +44,7 @@ class Branch:
     """How it was made: greedy, sample 3, stored 2, or `@pos 'old'→'new'` for a fork."""
     tokens: list[TokenScore] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    """Who chose each token: base, teacher, forced or random (engine.decode.SOURCES)."""
+    """Who chose each token: base, teacher, forced or random (engine.core.decode.SOURCES)."""
     parent: Branch | None = None
     fork_pos: int | None = None
     state: str = STREAMING

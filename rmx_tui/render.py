@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from engine.config import Tau
-from engine.records import ScoredRollout, Table2
+from engine.core.config import Tau
+from engine.core.records import ScoredRollout, Table2
 from themes.palettes import PALETTES, Heatmap
 
 VISIBLE_WHITESPACE = {"\n": "⏎\n", "\t": "⇥"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import ModelSpec, Tau
-from engine.decode import SamplingSpec
+from engine.core.config import ModelSpec, Tau
+from engine.core.decode import SamplingSpec
 
 ALTERNATIVES = 20
 """Top-k kept per token: five are shown, twenty feed the random control (paper §3.2)."""

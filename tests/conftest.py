@@ -92,7 +92,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     runtime = Path(tempfile.mkdtemp(prefix="rmx-", dir="/tmp"))  # short: a socket path must fit in ~104 bytes
     monkeypatch.setenv("RMX_RUNTIME_DIR", str(runtime))
     yield
-    from engine.daemon import stop_daemon
+    from engine.service.daemon import stop_daemon
 
     with monkeypatch.context() as env:
         env.setenv("RMX_RUNTIME_DIR", str(runtime))

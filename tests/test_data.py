@@ -1,4 +1,4 @@
-"""Tests for engine.data: bundled datasets, user files and their error messages."""
+"""Tests for engine.core.data: bundled datasets, user files and their error messages."""
 
 import copy
 import dataclasses
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from engine.data import BUNDLED, Problem, get_problem, list_datasets, load_problems
-from engine.errors import RmxError
+from engine.core.data import BUNDLED, Problem, get_problem, list_datasets, load_problems
+from engine.core.errors import RmxError
 
 EXPECTED_ROWS = {
     "math500": 500,

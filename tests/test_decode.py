@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import decode as decode_module
-from engine.config import ModelSpec
-from engine.decode import DecodeSession, SamplingSpec, Step, decode_batch
-from engine.errors import RmxError
-from engine.models import load_model
-from engine.scoring import score
+from engine.core import decode as decode_module
+from engine.core.config import ModelSpec
+from engine.core.decode import DecodeSession, SamplingSpec, Step, decode_batch
+from engine.core.errors import RmxError
+from engine.core.models import load_model
+from engine.core.scoring import score
 
 PROMPTS = ["Sam has 4 pencils and gets 3 more.", "What is 12 + 30?", "Let x be a number such that"]
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-import engine.selftest_job  # noqa: F401  (registers selftest here, so clients send its entry)
-from engine.config import ModelSpec
-from engine.daemon import client_for, daemon_status, ensure_daemon, start_daemon, stop_daemon
-from engine.jobs import EventTail, find_run, pid_alive, read_status
-from engine.remote import EngineLost, RemoteClient
-from engine.server import bind_unix, create_app
-from engine.workbench import Workbench
+import engine.jobs.selftest  # noqa: F401  (registers selftest here, so clients send its entry)
+from engine.core.config import ModelSpec
+from engine.service.daemon import client_for, daemon_status, ensure_daemon, start_daemon, stop_daemon
+from engine.jobs.store import EventTail, find_run, pid_alive, read_status
+from engine.service.remote import EngineLost, RemoteClient
+from engine.service.server import bind_unix, create_app
+from engine.service.workbench import Workbench
 from tests.test_jobs import kill_jobs, wait_for
 
 
@@ -79,8 +79,8 @@ def test_a_killed_client_loses_nothing(runtime):
     card, client = new_daemon(runtime)
     follower = textwrap.dedent("""
         import sys
-        import engine.selftest_job
-        from engine.daemon import connect
+        import engine.jobs.selftest
+        from engine.service.daemon import connect
         client = connect(sys.argv[1])
         status = client.submit_job("selftest", {"count": 40, "sleep": 0.03})
         print(status.id, flush=True)
@@ -206,7 +206,7 @@ def test_two_clients_at_once_get_the_same_answers(served):
     assert a[3] == b[3] and a[4] == b[4]
 
 
-SELFTEST = "engine.selftest_job:selftest"
+SELFTEST = "engine.jobs.selftest:selftest"
 MALFORMED = [
     ("POST", "/tokenize", {"content": b"not json", "headers": {"content-type": "application/json"}}, 422),
     ("POST", "/tokenize", {"content": b'{"text": "\xff\xfe"}', "headers": {"content-type": "application/json"}}, 400),

@@ -1,4 +1,4 @@
-"""Tests for engine.grading: answer extraction, both graders, pitfalls and timeouts."""
+"""Tests for engine.core.grading: answer extraction, both graders, pitfalls and timeouts."""
 
 import dataclasses
 import threading
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from engine.grading import GradeResult, extract_answer, grade, grade_sympy
+from engine.core.grading import GradeResult, extract_answer, grade, grade_sympy
 
 BOTH_GRADERS = pytest.mark.parametrize("grader", [grade, grade_sympy], ids=["math-verify", "sympy"])
 

@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import pytest
 
-import engine.intervene_job  # noqa: F401  (registers the kind in this process)
-from engine.config import ModelSpec
-from engine.errors import RmxError
-from engine.jobs import LocalJobs, cancel_job, find_run, list_runs, resume_job, submit_job, tail_events
+import engine.jobs.intervene  # noqa: F401  (registers the kind in this process)
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
+from engine.jobs.store import LocalJobs, cancel_job, find_run, list_runs, resume_job, submit_job, tail_events
 from tests.test_cli_score import run_cli
 from tests.test_jobs import finished, kill_jobs, wait_for
 

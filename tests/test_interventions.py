@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from engine.config import ModelSpec, Tau
-from engine.data import Problem
-from engine.decode import DecodeSession, SamplingSpec
-from engine.errors import RmxError
-from engine.experiments import FIGURE2_MODES, read_results, run_figure2, summarize
-from engine.interventions import (InterventionResult, Interrupted, base_greedy_entropies, fork, generate,
+from engine.core.config import ModelSpec, Tau
+from engine.core.data import Problem
+from engine.core.decode import DecodeSession, SamplingSpec
+from engine.core.errors import RmxError
+from engine.recipes.experiments import FIGURE2_MODES, read_results, run_figure2, summarize
+from engine.core.interventions import (InterventionResult, Interrupted, base_greedy_entropies, fork, generate,
                                   run_mode, wilson)
-from engine.models import load_model, load_pair
-from engine.scoring import score
-from engine.workbench import Workbench
+from engine.core.models import load_model, load_pair
+from engine.core.scoring import score
+from engine.service.workbench import Workbench
 
 PROMPTS = ["Sam has 4 pencils and gets 3 more.", "What is 12 + 30?", "Let x be a number such that"]
 SPEC = SamplingSpec(max_new_tokens=16)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import engine.jobs as jobs
-import engine.selftest_job  # noqa: F401  (registers the selftest kind in this process)
-from engine.errors import RmxError
-from engine.jobs import (
+import engine.jobs.store as jobs
+import engine.jobs.selftest  # noqa: F401  (registers the selftest kind in this process)
+from engine.core.errors import RmxError
+from engine.jobs.store import (
     EventTail, EventWriter, JobConflict, JobNotFound, JobSpec, JobStatus, LocalJobs, RunContext, create_run,
     find_run, json_bytes, list_runs, pid_alive, read_status, register_job_kind, resume_job, submit_job,
     tail_events, write_json_atomic,
@@ -82,7 +82,7 @@ def test_a_job_leaves_a_complete_run_dir():
     assert final.pid and final.started and final.ended and final.heartbeat
     config = json.loads((run_dir / "config.json").read_text())
     assert set(config) == {"kind", "entry", "config", "rmx_version", "created"}
-    assert config["kind"] == "selftest" and config["entry"] == "engine.selftest_job:selftest"
+    assert config["kind"] == "selftest" and config["entry"] == "engine.jobs.selftest:selftest"
     assert config["config"] == {"count": 4, "sleep": 0.01}
     on_disk = json.loads((run_dir / "status.json").read_text())
     assert {"state", "pid", "started", "heartbeat", "step", "total", "last_event", "error"} <= set(on_disk)
@@ -174,7 +174,7 @@ def test_resume_refuses_a_running_job_and_lookups_refuse_bad_ids():
 
 
 def test_read_status_fails_a_running_job_whose_process_is_gone(tmp_path):
-    run_dir = create_run(JobSpec("selftest", "engine.selftest_job:selftest", {"count": 1}, "0", time.time()))
+    run_dir = create_run(JobSpec("selftest", "engine.jobs.selftest:selftest", {"count": 1}, "0", time.time()))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     writer = EventWriter(run_dir / "events.jsonl")
@@ -191,7 +191,7 @@ def test_read_status_fails_a_running_job_whose_process_is_gone(tmp_path):
 
 def test_a_job_on_another_machine_is_judged_by_its_heartbeat_alone():
     """On a shared home (NFS) a run dir may belong to another node: its pid means nothing here."""
-    run_dir = create_run(JobSpec("selftest", "engine.selftest_job:selftest", {"count": 1}, "0", time.time()))
+    run_dir = create_run(JobSpec("selftest", "engine.jobs.selftest:selftest", {"count": 1}, "0", time.time()))
     status = read_status(run_dir)
     elsewhere = JobStatus(**{**status.to_json(), "state": "running", "pid": 2**22 + 7, "host": "gpu-node-7",
                              "heartbeat": time.time()})
@@ -206,7 +206,7 @@ def test_a_job_on_another_machine_is_judged_by_its_heartbeat_alone():
 
 
 def test_a_job_that_never_starts_fails_after_the_grace(monkeypatch):
-    run_dir = create_run(JobSpec("selftest", "engine.selftest_job:selftest", {"count": 1}, "0", time.time() - 5))
+    run_dir = create_run(JobSpec("selftest", "engine.jobs.selftest:selftest", {"count": 1}, "0", time.time() - 5))
     assert read_status(run_dir).state == "queued"
     monkeypatch.setattr(jobs, "QUEUED_GRACE_S", 1.0)
     verdict = read_status(run_dir)
@@ -215,7 +215,7 @@ def test_a_job_that_never_starts_fails_after_the_grace(monkeypatch):
 
 def test_job_main_refuses_a_run_that_is_not_queued():
     status = finished(submit_job("selftest", {"count": 1}).id)
-    result = subprocess.run([sys.executable, "-m", "engine.job_main", str(find_run(status.id))],
+    result = subprocess.run([sys.executable, "-m", "engine.jobs.runner", str(find_run(status.id))],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "not starting it twice" in result.stderr
     assert read_status(find_run(status.id)).state == "done"
@@ -265,7 +265,7 @@ def test_follow_replays_then_streams_until_the_job_ends():
 
 
 def test_event_keys_need_a_slash_and_values_become_standard_json(tmp_path):
-    run_dir = create_run(JobSpec("selftest", "engine.selftest_job:selftest", {"count": 1}, "0", time.time()))
+    run_dir = create_run(JobSpec("selftest", "engine.jobs.selftest:selftest", {"count": 1}, "0", time.time()))
     writer = EventWriter(run_dir / "events.jsonl")
     run = RunContext(run_dir, read_status(run_dir), writer)
     with pytest.raises(ValueError, match="slash"):
@@ -287,8 +287,8 @@ def test_the_registry_refuses_unknown_kinds_foreign_entries_and_bad_configs():
         submit_job("nope", {})
     with pytest.raises(RmxError, match="inside engine or rmx_tui"):
         submit_job("selftest", {"count": 1}, entry="os:system")
-    with pytest.raises(RmxError, match="registered by engine.selftest_job:selftest"):
-        submit_job("selftest", {"count": 1}, entry="engine.jobs:list_runs")
+    with pytest.raises(RmxError, match="registered by engine.jobs.selftest:selftest"):
+        submit_job("selftest", {"count": 1}, entry="engine.jobs.store:list_runs")
     with pytest.raises(RmxError, match="cannot import"):
         submit_job("selftest", {"count": 1}, entry="engine.no_such_module:f")
     with pytest.raises(RmxError, match="count must be"):
@@ -300,7 +300,7 @@ def test_the_registry_refuses_unknown_kinds_foreign_entries_and_bad_configs():
     with pytest.raises(ValueError, match="already registered"):
         register_job_kind("selftest", test_the_registry_refuses_unknown_kinds_foreign_entries_and_bad_configs)
     with pytest.raises(ValueError, match="lowercase"):
-        register_job_kind("Bad Kind", engine.selftest_job.selftest)
+        register_job_kind("Bad Kind", engine.jobs.selftest.selftest)
 
 
 def test_heartbeat_interval_comes_from_the_environment(monkeypatch):
@@ -324,7 +324,7 @@ def test_rmx_jobs_commands():
     as_json = json.loads(runner.invoke(app, ["jobs", "list", "--json"]).output)
     assert [j["id"] for j in as_json] == [status.id]
     shown = runner.invoke(app, ["jobs", "show", status.id])
-    assert "selftest failed at step 1" in shown.output and "engine.selftest_job:selftest" in shown.output
+    assert "selftest failed at step 1" in shown.output and "engine.jobs.selftest:selftest" in shown.output
     assert json.loads(runner.invoke(app, ["jobs", "show", status.id, "--json"]).output)["spec"]["kind"] == "selftest"
     logs = runner.invoke(app, ["jobs", "logs", status.id])
     assert "selftest/value=0" in logs.output and "job/state=failed" in logs.output

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from engine.config import ModelSpec
-from engine.errors import RmxError
-from engine.models import LoadedModel, load_model, load_pair, resolve_dtype
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
+from engine.core.models import LoadedModel, load_model, load_pair, resolve_dtype
 
 
 def test_loads_a_local_folder_with_info(tiny_llama):
@@ -125,8 +125,8 @@ def test_the_real_demo_model_scores_exactly():
 def _check_demo(model):
     import torch
 
-    from engine.prompts import completion_ids, prompt_ids
-    from engine.scoring import score
+    from engine.core.prompts import completion_ids, prompt_ids
+    from engine.core.scoring import score
 
     assert model.vocab_size == 49152
     assert type(model.core).__name__ == "LlamaForCausalLM"
@@ -145,7 +145,7 @@ def _check_demo(model):
 
 
 def test_a_model_with_injected_lora_layers_is_still_its_own_core(tiny_llama):
-    from engine.train import TrainSpec, lora_model
+    from engine.recipes.train import TrainSpec, lora_model
 
     loaded = load_model(ModelSpec(source=str(tiny_llama)))
     wrapper = lora_model(loaded.module, TrainSpec(rollouts="unused"), str(tiny_llama))

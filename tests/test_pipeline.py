@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ModelSpec
-from engine.errors import RmxError
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
 from tests.test_train import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def _one_thread():
 def coin_grader(monkeypatch):
     """A grader that calls a completion right when its text has an even length: a random-weight model then
     has mixed success, which real grading of its gibberish never gives."""
-    import engine.grading as grading
+    import engine.core.grading as grading
 
     def fake(completion, gold, timeout_s=5.0):
         right = len(completion) % 2 == 0
@@ -50,7 +50,7 @@ def _config(model: Path) -> dict:
 
 
 def test_pipeline_config_errors_name_the_file_section_and_key(tmp_path):
-    from engine.pipeline import check_pipeline, load_pipeline
+    from engine.recipes.pipeline import check_pipeline, load_pipeline
 
     good = _config(Path("m"))
     assert check_pipeline(good)["model"]["base"] == "m"
@@ -70,7 +70,7 @@ def test_pipeline_config_errors_name_the_file_section_and_key(tmp_path):
 
 
 def test_pipeline_runs_every_stage_and_resumes_finished_ones(tiny_llama, tmp_path, coin_grader):
-    from engine.pipeline import run_pipeline
+    from engine.recipes.pipeline import run_pipeline
 
     events: list[dict] = []
     result = run_pipeline(_config(tiny_llama), tmp_path / "run", emit=events.append)
@@ -89,8 +89,8 @@ def test_pipeline_runs_every_stage_and_resumes_finished_ones(tiny_llama, tmp_pat
 
 
 def test_sweep_trains_one_adapter_per_tau_and_keeps_the_best(tiny_llama, tmp_path):
-    from engine.sweep import SweepSpec, sweep
-    from engine.train import TrainSpec
+    from engine.recipes.sweep import SweepSpec, sweep
+    from engine.recipes.train import TrainSpec
 
     rollouts = make_rollouts(tmp_path / "r.jsonl")
     spec = TrainSpec(str(rollouts), grad_accum=4, lr=1e-3, lora_r=4, lora_alpha=8, max_steps=2)
@@ -128,8 +128,8 @@ def test_a_sweep_over_two_devices_runs_a_lane_each_and_matches_one_device(tiny_l
     import torch
     from safetensors.torch import load_file
 
-    from engine.sweep import SweepSpec, sweep, sweep_devices
-    from engine.train import TrainSpec
+    from engine.recipes.sweep import SweepSpec, sweep, sweep_devices
+    from engine.recipes.train import TrainSpec
 
     rollouts = make_rollouts(tmp_path / "r.jsonl")
     spec = TrainSpec(str(rollouts), grad_accum=4, lr=1e-3, lora_r=4, lora_alpha=8, max_steps=2)
@@ -158,9 +158,9 @@ def test_train_runs_as_a_detached_job_and_its_cost_is_reported(tiny_llama, tmp_p
 
     from typer.testing import CliRunner
 
-    import engine.pipeline  # noqa: F401  (registers the job kinds)
-    from engine.jobs import find_run, read_status, submit_job
-    from engine.train import TrainSpec
+    import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
+    from engine.jobs.store import find_run, read_status, submit_job
+    from engine.recipes.train import TrainSpec
     from rmx_tui.cli import app
 
     rollouts = make_rollouts(tmp_path / "r.jsonl")
@@ -188,7 +188,7 @@ def test_train_runs_as_a_detached_job_and_its_cost_is_reported(tiny_llama, tmp_p
 
 
 def test_price_table_matches_the_most_specific_device_kind(tmp_path):
-    from engine.costs import load_prices, price_per_hour
+    from engine.recipes.costs import load_prices, price_per_hour
 
     prices = load_prices(None)
     assert price_per_hour("NVIDIA H100 80GB HBM3", prices) == 2.49
@@ -205,7 +205,7 @@ def test_topk_kl_equals_a_float64_reference():
     import numpy as np
     import torch
 
-    from engine.distill import topk_kl
+    from engine.recipes.distill import topk_kl
 
     generator = torch.Generator().manual_seed(3)
     student = torch.randn(4, 10, generator=generator)
@@ -220,8 +220,8 @@ def test_topk_kl_equals_a_float64_reference():
 
 
 def test_distill_pulls_the_student_toward_the_teacher(tiny_llama, tiny_llama_teacher, tmp_path):
-    from engine.distill import DistillSpec, distill
-    from engine.models import load_model
+    from engine.recipes.distill import DistillSpec, distill
+    from engine.core.models import load_model
 
     rollouts = make_rollouts(tmp_path / "r.jsonl", problems=2, k=2)
     spec = DistillSpec(str(rollouts), top_k=16, epochs=6, batch_size=1, grad_accum=1, lr=2e-2, warmup_ratio=0.0,
@@ -235,7 +235,7 @@ def test_distill_pulls_the_student_toward_the_teacher(tiny_llama, tiny_llama_tea
 
 
 def test_a_stopped_distillation_resumes_to_a_bit_identical_adapter(tiny_llama, tiny_llama_teacher, tmp_path):
-    from engine.distill import DistillSpec, distill
+    from engine.recipes.distill import DistillSpec, distill
 
     rollouts = make_rollouts(tmp_path / "r.jsonl", problems=2, k=2)
     spec = DistillSpec(str(rollouts), top_k=16, epochs=2, batch_size=1, grad_accum=1, lr=2e-2, warmup_ratio=0.25,

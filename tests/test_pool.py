@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from engine.config import ModelSpec
-from engine.errors import RmxError
-from engine.records import Rollout
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
+from engine.core.records import Rollout
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ PATTERN = {
 
 
 def test_pool_keeps_only_mixed_success_and_the_closest_to_one_half():
-    from engine.pool import PoolSpec, select_pool
+    from engine.recipes.pool import PoolSpec, select_pool
 
     pool = select_pool(_rollouts(PATTERN), PoolSpec("r.jsonl"))
     assert [r.problem_id for r in pool][::4] == ["quarter", "half", "most"]
@@ -46,7 +46,7 @@ def test_pool_keeps_only_mixed_success_and_the_closest_to_one_half():
 
 
 def test_pool_without_mixed_problems_names_the_problem():
-    from engine.pool import PoolSpec, select_pool
+    from engine.recipes.pool import PoolSpec, select_pool
 
     rollouts = _rollouts({"easy": PATTERN["easy"], "hard": PATTERN["hard"]})
     with pytest.raises(RmxError, match="no training signal: 0 of 2 problems have mixed success at K=4"):
@@ -54,7 +54,7 @@ def test_pool_without_mixed_problems_names_the_problem():
 
 
 def test_length_trim_keeps_the_shortest_and_shows_its_bias():
-    from engine.pool import PoolSpec, pool_stats, select_pool
+    from engine.recipes.pool import PoolSpec, pool_stats, select_pool
 
     rollouts = _rollouts(PATTERN)
     trimmed = select_pool(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
@@ -67,7 +67,7 @@ def test_length_trim_keeps_the_shortest_and_shows_its_bias():
 
 
 def test_pool_stats_histogram_and_decision_rates():
-    from engine.pool import PoolSpec, pool_stats, select_pool
+    from engine.recipes.pool import PoolSpec, pool_stats, select_pool
 
     rollouts = _rollouts(PATTERN)
     stats = pool_stats(rollouts, PoolSpec("r.jsonl"), taus=("1.0", "q0.5"))
@@ -86,8 +86,8 @@ def test_pool_stats_histogram_and_decision_rates():
 
 
 def test_write_pool_writes_jsonl_and_stats(tmp_path):
-    from engine.pool import PoolSpec, write_pool
-    from engine.rollouts import read_rollouts
+    from engine.recipes.pool import PoolSpec, write_pool
+    from engine.recipes.rollouts import read_rollouts
 
     source = tmp_path / "rollouts.jsonl"
     source.write_text("".join(json.dumps(r.to_json()) + "\n" for r in _rollouts(PATTERN)))
@@ -98,9 +98,9 @@ def test_write_pool_writes_jsonl_and_stats(tmp_path):
 
 
 def test_base_entropies_match_engine_scoring_and_resume_from_a_cut_cache(tiny_llama, tmp_path):
-    from engine.models import load_model
-    from engine.pool import base_entropies
-    from engine.scoring import score
+    from engine.core.models import load_model
+    from engine.recipes.pool import base_entropies
+    from engine.core.scoring import score
 
     model = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
     rollouts = [Rollout("p", i, (5, 6, 7, 8), tuple(range(20 + i, 40 + 2 * i)), "", "1", None, i % 2 == 0, "eos")
@@ -127,7 +127,7 @@ def test_base_entropies_match_engine_scoring_and_resume_from_a_cut_cache(tiny_ll
 
 
 def test_pool_stats_survive_a_json_round_trip():
-    from engine.pool import PoolSpec, PoolStats, pool_stats, select_pool
+    from engine.recipes.pool import PoolSpec, PoolStats, pool_stats, select_pool
 
     rollouts = _rollouts(PATTERN)
     plain = pool_stats(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
@@ -141,10 +141,10 @@ def test_pool_stats_survive_a_json_round_trip():
 def test_workbench_pool_stats_match_the_cli_and_score_under_the_loaded_base(tiny_llama, tmp_path):
     from typer.testing import CliRunner
 
-    from engine.models import load_model
-    from engine.pool import PoolSpec, PoolStats, base_entropies, entropy_cache, pool_stats, select_pool
-    from engine.rollouts import read_rollouts
-    from engine.workbench import Workbench
+    from engine.core.models import load_model
+    from engine.recipes.pool import PoolSpec, PoolStats, base_entropies, entropy_cache, pool_stats, select_pool
+    from engine.recipes.rollouts import read_rollouts
+    from engine.service.workbench import Workbench
     from rmx_tui.cli import app as cli_app
     from tests.test_train import make_rollouts
 
@@ -172,8 +172,8 @@ def test_workbench_pool_stats_match_the_cli_and_score_under_the_loaded_base(tiny
 
 
 def test_an_adapter_gets_its_own_entropy_cache(tiny_llama, tiny_llama_adapter, tmp_path):
-    from engine.models import load_model
-    from engine.pool import base_entropies
+    from engine.core.models import load_model
+    from engine.recipes.pool import base_entropies
 
     rollouts = [Rollout("p", 0, (5, 6, 7), tuple(range(20, 30)), "", "1", None, True, "eos")]
     cache = tmp_path / "entropies.jsonl"

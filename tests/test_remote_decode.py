@@ -15,15 +15,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from engine.client import EngineClient, LocalClient
-from engine.config import ModelSpec, Tau
-from engine.decode import SamplingSpec, Step
-from engine.errors import RmxError
-from engine.interventions import ForkEstimate, InterventionResult, Interrupted
-from engine.records import TopToken
-from engine.remote import RemoteClient, StepStream
-from engine.server import create_app
-from engine.workbench import Workbench
+from engine.service.client import EngineClient, LocalClient
+from engine.core.config import ModelSpec, Tau
+from engine.core.decode import SamplingSpec, Step
+from engine.core.errors import RmxError
+from engine.core.interventions import ForkEstimate, InterventionResult, Interrupted
+from engine.core.records import TopToken
+from engine.service.remote import RemoteClient, StepStream
+from engine.service.server import create_app
+from engine.service.workbench import Workbench
 from tests.test_jobs import kill_jobs
 
 QUESTION = "Sam has 4 pencils and gets 3 more. How many pencils does Sam have now?"
@@ -38,7 +38,7 @@ def engines(tiny_llama, tiny_llama_adapter):
     root = Path(tempfile.mkdtemp(prefix="rmx-", dir="/tmp"))  # a socket path must stay short
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    from engine.daemon import client_for, start_daemon, stop_daemon
+    from engine.service.daemon import client_for, start_daemon, stop_daemon
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RMX_RUNTIME_DIR", str(root / "run"))
@@ -267,7 +267,7 @@ def test_errors_before_and_during_a_stream_reach_the_caller():
 
 
 def test_a_slow_step_gets_keepalive_lines_meanwhile(monkeypatch):
-    monkeypatch.setattr("engine.server.KEEPALIVE_S", 0.05)
+    monkeypatch.setattr("engine.service.server.KEEPALIVE_S", 0.05)
 
     class Slow(_Scripted):
         def decode(self, *args):
@@ -288,7 +288,7 @@ def test_a_slow_step_gets_keepalive_lines_meanwhile(monkeypatch):
 
 
 def test_a_stoppable_call_streams_blank_lines_then_its_answer_then_done(monkeypatch):
-    monkeypatch.setattr("engine.server.WORKING_S", 0.05)
+    monkeypatch.setattr("engine.service.server.WORKING_S", 0.05)
     step = Step(pos=0, id=1, text="x", logprob=-0.5, entropy=1.0, top=(TopToken(1, "x", -0.5),), source="base",
                 end="length")
     result = InterventionResult(mode="base", steps=(step,), completion_ids=(1,), text="x", touched=())

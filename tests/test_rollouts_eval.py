@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine.config import ModelSpec
-from engine.errors import RmxError
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def _one_thread():
 
 
 def _spec(**overrides):
-    from engine.rollouts import RolloutSpec
+    from engine.recipes.rollouts import RolloutSpec
 
     settings = dict(dataset="smoke", limit=3, k=3, max_new_tokens=6, template="raw")
     settings.update(overrides)
@@ -29,7 +29,7 @@ def _spec(**overrides):
 
 
 def test_rollouts_write_k_graded_samples_per_problem(tiny_llama, tmp_path):
-    from engine.rollouts import read_rollouts, sample_rollouts
+    from engine.recipes.rollouts import read_rollouts, sample_rollouts
 
     events: list[dict] = []
     result = sample_rollouts(ModelSpec(str(tiny_llama), dtype="float32"), _spec(), tmp_path / "r.jsonl",
@@ -47,7 +47,7 @@ def test_rollouts_write_k_graded_samples_per_problem(tiny_llama, tmp_path):
 
 
 def test_rollouts_resume_after_a_cut_redraws_the_same_samples(tiny_llama, tmp_path):
-    from engine.rollouts import sample_rollouts
+    from engine.recipes.rollouts import sample_rollouts
 
     model = ModelSpec(str(tiny_llama), dtype="float32")
     whole = tmp_path / "whole.jsonl"
@@ -79,7 +79,7 @@ def test_rollout_spec_refuses_bad_settings():
 def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
     import sys
 
-    from engine.backends import make_sampler
+    from engine.core.backends import make_sampler
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
     with pytest.raises(RmxError, match="pip install 'rmx\\[vllm\\]'"):
@@ -89,14 +89,14 @@ def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
 @pytest.mark.gpu
 def test_vllm_backend_samples_like_the_hf_one(tiny_llama, tmp_path):
     pytest.importorskip("vllm")
-    from engine.rollouts import sample_rollouts
+    from engine.recipes.rollouts import sample_rollouts
 
     result = sample_rollouts(ModelSpec(str(tiny_llama)), _spec(backend="vllm"), tmp_path / "r.jsonl")
     assert result.samples == 9 and result.backend == "vllm"
 
 
 def test_eval_pass_at_1_and_avg_at_k_with_items_and_tables(tiny_llama, tmp_path):
-    from engine.evaluate import EvalSpec, evaluate, load_result, markdown_table
+    from engine.recipes.evaluate import EvalSpec, evaluate, load_result, markdown_table
 
     spec = EvalSpec(benchmarks=("smoke", "gsm8k"), limit=2, max_new_tokens=5, template="raw", avg_k=3,
                     avg_benchmarks=("gsm8k",))
@@ -112,7 +112,7 @@ def test_eval_pass_at_1_and_avg_at_k_with_items_and_tables(tiny_llama, tmp_path)
 
 
 def test_eval_shows_where_the_graders_disagree():
-    from engine.evaluate import BenchmarkScore, Disagreement, EvalResult, markdown_table
+    from engine.recipes.evaluate import BenchmarkScore, Disagreement, EvalResult, markdown_table
 
     flagged = Disagreement("p7", 0, "\\frac{1}{2}", "0.5", True, False)
     result = EvalResult("m", None, "math-verify", [BenchmarkScore("math500", "pass@1", 0.5, 0.25, 4, 4, [flagged])],
@@ -123,7 +123,7 @@ def test_eval_shows_where_the_graders_disagree():
 
 
 def test_eval_compare_lines_runs_up():
-    from engine.evaluate import BenchmarkScore, EvalResult, compare, comparison_table
+    from engine.recipes.evaluate import BenchmarkScore, EvalResult, compare, comparison_table
 
     base = EvalResult("base", None, "math-verify", [BenchmarkScore("gsm8k", "pass@1", 0.5, 0.5, 10, 10),
                                                     BenchmarkScore("aime24", "avg@8", 0.1, 0.1, 30, 240)], 1, 1)
@@ -155,8 +155,8 @@ def test_eval_cli_json_and_compare(tiny_llama, tmp_path):
 
 
 def test_greedy_prompts_batched_together_decode_as_they_do_alone(tiny_llama):
-    from engine.backends import SampleRequest
-    from engine.backends.hf import HFSampler
+    from engine.core.backends import SampleRequest
+    from engine.core.backends.hf import HFSampler
 
     sampler = HFSampler(ModelSpec(str(tiny_llama), dtype="float32"), temperature=0.6, top_p=0.95, max_new_tokens=6)
     requests = [SampleRequest((1, 20 + i, 30, 40 + 2 * i), 1, seed=i, greedy=True) for i in range(3)]
@@ -167,7 +167,7 @@ def test_greedy_prompts_batched_together_decode_as_they_do_alone(tiny_llama):
 
 
 def test_an_interrupted_eval_resumes_to_the_uninterrupted_scores(tiny_llama, tmp_path):
-    from engine.evaluate import EvalSpec, evaluate
+    from engine.recipes.evaluate import EvalSpec, evaluate
 
     model = ModelSpec(str(tiny_llama), dtype="float32")
     spec = EvalSpec(benchmarks=("smoke", "gsm8k"), limit=3, max_new_tokens=5, template="raw", avg_k=2,

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from engine.config import ModelSpec, ScoreSpec, Tau
-from engine.models import load_model, load_pair
-from engine.prompts import completion_ids, prompt_ids
-from engine.records import ScoredRollout, TeacherPick, TokenScore, TopToken
-from engine.scoring import _lse_entropy, classify, gate_quality, score, summarize
+from engine.core.config import ModelSpec, ScoreSpec, Tau
+from engine.core.models import load_model, load_pair
+from engine.core.prompts import completion_ids, prompt_ids
+from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken
+from engine.core.scoring import _lse_entropy, classify, gate_quality, score, summarize
 
 PROBLEM = "What is 12 + 30?"
 COMPLETION = "12 + 30 = 42, so the answer is \\boxed{42}."
@@ -149,7 +149,7 @@ def test_tau_parsing_and_quantiles():
     assert Tau.parse("1.4") == Tau(1.4)
     assert Tau.parse("q0.5").resolve([1.0, 2.0, 3.0]) == pytest.approx(2.0)
     assert Tau.parse("q0.75").resolve([0.0, 1.0, 2.0, 3.0, 4.0]) == pytest.approx(3.0)
-    from engine.errors import RmxError
+    from engine.core.errors import RmxError
 
     for bad in ("abc", "q1.5", "q", "-1", "nan"):
         with pytest.raises(RmxError):
@@ -157,7 +157,7 @@ def test_tau_parsing_and_quantiles():
 
 
 def test_memory_bound_chunk_never_holds_full_logits():
-    from engine.scoring import chunk_positions
+    from engine.core.scoring import chunk_positions
 
     spec = ScoreSpec()
     positions = chunk_positions(152_064, spec)
@@ -168,7 +168,7 @@ def test_memory_bound_chunk_never_holds_full_logits():
 def test_ranks_count_strictly_greater_logits_including_ties_and_infinities():
     import torch
 
-    from engine.scoring import _ranks
+    from engine.core.scoring import _ranks
 
     logits = torch.tensor([[0.5, 2.0, 2.0, -1.0, float("-inf")],
                            [1e-30, 0.0, -1e-30, 3.0, 3.0],

@@ -18,15 +18,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-import engine.selftest_job  # noqa: F401  (registers selftest here, so the client sends its entry)
-from engine.client import LocalClient
-from engine.config import ModelSpec
-from engine.daemon import client_for, connect, daemon_status, ensure_daemon, start_daemon, stop_daemon, token_path
-from engine.errors import RmxError
-from engine.jobs import JobConflict, JobNotFound, JobsClient, LocalJobs
-from engine.records import ModelInfo
-from engine.server import bind_tcp, bind_unix, check_host, create_app, ndjson_response
-from engine.workbench import Workbench
+import engine.jobs.selftest  # noqa: F401  (registers selftest here, so the client sends its entry)
+from engine.service.client import LocalClient
+from engine.core.config import ModelSpec
+from engine.service.daemon import client_for, connect, daemon_status, ensure_daemon, start_daemon, stop_daemon, token_path
+from engine.core.errors import RmxError
+from engine.jobs.store import JobConflict, JobNotFound, JobsClient, LocalJobs
+from engine.core.records import ModelInfo
+from engine.service.server import bind_tcp, bind_unix, check_host, create_app, ndjson_response
+from engine.service.workbench import Workbench
 from rmx_tui.cli import app as cli_app
 from tests.test_jobs import kill_jobs
 
@@ -137,7 +137,7 @@ def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_l
 
 
 def test_pool_stats_through_the_daemon_match_the_local_client(daemon, local, tmp_path):
-    from engine.pool import entropy_cache
+    from engine.recipes.pool import entropy_cache
     from tests.test_train import make_rollouts
 
     remote = daemon.client

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ModelSpec
-from engine.errors import RmxError
-from engine.records import Rollout
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
+from engine.core.records import Rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def make_rollouts(path: Path, problems: int = 6, k: int = 4, vocab: int = 380, p
 
 
 def _spec(rollouts: Path, **overrides):
-    from engine.train import TrainSpec
+    from engine.recipes.train import TrainSpec
 
     settings = dict(tau="q0.7", grad_accum=2, lr=1e-3, lora_r=4, lora_alpha=8)
     settings.update(overrides)
@@ -60,7 +60,7 @@ def _spec(rollouts: Path, **overrides):
 
 
 def test_advantages_are_normalised_per_problem_and_clipped():
-    from engine.train import advantages
+    from engine.recipes.train import advantages
 
     one_of_four = advantages([True, False, False, False])
     std = math.sqrt(0.25 * 0.75)
@@ -76,7 +76,7 @@ def test_advantages_are_normalised_per_problem_and_clipped():
 def test_bounded_negative_term_is_bounded_below_and_signed_is_not():
     import torch
 
-    from engine.train import decision_terms
+    from engine.recipes.train import decision_terms
 
     logp = torch.tensor([0.0, -1e-3, -0.7, -5.0, -50.0, -1e4])
     bounded = decision_terms(logp, -2.0, "bounded")
@@ -98,7 +98,7 @@ def test_loss_terms_equal_a_float64_hand_computation():
     import numpy as np
     import torch
 
-    from engine.train import loss_terms
+    from engine.recipes.train import loss_terms
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 7, generator=generator)
@@ -126,9 +126,9 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama):
     """Chunked loss + one body backward gives the same gradients as autograd over full logits."""
     import torch
 
-    from engine.models import load_model
-    from engine.scoring import _logit_transform, hidden_states
-    from engine.train import Example, _Sequence, _sequence_backward, lora_model, loss_terms
+    from engine.core.models import load_model
+    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.recipes.train import Example, _Sequence, _sequence_backward, lora_model, loss_terms
 
     loaded = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
     spec = _loss_only_spec()
@@ -165,7 +165,7 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama):
 
 
 def _loss_only_spec():
-    from engine.train import TrainSpec
+    from engine.recipes.train import TrainSpec
 
     return TrainSpec("unused.jsonl", negative="bounded", lora_r=4, lora_alpha=8)
 
@@ -180,7 +180,7 @@ def _loss_only_spec():
 def test_lora_targets_only_attention_projections(arch, expected, request):
     from transformers import AutoModelForCausalLM
 
-    from engine.train import attention_targets, lora_model
+    from engine.recipes.train import attention_targets, lora_model
 
     folder = request.getfixturevalue(f"tiny_{arch}")
     core = AutoModelForCausalLM.from_pretrained(folder)
@@ -199,7 +199,7 @@ def test_lora_targets_only_attention_projections(arch, expected, request):
 def test_lora_targets_matching_nothing_is_a_clear_error(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from engine.train import TrainSpec, lora_model
+    from engine.recipes.train import TrainSpec, lora_model
 
     core = AutoModelForCausalLM.from_pretrained(tiny_llama)
     with pytest.raises(RmxError, match="matches no module"):
@@ -215,8 +215,8 @@ def test_lora_targets_matching_nothing_is_a_clear_error(tiny_llama):
 def test_train_writes_a_peft_adapter_the_loader_accepts(arch, request, tmp_path):
     import torch
 
-    from engine.models import load_model
-    from engine.train import train
+    from engine.core.models import load_model
+    from engine.recipes.train import train
 
     folder = request.getfixturevalue(f"tiny_{arch}")
     rollouts = make_rollouts(tmp_path / "r.jsonl")
@@ -243,7 +243,7 @@ def test_train_writes_a_peft_adapter_the_loader_accepts(arch, request, tmp_path)
 
 
 def test_no_mixed_success_is_an_error_and_leaves_no_run(tiny_llama, tmp_path):
-    from engine.train import train
+    from engine.recipes.train import train
 
     rollouts = make_rollouts(tmp_path / "r.jsonl", mixed=False, k=8)
     with pytest.raises(RmxError, match=r"no training signal: 0 of 6 problems have mixed success at K=8"):
@@ -254,8 +254,8 @@ def test_no_mixed_success_is_an_error_and_leaves_no_run(tiny_llama, tmp_path):
 def test_a_train_job_without_signal_is_refused_before_its_run_dir_exists(tiny_llama, tmp_path):
     from dataclasses import asdict
 
-    import engine.pipeline  # noqa: F401  (registers the job kinds)
-    from engine.jobs import list_runs, submit_job
+    import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
+    from engine.jobs.store import list_runs, submit_job
 
     rollouts = make_rollouts(tmp_path / "r.jsonl", mixed=False, k=8)
     model = asdict(ModelSpec(str(tiny_llama)))
@@ -267,7 +267,7 @@ def test_a_train_job_without_signal_is_refused_before_its_run_dir_exists(tiny_ll
 
 
 def test_tau_above_every_entropy_warns_with_quantiles(tiny_llama, tmp_path):
-    from engine.train import train
+    from engine.recipes.train import train
 
     events: list[dict] = []
     result = train(ModelSpec(str(tiny_llama), dtype="float32"), _spec(make_rollouts(tmp_path / "r.jsonl"), tau="50",
@@ -279,7 +279,7 @@ def test_tau_above_every_entropy_warns_with_quantiles(tiny_llama, tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama, tmp_path, monkeypatch):
-    import engine.train as train_module
+    import engine.recipes.train as train_module
 
     calls = {"n": 0}
     real = train_module.decision_terms
@@ -303,7 +303,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama, t
 
 def test_signed_loss_runs_away_where_the_bounded_one_does_not(tiny_llama, tmp_path):
     """Repeating one problem's wrong rollouts drives −A·log p down without bound; unlikelihood stays ≥ 0."""
-    from engine.train import train
+    from engine.recipes.train import train
 
     rollouts = make_rollouts(tmp_path / "r.jsonl", problems=1, k=4, completion_len=(10, 14))
     settings = dict(lr=0.05, warmup_ratio=0.0, epochs=30, grad_accum=4, tau="q0.5", alarm_abs=4.5)
@@ -317,7 +317,7 @@ def test_signed_loss_runs_away_where_the_bounded_one_does_not(tiny_llama, tmp_pa
 
 
 def test_alarm_rules():
-    from engine.train import TrainSpec, _alarm
+    from engine.recipes.train import TrainSpec, _alarm
 
     spec = TrainSpec("x.jsonl")
     calm = [1.0, -0.5, 0.8, 1.2, -1.1, 0.9, 1.0, 0.7, -0.6, 1.3]
@@ -332,10 +332,10 @@ def test_alarm_rules():
 
 
 def test_orders_and_positive_only(tiny_llama, tmp_path):
-    from engine.train import _order, _prepare, Example
+    from engine.recipes.train import _order, _prepare, Example
 
     rollouts_path = make_rollouts(tmp_path / "r.jsonl")
-    from engine.rollouts import read_rollouts
+    from engine.recipes.rollouts import read_rollouts
 
     rollouts = read_rollouts(rollouts_path)
     chosen, counts = _prepare(rollouts, _spec(rollouts_path, objective="positive-only"), 512)
@@ -349,7 +349,7 @@ def test_orders_and_positive_only(tiny_llama, tmp_path):
 
 
 def test_completion_only_anchor_skips_prompt_rows():
-    from engine.train import Example, _Sequence
+    from engine.recipes.train import Example, _Sequence
 
     ex = Example("p", 0, tuple(range(4, 14)), 4, 1.0, True, (0.1, 2.0, 0.1, 0.1, 0.1, 0.1))
     everywhere = _Sequence(ex, 1.0, "all", "cpu")
@@ -363,8 +363,8 @@ def test_completion_only_anchor_skips_prompt_rows():
 
 _RUN = """
 import sys
-from engine.config import ModelSpec
-from engine.train import TrainSpec, train
+from engine.core.config import ModelSpec
+from engine.recipes.train import TrainSpec, train
 spec = TrainSpec(sys.argv[2], tau="q0.7", grad_accum=2, lr=1e-3, lora_r=4, lora_alpha=8, checkpoint_every=2)
 train(ModelSpec(sys.argv[1], dtype="float32"), spec, sys.argv[3], resume=sys.argv[4] == "1")
 """
@@ -378,7 +378,7 @@ def _run(args: list[str]) -> subprocess.Popen:
 
 def test_resume_after_sigkill_is_bit_identical(tiny_llama, tmp_path):
     """Kill a training process mid-run, resume it, and get the uninterrupted run's adapter byte for byte."""
-    from engine.train import train
+    from engine.recipes.train import train
 
     rollouts = make_rollouts(tmp_path / "r.jsonl", problems=10, k=6)  # 60 sequences → 30 steps
     victim = _run([str(tiny_llama), str(rollouts), str(tmp_path / "cut"), "0"])
@@ -405,7 +405,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny_llama, tmp_path):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_llama, tmp_path, monkeypatch):
-    import engine.train as train_module
+    import engine.recipes.train as train_module
 
     real = train_module._write_trainer_state
     calls = {"n": 0}
@@ -433,7 +433,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_llama, tmp_pa
 
 
 def test_resume_guards(tiny_llama, tmp_path):
-    from engine.train import train
+    from engine.recipes.train import train
 
     rollouts = make_rollouts(tmp_path / "r.jsonl")
     out = tmp_path / "out"
@@ -447,7 +447,7 @@ def test_resume_guards(tiny_llama, tmp_path):
 
 
 def test_cached_base_pass_trains_the_same_adapter_as_recomputing_the_base(tiny_llama, tmp_path):
-    from engine.train import train
+    from engine.recipes.train import train
 
     rollouts = make_rollouts(tmp_path / "r.jsonl")
     model = ModelSpec(str(tiny_llama), dtype="float32")

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.errors import RmxError
+from engine.core.errors import RmxError
 
 app = typer.Typer(
     name="rmx",

@@ -9,7 +9,7 @@ from rmx_tui.cli import options as opt
 
 def datasets(json_output: opt.Json = False) -> None:
     """List the bundled datasets (use any name, or a path to your own .jsonl, with --dataset)."""
-    from engine.data import list_datasets
+    from engine.core.data import list_datasets
 
     rows = list_datasets()
     if json_output:

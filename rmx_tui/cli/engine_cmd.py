@@ -17,7 +17,7 @@ def _start(
     json: Json = False,
 ) -> None:
     """Start the engine daemon, detached: on a 0600 Unix socket, or on loopback TCP with a token."""
-    from engine.daemon import start_daemon, stored_token, token_path
+    from engine.service.daemon import start_daemon, stored_token, token_path
 
     card = start_daemon(host, port, allow_remote)
     token = stored_token() if card.url else None
@@ -35,7 +35,7 @@ def _start(
 
 def _stop(json: Json = False) -> None:
     """Stop the engine daemon. Running jobs keep running; a new daemon finds them."""
-    from engine.daemon import stop_daemon
+    from engine.service.daemon import stop_daemon
 
     card = stop_daemon()
     if json:
@@ -46,8 +46,8 @@ def _stop(json: Json = False) -> None:
 
 def _status(json: Json = False) -> None:
     """Show whether the engine runs, where, what it has loaded, and how many jobs are active."""
-    from engine.daemon import client_for, daemon_status
-    from engine.jobs import list_runs
+    from engine.service.daemon import client_for, daemon_status
+    from engine.jobs.store import list_runs
 
     card = daemon_status()
     active = [s.id for s in list_runs() if s.active]

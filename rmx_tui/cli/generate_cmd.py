@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.errors import RmxError
+from engine.core.errors import RmxError
 from rmx_tui.cli import options as opt
 
 
@@ -27,7 +27,7 @@ def parse_force(items: list[str]) -> list[tuple[int, int]]:
 def sampling_spec(greedy: bool, temperature: float | None, top_p: float, top_k: int, seed: int,
                   max_new_tokens: int, stop: list[str]):
     """Greedy unless a temperature is given; both at once is a contradiction, not a preference."""
-    from engine.decode import SamplingSpec
+    from engine.core.decode import SamplingSpec
 
     if greedy and temperature is not None:
         raise RmxError("--greedy and --temperature contradict each other: pick one")
@@ -73,8 +73,8 @@ def generate(
     json_output: opt.Json = False,
 ) -> None:
     """Decode a completion, forcing tokens or steering with the teacher (oracle, random, gated)."""
-    from engine.config import Tau
-    from engine.interventions import MODES, generate as run_generate
+    from engine.core.config import Tau
+    from engine.core.interventions import MODES, generate as run_generate
 
     forced = parse_force(force)
     sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop)
@@ -90,14 +90,14 @@ def generate(
     if dataset is not None:
         if prompt_text is not None:
             raise RmxError("give either --dataset or --prompt-text, not both")
-        from engine.data import get_problem
+        from engine.core.data import get_problem
 
         problem = get_problem(dataset, index)
         prompt_text, gold, template = problem.problem, gold or problem.answer, template or "auto"
     if prompt_text is None:
         raise RmxError("no prompt: give --prompt-text or --dataset")
-    from engine.models import load_pair
-    from engine.prompts import prompt_ids
+    from engine.core.models import load_pair
+    from engine.core.prompts import prompt_ids
 
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
@@ -140,10 +140,10 @@ def intervene(
     json_output: opt.Json = False,
 ) -> None:
     """Figure 2: pass@1 of base, teacher, oracle, random and gated decoding over a benchmark."""
-    from engine.config import Tau
-    from engine.data import load_problems
-    from engine.experiments import run_figure2
-    from engine.models import load_pair
+    from engine.core.config import Tau
+    from engine.core.data import load_problems
+    from engine.recipes.experiments import run_figure2
+    from engine.core.models import load_pair
 
     sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, [])
     gate = Tau.parse(tau)
@@ -195,9 +195,9 @@ def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, 
     from dataclasses import asdict, replace
     from pathlib import Path
 
-    import engine.intervene_job  # noqa: F401  (registers the job kind)
-    from engine.data import BUNDLED
-    from engine.jobs import find_run, submit_job
+    import engine.jobs.intervene  # noqa: F401  (registers the job kind)
+    from engine.core.data import BUNDLED
+    from engine.jobs.store import find_run, submit_job
 
     def model(spec):
         if spec is None:

@@ -14,7 +14,7 @@ JobId = Annotated[str, typer.Argument(help="The job id, as `rmx jobs list` shows
 
 def _jobs():
     """The run dirs are the truth, so the CLI reads them directly: it works with or without a daemon."""
-    from engine.jobs import LocalJobs
+    from engine.jobs.store import LocalJobs
 
     return LocalJobs()
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from engine.config import ModelSpec
+from engine.core.config import ModelSpec
 
 Base = Annotated[str, typer.Option("--base", help="Base model: a hub id, a folder, a .gguf file, or 'demo'.")]
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model (same tokenizer as the base).")]

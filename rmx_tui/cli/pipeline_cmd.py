@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from engine.errors import RmxError
+from engine.core.errors import RmxError
 from rmx_tui.cli import options as opt
 
 Job = Annotated[bool, typer.Option("--job", help="Run as a detached job (see `rmx jobs`) instead of in this process.")]
@@ -40,11 +40,11 @@ CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="K
 AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
 AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
 Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
-Backend = Annotated[str, typer.Option("--backend", help="hf (engine.decode, default) or vllm (pip install 'rmx[vllm]', CUDA only).")]
+Backend = Annotated[str, typer.Option("--backend", help="hf (engine.core.decode, default) or vllm (pip install 'rmx[vllm]', CUDA only).")]
 
 
 def _model(base: str, adapter: str | None, dtype: str, device: str, revision: str | None, trust: bool):
-    from engine.config import ModelSpec
+    from engine.core.config import ModelSpec
 
     return ModelSpec(base, adapter=adapter, dtype=dtype, device=device, revision=revision, trust_remote_code=trust)
 
@@ -81,8 +81,8 @@ def _emit(event: dict[str, Any]) -> None:
 
 
 def _submit(kind: str, config: dict[str, Any], json_output: bool) -> None:
-    import engine.pipeline  # noqa: F401  (registers the job kinds)
-    from engine.jobs import submit_job
+    import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
+    from engine.jobs.store import submit_job
 
     status = submit_job(kind, config)
     if json_output:
@@ -123,7 +123,7 @@ def rollouts(
     json_output: opt.Json = False,
 ) -> None:
     """Sample K completions per problem from the base, grade them, and write rollouts.jsonl (resumable per problem)."""
-    from engine.rollouts import RolloutSpec, sample_rollouts
+    from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = RolloutSpec(dataset, limit, k, temperature, top_p, max_new_tokens, template, seed, backend, grade_timeout)
@@ -160,13 +160,13 @@ def pool_show(
     json_output: opt.Json = False,
 ) -> None:
     """Pass-rate histogram, correct vs wrong lengths, the trim's effect, and decision-point rates per τ."""
-    from engine.pool import PoolSpec, inspect_pool
+    from engine.recipes.pool import PoolSpec, inspect_pool
 
     spec = PoolSpec(rollouts, size, keep_shortest)
     tau_list = [t.strip() for t in taus.split(",") if t.strip()]
 
     def load_base():
-        from engine.models import load_model
+        from engine.core.models import load_model
 
         return load_model(_model(base, None, dtype, device, revision, trust_remote_code))
 
@@ -211,7 +211,7 @@ def pool_select(
     json_output: opt.Json = False,
 ) -> None:
     """Keep the problems with mixed success (and optionally the N closest to 0.5) as the training pool."""
-    from engine.pool import PoolSpec, write_pool
+    from engine.recipes.pool import PoolSpec, write_pool
 
     spec = PoolSpec(rollouts, size, keep_shortest)
     if job:
@@ -226,7 +226,7 @@ def pool_select(
 
 
 def _train_spec(rollouts: str, **values):
-    from engine.train import TrainSpec
+    from engine.recipes.train import TrainSpec
 
     return TrainSpec(rollouts, **values)
 
@@ -276,7 +276,7 @@ def train(
     json_output: opt.Json = False,
 ) -> None:
     """Train a ReasonMaxxer LoRA: advantage-weighted loss at entropy-gated decision points, KL anchor elsewhere."""
-    from engine.train import train as run
+    from engine.recipes.train import train as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, kl_weight=kl_weight,
@@ -330,8 +330,8 @@ def sweep(
     json_output: opt.Json = False,
 ) -> None:
     """Train one adapter per τ, score each on a holdout (greedy pass@1), and keep the best."""
-    from engine.sweep import SweepSpec
-    from engine.sweep import sweep as run
+    from engine.recipes.sweep import SweepSpec
+    from engine.recipes.sweep import sweep as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = _train_spec(rollouts, kl_weight=kl_weight, objective=objective, negative=negative, anchor=anchor,
@@ -385,7 +385,7 @@ def eval_run(
         return
     if model is None:
         raise RmxError("rmx eval needs --model (or a subcommand: rmx eval compare RUN RUN …)")
-    from engine.evaluate import EvalSpec, evaluate, markdown_table
+    from engine.recipes.evaluate import EvalSpec, evaluate, markdown_table
 
     spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
@@ -402,13 +402,13 @@ def eval_compare(
     json_output: opt.Json = False,
 ) -> None:
     """Put several eval runs side by side, with the change from the first to the last."""
-    from engine.evaluate import compare, comparison_table, load_result
+    from engine.recipes.evaluate import compare, comparison_table, load_result
 
     loaded = []
     for run in runs:
         where = Path(run)
         if not where.exists():
-            from engine.jobs import find_run
+            from engine.jobs.store import find_run
 
             where = find_run(run)
         loaded.append((run, load_result(where)))
@@ -449,8 +449,8 @@ def distill(
     json_output: opt.Json = False,
 ) -> None:
     """KL-LoRA: fit a LoRA on the base to the teacher's top-k next-token distribution (paper §4)."""
-    from engine.distill import DistillSpec
-    from engine.distill import distill as run
+    from engine.recipes.distill import DistillSpec
+    from engine.recipes.distill import distill as run
 
     base_spec, teacher_spec = opt.model_specs(base, teacher, None, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
@@ -476,8 +476,8 @@ def runs_cost(
     json_output: opt.Json = False,
 ) -> None:
     """Device-seconds, peak memory and dollars per stage, from each run's cost records."""
-    from engine.costs import cost_lines, load_prices
-    from engine.jobs import find_run, list_runs, runs_dir
+    from engine.recipes.costs import cost_lines, load_prices
+    from engine.jobs.store import find_run, list_runs, runs_dir
 
     table = load_prices(prices)
     folders: dict[str, Path] = {}
@@ -514,8 +514,8 @@ def pipeline(
     json_output: opt.Json = False,
 ) -> None:
     """Run rollouts → pool → train (or a τ sweep) → eval of base and tuned, from one TOML file."""
-    from engine.jobs import Diverged
-    from engine.pipeline import load_pipeline, run_pipeline
+    from engine.core.errors import Diverged
+    from engine.recipes.pipeline import load_pipeline, run_pipeline
 
     checked = load_pipeline(config)
     if job:

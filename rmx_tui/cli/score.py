@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.errors import RmxError
+from engine.core.errors import RmxError
 from rmx_tui.cli import options as opt
 
 
@@ -44,9 +44,9 @@ def score(
     json_output: opt.Json = False,
 ) -> None:
     """Score a completion token by token: exact entropy, rank, top-k, and the teacher's pick."""
-    from engine.client import LocalClient
-    from engine.config import ScoreSpec, Tau
-    from engine.scoring import summarize
+    from engine.service.client import LocalClient
+    from engine.core.config import ScoreSpec, Tau
+    from engine.core.scoring import summarize
 
     ScoreSpec(top_k=top_k)
     gate = Tau.parse(tau) if tau is not None else None
@@ -55,7 +55,7 @@ def score(
     if dataset is not None:
         if prompt is not None:
             raise RmxError("give either --dataset or --prompt-text/--prompt-file, not both")
-        from engine.data import get_problem
+        from engine.core.data import get_problem
 
         prompt = get_problem(dataset, index).problem
         template = template or "auto"
@@ -99,10 +99,10 @@ def analyze(
     json_output: opt.Json = False,
 ) -> None:
     """Table 2: greedy base rollouts on a benchmark, scored against the teacher."""
-    from engine.analysis import analyze as run_analysis
-    from engine.config import Tau
-    from engine.data import load_problems
-    from engine.models import load_pair
+    from engine.recipes.analysis import analyze as run_analysis
+    from engine.core.config import Tau
+    from engine.core.data import load_problems
+    from engine.core.models import load_pair
 
     gate = Tau.parse(tau)
     if limit is not None and limit < 1:

@@ -27,12 +27,12 @@ def _client(ctx: typer.Context | None, default_local: bool):
     """The engine the app talks to: `--connect` target, the daemon (started if needed), or in-process."""
     options = (ctx.obj if ctx is not None and isinstance(ctx.obj, dict) else {}) or {}
     if options.get("connect"):
-        from engine.daemon import connect
+        from engine.service.daemon import connect
 
         return connect(options["connect"])
     if options.get("local") or default_local:
         return None
-    from engine.daemon import ensure_daemon
+    from engine.service.daemon import ensure_daemon
 
     return ensure_daemon()
 
@@ -42,9 +42,9 @@ def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec
          seed: int, template: str, theme: str, autostart: bool) -> None:
     from dataclasses import replace
 
-    from engine.config import Tau
-    from engine.decode import SamplingSpec
-    from engine.errors import RmxError
+    from engine.core.config import Tau
+    from engine.core.decode import SamplingSpec
+    from engine.core.errors import RmxError
 
     from rmx_tui.app import RmxApp
     from rmx_tui.settings import Settings
@@ -108,7 +108,7 @@ def demo(
     device: opt.Device = "auto",
 ) -> None:
     """Open the workbench on the bundled demo model (SmolLM2-135M-Instruct) and a smoke problem: CPU, no network."""
-    from engine.config import ModelSpec
+    from engine.core.config import ModelSpec
 
     base_spec = ModelSpec("demo", dtype=dtype, device=device)
     if teacher is None and teacher_adapter is None:

@@ -10,8 +10,8 @@ from bisect import bisect_right
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from engine.config import ModelSpec
-from engine.decode import SamplingSpec
+from engine.core.config import ModelSpec
+from engine.core.decode import SamplingSpec
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
-from engine.scoring import gate_quality, summarize
+from engine.core.scoring import gate_quality, summarize
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.color import Color

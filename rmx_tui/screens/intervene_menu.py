@@ -33,7 +33,7 @@ MODES = (
     Mode("gated", "the teacher's pick wherever base entropy is above {tau}", True),
     Mode("base", "the base alone, nothing substituted: the control", False),
 )
-"""As engine.interventions.run_mode has it, random needs the teacher too: it changes the positions the oracle would."""
+"""As engine.core.interventions.run_mode has it, random needs the teacher too: it changes the positions the oracle would."""
 
 
 class InterventionMenu(ModalScreen[str | None]):

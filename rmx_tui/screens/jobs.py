@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from engine.client import EngineClient, LocalClient
-from engine.errors import RmxError
-from engine.jobs import JobsClient, JobStatus, read_spec, runs_dir
+from engine.service.client import EngineClient, LocalClient
+from engine.core.errors import RmxError
+from engine.jobs.store import JobsClient, JobStatus, read_spec, runs_dir
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding

@@ -6,11 +6,11 @@ from typing import Any
 
 # Importing these registers their job kinds in this process: LocalJobs validates a config here, and RemoteClient
 # sends the kind's entry so that the daemon can import it.
-import engine.intervene_job  # noqa: F401
-import engine.pipeline  # noqa: F401
-import engine.selftest_job  # noqa: F401
-from engine.errors import RmxError
-from engine.jobs import JobsClient, JobStatus
+import engine.jobs.intervene  # noqa: F401
+import engine.jobs.kinds  # noqa: F401
+import engine.jobs.selftest  # noqa: F401
+from engine.core.errors import RmxError
+from engine.jobs.store import JobsClient, JobStatus
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.client import EngineClient
-from engine.pool import DecisionRate, LengthStats, PoolStats
+from engine.service.client import EngineClient
+from engine.recipes.pool import DecisionRate, LengthStats, PoolStats
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding

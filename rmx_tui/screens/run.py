@@ -8,7 +8,7 @@ from collections.abc import Generator
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Iterator
 
-from engine.jobs import JobsClient, JobView
+from engine.jobs.store import JobsClient, JobView
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding

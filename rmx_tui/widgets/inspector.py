@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from engine.records import TopToken
+from engine.core.records import TopToken
 from textual.content import Content
 from textual.widget import Widget
 

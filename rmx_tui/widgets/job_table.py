@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.jobs import JobStatus
+from engine.jobs.store import JobStatus
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding

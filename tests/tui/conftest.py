@@ -6,8 +6,8 @@ from typing import Callable
 
 import pytest
 
-from engine.client import LocalClient
-from engine.config import ModelSpec
+from engine.service.client import LocalClient
+from engine.core.config import ModelSpec
 
 from rmx_tui.app import RmxApp
 from tests.tui.harness import settings

@@ -6,10 +6,10 @@ import time
 from contextlib import closing
 from typing import Callable, Iterator
 
-from engine.client import LocalClient
-from engine.config import Tau
-from engine.decode import SamplingSpec
-from engine.errors import RmxError
+from engine.service.client import LocalClient
+from engine.core.config import Tau
+from engine.core.decode import SamplingSpec
+from engine.core.errors import RmxError
 
 from rmx_tui.settings import Settings
 

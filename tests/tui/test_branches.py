@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from engine.decode import SamplingSpec
-from engine.interventions import Interrupted
+from engine.core.decode import SamplingSpec
+from engine.core.interventions import Interrupted
 
 from rmx_tui.model import CANCELLED, DONE, FAILED
 from rmx_tui.screens.browser import BrowserScreen
@@ -251,8 +251,8 @@ async def test_exports_write_json_and_svg(make_app, tmp_path):
 
 
 async def test_stored_rollouts_are_listed_with_marks_and_scored_when_opened(make_app, client, tmp_path):
-    from engine.data import load_problems
-    from engine.records import Rollout
+    from engine.core.data import load_problems
+    from engine.core.records import Rollout
 
     problem = load_problems("smoke")[1]
     prompt = client.prompt_ids(problem.problem, "chat")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import ModelSpec
+from engine.core.config import ModelSpec
 
 from rmx_tui.app import RmxApp
 from rmx_tui.screens.browser import BrowserScreen
@@ -165,7 +165,7 @@ async def test_narrow_terminal_hides_the_list_and_moves_the_inspector_below(make
 
 
 async def test_a_model_that_fails_to_load_shows_a_panel_and_the_app_stays_usable(specs, tmp_path):
-    from engine.client import LocalClient
+    from engine.service.client import LocalClient
 
     app = RmxApp(settings(base=ModelSpec(str(tmp_path / "missing-model")), export_dir=tmp_path), LocalClient())
     async with app.run_test(size=SIZE) as pilot:
@@ -193,7 +193,7 @@ async def test_a_model_that_fails_to_load_shows_a_panel_and_the_app_stays_usable
 
 
 async def test_loading_through_settings_reports_progress_and_the_models(specs, tmp_path):
-    from engine.client import LocalClient
+    from engine.service.client import LocalClient
 
     app = RmxApp(settings(base=specs[0], teacher=specs[1], export_dir=tmp_path), LocalClient())
     async with app.run_test(size=SIZE) as pilot:

@@ -19,7 +19,7 @@ def test_tui_and_demo_are_registered_with_their_options():
 
 
 def test_bad_options_fail_before_the_app_starts():
-    from engine.errors import RmxError
+    from engine.core.errors import RmxError
 
     runner = CliRunner()
     for args, words in ((["tui", "--tau", "fast"], "neither a number"), (["tui", "--theme", "nope"], "unknown theme"),

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from engine.client import LocalClient
-from engine.errors import RmxError
-from engine.interventions import Interrupted
+from engine.service.client import LocalClient
+from engine.core.errors import RmxError
+from engine.core.interventions import Interrupted
 from textual.widgets import OptionList
 
 from rmx_tui.model import DONE

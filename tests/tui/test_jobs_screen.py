@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from textual.app import App
 
-import engine.selftest_job  # noqa: F401  (registers the selftest kind in this process)
-from engine.daemon import client_for, start_daemon, stop_daemon
-from engine.jobs import (
+import engine.jobs.selftest  # noqa: F401  (registers the selftest kind in this process)
+from engine.service.daemon import client_for, start_daemon, stop_daemon
+from engine.jobs.store import (
     EventTail, EventWriter, JobsClient, JobSpec, LocalJobs, create_run, find_run, list_runs, pid_alive, read_status,
     runs_dir, submit_job, write_json_atomic,
 )
@@ -107,7 +107,7 @@ def train_run(tau: str, losses: list[float], frac: float, pass_at_1: float | Non
     """A finished `train` run written through the engine's run-dir API: what the τ grid reads."""
     index = len(list_runs()) + 1
     created = FIXED_T + 60 * index
-    run_dir = create_run(JobSpec(kind="train", entry="engine.pipeline:train_job",
+    run_dir = create_run(JobSpec(kind="train", entry="engine.jobs.kinds:train_job",
                                  config={"model": {"source": "demo"}, "train": {"rollouts": "r.jsonl", "tau": tau}},
                                  rmx_version="0", created=created))
     writer = EventWriter(run_dir / "events.jsonl")
@@ -292,7 +292,7 @@ async def test_p_opens_the_pool_of_a_rollouts_run_and_refuses_other_kinds():
     from tests.tui.test_pool_screen import write_rollouts
 
     normalised_run(3)
-    run_dir = create_run(JobSpec(kind="rollouts", entry="engine.pipeline:rollouts_job", config={}, rmx_version="0",
+    run_dir = create_run(JobSpec(kind="rollouts", entry="engine.jobs.kinds:rollouts_job", config={}, rmx_version="0",
                                  created=FIXED_T + 120))
     (run_dir / "artifacts").mkdir(exist_ok=True)
     write_rollouts(run_dir / "artifacts" / "rollouts.jsonl")

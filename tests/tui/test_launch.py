@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import Label, OptionList, TextArea
 
-from engine.daemon import client_for, daemon_status, start_daemon, stop_daemon
-from engine.errors import RmxError
-from engine.jobs import JobStatus, list_runs, resolve_entry, submit_job
-from engine.records import ModelInfo, Rollout
-from engine.workbench import WorkbenchInfo
+from engine.service.daemon import client_for, daemon_status, start_daemon, stop_daemon
+from engine.core.errors import RmxError
+from engine.jobs.store import JobStatus, list_runs, resolve_entry, submit_job
+from engine.core.records import ModelInfo, Rollout
+from engine.service.workbench import WorkbenchInfo
 from rmx_tui.job_templates import KINDS, NO_ROLLOUTS, Defaults, job_config, template
 from rmx_tui.screens.jobs import JobsScreen
 from rmx_tui.screens.launch import LaunchJob
@@ -181,6 +181,8 @@ async def test_a_job_launched_through_the_daemon_is_there_with_its_plots_after_t
             await until(pilot, lambda: error_of(dialog) is not None)  # the daemon's validator said no
             assert error_of(dialog) == "selftest: count must be an integer in 1..10000000"
             config.load_text("count = 30\nsleep = 0.05\n")
+            # A Button ignores clicks for its 0.2 s press effect, and the daemon's refusal can come back sooner.
+            await until(pilot, lambda: not dialog.query_one("#launch").has_class("-active"))
             await pilot.click("#launch")
             await until(pilot, lambda: isinstance(pilot.app.screen, JobsScreen))
             table = pilot.app.screen.query_one(JobTable)

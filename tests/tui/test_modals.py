@@ -6,7 +6,7 @@ import pytest
 from textual.containers import Vertical
 from textual.widgets import Label
 
-from engine.client import LocalClient
+from engine.service.client import LocalClient
 
 from rmx_tui.app import RmxApp
 from rmx_tui.screens.modals import LoadModel, TokenPrompt

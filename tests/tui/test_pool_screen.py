@@ -11,9 +11,9 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable
 
-from engine.client import EngineClient, LocalClient
-from engine.config import ModelSpec
-from engine.records import Rollout
+from engine.service.client import EngineClient, LocalClient
+from engine.core.config import ModelSpec
+from engine.core.records import Rollout
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
 from rmx_tui.widgets.pass_rate_histogram import PassRateHistogram
 from tests.tui.harness import SIZE, until

@@ -6,10 +6,10 @@ import ast
 import random
 from pathlib import Path
 
-from engine.config import Tau
-from engine.data import Problem
-from engine.decode import Step
-from engine.records import TopToken
+from engine.core.config import Tau
+from engine.core.data import Problem
+from engine.core.decode import Step
+from engine.core.records import TopToken
 
 from rmx_tui.gate import Gate, count_above
 from rmx_tui.model import Branch, Outcome, Session, Verdict

@@ -1,0 +1,111 @@
+"""The job kinds that run a recipe in a detached process: rollouts, pool, train, sweep, eval, distill, pipeline."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
+from engine.jobs.store import RunContext, register_job_kind
+from engine.recipes.costs import Meter
+from engine.recipes.distill import DistillSpec, distill
+from engine.recipes.evaluate import EvalSpec, evaluate
+from engine.recipes.pipeline import build_spec, check_trained, write_json, check_pipeline, run_pipeline
+from engine.recipes.pool import PoolSpec, require_signal, write_pool
+from engine.recipes.rollouts import RolloutSpec, read_rollouts, sample_rollouts
+from engine.recipes.sweep import SweepSpec, sweep
+from engine.recipes.train import TrainSpec, train
+
+
+def _job_config(config: dict[str, Any], *names: str) -> list[Any]:
+    """Build each named spec of a job config; a bad config is one RmxError line before any process starts."""
+    built = []
+    for name in names:
+        cls = {"model": ModelSpec, "teacher": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec,
+               "train": TrainSpec, "sweep": SweepSpec, "eval": EvalSpec, "distill": DistillSpec}[name]
+        values = config.get(name)
+        if not isinstance(values, dict):
+            raise RmxError(f"job config needs a '{name}' object")
+        try:
+            built.append(build_spec(cls, values))
+        except TypeError as error:
+            raise RmxError(f"job config '{name}': {error}") from None
+    return built
+
+
+def _validator(*names: str) -> Callable[[dict], None]:
+    def validate(config: dict[str, Any]) -> None:
+        for spec in _job_config(config, *names):
+            # Reading the rollouts here refuses a job with nothing to train on before its run dir exists.
+            if isinstance(spec, (PoolSpec, TrainSpec)):
+                require_signal(read_rollouts(spec.rollouts))
+            elif isinstance(spec, DistillSpec):
+                read_rollouts(spec.rollouts)
+
+    return validate
+
+
+def _check_pipeline_job(config: dict[str, Any]) -> None:
+    check_pipeline(config.get("pipeline") or {}, "job config")
+
+
+def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
+    model, spec = _job_config(config, "model", "rollouts")
+    with Meter("rollouts", run.artifacts):
+        result = sample_rollouts(model, spec, run.artifacts / "rollouts.jsonl", resume=run.resumed,
+                                 emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
+    write_json(run.artifacts / "result.json", result.to_json())
+
+
+def pool_job(config: dict[str, Any], run: RunContext) -> None:
+    (spec,) = _job_config(config, "pool")
+    with Meter("pool", run.artifacts):
+        result = write_pool(spec, run.artifacts / "pool.jsonl")
+    write_json(run.artifacts / "result.json", result.to_json())
+
+
+def train_job(config: dict[str, Any], run: RunContext) -> None:
+    model, spec = _job_config(config, "model", "train")
+    with Meter("train", run.artifacts):
+        result = train(model, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+                       should_stop=run.should_stop, progress=run.set_progress)
+    write_json(run.artifacts / "result.json", result.to_json())
+    if result.state == "diverged":
+        check_trained(result)
+
+
+def sweep_job(config: dict[str, Any], run: RunContext) -> None:
+    model, spec, sweep_spec = _job_config(config, "model", "train", "sweep")
+    with Meter("sweep", run.artifacts):
+        result = sweep(model, spec, sweep_spec, run.artifacts, resume=run.resumed, emit=run.emit,
+                       should_stop=run.should_stop)
+    write_json(run.artifacts / "result.json", result.to_json())
+
+
+def eval_job(config: dict[str, Any], run: RunContext) -> None:
+    model, spec = _job_config(config, "model", "eval")
+    with Meter("eval", run.artifacts):
+        evaluate(model, spec, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
+                 progress=run.set_progress)
+
+
+def distill_job(config: dict[str, Any], run: RunContext) -> None:
+    model, teacher, spec = _job_config(config, "model", "teacher", "distill")
+    with Meter("distill", run.artifacts):
+        result = distill(model, teacher, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+                         should_stop=run.should_stop, progress=run.set_progress)
+    write_json(run.artifacts / "result.json", result.to_json())
+
+
+def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
+    checked = check_pipeline(config.get("pipeline") or {}, "job config")
+    run_pipeline(checked, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
+
+
+register_job_kind("rollouts", rollouts_job, _validator("model", "rollouts"))
+register_job_kind("pool", pool_job, _validator("pool"))
+register_job_kind("train", train_job, _validator("model", "train"))
+register_job_kind("sweep", sweep_job, _validator("model", "train", "sweep"))
+register_job_kind("eval", eval_job, _validator("model", "eval"))
+register_job_kind("distill", distill_job, _validator("model", "teacher", "distill"))
+register_job_kind("pipeline", pipeline_job, _check_pipeline_job)

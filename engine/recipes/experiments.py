@@ -1,0 +1,249 @@
+"""Figure 2: pass@1 of base, teacher, oracle, random and entropy-gated decoding over problems, resumable JSON lines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from engine.core.config import Tau
+from engine.core.data import Problem
+from engine.core.decode import DecodeSession, SamplingSpec
+from engine.core.errors import RmxError
+from engine.core.interventions import InterventionResult, run_mode
+from engine.core.models import LoadedModel
+from engine.core.prompts import prompt_ids
+
+FIGURE2_MODES = ("base", "teacher", "oracle", "random", "gated")
+"""The bars of the paper's Figure 2, in the order they run (base first: a τ quantile reuses its entropies)."""
+PAPER_TAU = Tau(1.2)
+"""The gate the paper's Figure 2 uses (§3.3), in nats."""
+NEEDS_TEACHER = frozenset({"teacher", "oracle", "random", "gated"})
+
+
+@dataclass(frozen=True)
+class ModeSummary:
+    """One bar of Figure 2."""
+
+    mode: str
+    problems: int
+    """Problems counted (those with a result for every mode of the run)."""
+    pass_at_1: float | None
+    """Share of problems answered correctly (one sample each), in [0, 1]; None without problems."""
+    touched_pct: float | None
+    """Touched tokens over decoded tokens, pooled over problems, 0–100; None for base and teacher."""
+    recovered: float | None
+    """(mode − base) / (teacher − base) of pass@1; None without both, or when teacher equals base."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in FIGURE2_MODES:
+            raise RmxError(f"unknown Figure 2 mode '{self.mode}': use one of {', '.join(FIGURE2_MODES)}")
+        if self.problems < 0:
+            raise RmxError(f"problem count must be ≥ 0, got {self.problems}")
+        if self.pass_at_1 is not None and not 0.0 <= self.pass_at_1 <= 1.0:
+            raise RmxError(f"pass@1 must be in [0, 1], got {self.pass_at_1}")
+
+
+@dataclass(frozen=True)
+class Figure2:
+    """The summary of a Figure 2 run: one bar per mode, over the problems every mode has finished."""
+
+    modes: tuple[ModeSummary, ...]
+    problems: int
+    """Problems counted in every bar."""
+    tau: str | None
+    """The gate's τ as given (`1.2` nats or `q0.97`), None without one; resolved values are in the JSON lines."""
+    path: str
+    """The JSON-lines file holding the per-problem results."""
+
+    def __post_init__(self) -> None:
+        if len({m.mode for m in self.modes}) != len(self.modes):
+            raise RmxError("a Figure 2 summary lists each mode once")
+
+    def mode(self, name: str) -> ModeSummary:
+        for summary in self.modes:
+            if summary.mode == name:
+                return summary
+        raise RmxError(f"mode '{name}' is not part of this run: it has {', '.join(m.mode for m in self.modes)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"problems": self.problems, "tau": self.tau, "path": self.path,
+                "modes": [asdict(m) for m in self.modes]}
+
+
+def _check_modes(modes: Sequence[str], teacher: LoadedModel | None, tau: Tau | None) -> tuple[str, ...]:
+    if not modes:
+        raise RmxError(f"no modes to run: choose from {', '.join(FIGURE2_MODES)}")
+    unknown = [m for m in modes if m not in FIGURE2_MODES]
+    if unknown:
+        raise RmxError(f"unknown mode '{unknown[0]}': use one of {', '.join(FIGURE2_MODES)}")
+    if len(set(modes)) != len(modes):
+        raise RmxError("each mode may be listed once")
+    needing = [m for m in modes if m in NEEDS_TEACHER]
+    if needing and teacher is None:
+        raise RmxError(f"mode {needing[0]} needs a teacher model: pass --teacher")
+    if "gated" in modes and tau is None:
+        raise RmxError("the gated mode needs τ: give nats (1.2) or a quantile (q0.97)")
+    return tuple(m for m in FIGURE2_MODES if m in modes)
+
+
+def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Per-problem records of a results file by problem id, later lines adding modes to earlier ones.
+
+    A truncated last line (a run killed mid-write) is cut off the file, so appending resumes cleanly.
+    """
+    file = Path(path)
+    if not file.exists():
+        return {}
+    raw = file.read_bytes()
+    *complete, tail = raw.split(b"\n")
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(complete, 1):
+        if line.strip():
+            _merge(records, _parse(line, f"{file}:{number}"))
+    if tail.strip():
+        try:
+            record = _parse(tail, f"{file}:{len(complete) + 1}")
+        except RmxError:
+            with file.open("r+b") as handle:
+                handle.truncate(len(raw) - len(tail))
+        else:
+            _merge(records, record)
+            with file.open("ab") as handle:
+                handle.write(b"\n")
+    return records
+
+
+def _parse(line: bytes, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RmxError(f"{where}: not a JSON line ({error})") from None
+    if not (isinstance(record, dict) and isinstance(record.get("id"), str) and isinstance(record.get("modes"), dict)):
+        raise RmxError(f"{where}: not a Figure 2 record (needs an 'id' string and a 'modes' object)")
+    return record
+
+
+def _merge(records: dict[str, dict[str, Any]], record: dict[str, Any]) -> None:
+    known = records.setdefault(record["id"], {**record, "modes": {}})
+    known["modes"].update(record["modes"])
+
+
+def _mode_record(result: InterventionResult) -> dict[str, Any]:
+    return {
+        "answer": result.answer,
+        "correct": result.correct,
+        "reason": result.grade_reason,
+        "tokens": len(result.steps),
+        "touched": list(result.touched),
+        "touched_frac": result.touched_frac,
+        "tau": result.tau,
+        "end": result.steps[-1].end if result.steps else None,
+        "text": result.text,
+    }
+
+
+def summarize(records: dict[str, dict[str, Any]], problem_ids: Sequence[str], modes: Sequence[str],
+              tau: Tau | None, path: str | Path) -> Figure2:
+    """Figure 2's bars over the listed problems that have a result for every mode."""
+    done = [records[i] for i in problem_ids if i in records and all(m in records[i]["modes"] for m in modes)]
+    passes: dict[str, float | None] = {}
+    for mode in modes:
+        verdicts = [bool(r["modes"][mode]["correct"]) for r in done]
+        passes[mode] = sum(verdicts) / len(verdicts) if verdicts else None
+    base, teacher = passes.get("base"), passes.get("teacher")
+    bars = []
+    for mode in modes:
+        touched_pct = None
+        if mode not in ("base", "teacher") and done:
+            tokens = sum(r["modes"][mode]["tokens"] for r in done)
+            touched = sum(len(r["modes"][mode]["touched"]) for r in done)
+            touched_pct = 100.0 * touched / tokens if tokens else 0.0
+        recovered = None
+        if base is not None and teacher is not None and teacher != base and passes[mode] is not None:
+            recovered = (passes[mode] - base) / (teacher - base)
+        bars.append(ModeSummary(mode=mode, problems=len(done), pass_at_1=passes[mode], touched_pct=touched_pct,
+                                recovered=recovered))
+    return Figure2(modes=tuple(bars), problems=len(done), tau=str(tau) if tau is not None else None, path=str(path))
+
+
+def run_figure2(
+    base: LoadedModel,
+    teacher: LoadedModel | None,
+    problems: Sequence[Problem],
+    out: str | Path,
+    *,
+    modes: Sequence[str] = FIGURE2_MODES,
+    sampling: SamplingSpec = SamplingSpec(),
+    tau: Tau | None = PAPER_TAU,
+    template: str | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Figure2:
+    """Run every mode on every problem, one JSON line per problem appended to `out`, and summarise.
+
+    Problems whose modes are all in `out` already are skipped; missing modes of a problem are run
+    and appended. A τ quantile is resolved per problem against the base's own greedy-rollout
+    entropies (the base run's, when it is greedy). Events after each problem carry
+    `intervene/done`, `intervene/total` and per mode `intervene/pass@1/<mode>`,
+    `intervene/touched_pct/<mode>` and `intervene/recovered/<mode>`. `should_stop` is asked
+    between problems.
+    """
+    order = _check_modes(modes, teacher, tau)
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise RmxError("problem ids must be unique: a results file is keyed by them")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = read_results(path)
+    session = DecodeSession(base, teacher)
+    emit = on_event or (lambda event: None)
+
+    def progress(problem_id: str | None) -> Figure2:
+        figure = summarize(records, ids, order, tau, path)
+        event: dict[str, Any] = {"intervene/done": figure.problems, "intervene/total": len(ids)}
+        if problem_id is not None:
+            event["intervene/problem"] = problem_id
+        for bar in figure.modes:
+            event[f"intervene/pass@1/{bar.mode}"] = bar.pass_at_1
+            event[f"intervene/touched_pct/{bar.mode}"] = bar.touched_pct
+            event[f"intervene/recovered/{bar.mode}"] = bar.recovered
+        emit(event)
+        return figure
+
+    figure = progress(None)
+    with path.open("a", encoding="utf-8") as handle:
+        for problem in problems:
+            have = records.get(problem.id, {}).get("modes", {})
+            missing = [m for m in order if m not in have]
+            if not missing:
+                continue
+            if should_stop is not None and should_stop():
+                break
+            record = {"id": problem.id, "gold": problem.answer,
+                      "modes": _run_problem(session, problem, missing, sampling, tau, template)}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            _merge(records, record)
+            figure = progress(problem.id)
+    return figure
+
+
+def _run_problem(session: DecodeSession, problem: Problem, modes: Sequence[str], sampling: SamplingSpec,
+                 tau: Tau | None, template: str | None) -> dict[str, Any]:
+    prompt = prompt_ids(session.base.tokenizer, problem.problem, template)
+    results: dict[str, Any] = {}
+    base_entropies: list[float] | None = None
+    for mode in modes:
+        gate = None
+        if mode == "gated":
+            gate = tau
+            if tau.quantile and sampling.greedy and base_entropies is not None:
+                # This problem's base run is its own greedy rollout: resolve against it, not a second decode.
+                gate = Tau(tau.resolve(base_entropies))
+        result = run_mode(session, mode, prompt, sampling, tau=gate, gold=problem.answer)[0]
+        if mode == "base":
+            base_entropies = result.entropies
+        results[mode] = _mode_record(result)
+    return results

@@ -1,0 +1,198 @@
+"""K graded samples per problem from the base model, written to rollouts.jsonl and resumable per problem."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.core.config import ModelSpec
+from engine.core.errors import RmxError
+from engine.core.records import Rollout
+
+
+def read_rollouts(path: str | Path) -> list[Rollout]:
+    """Every rollout in a rollouts.jsonl; a truncated last line (a writer killed mid-line) is skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise RmxError(f"rollouts file not found: {path}")
+    lines = file.read_text(encoding="utf-8").split("\n")
+    rollouts: list[Rollout] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rollouts.append(Rollout.from_json(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            if number == len(lines):  # no newline after it: the writer died mid-line
+                break
+            raise RmxError(f"{file}:{number}: not a rollout record ({type(error).__name__}: {error})") from None
+    return rollouts
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What to sample: which problems, how many samples each, and how (the authors' recipe by default)."""
+
+    dataset: str
+    """A bundled dataset name (smoke, math_train_pool_150, …) or a .jsonl/.json problem file."""
+    limit: int | None = None
+    """Use only the first N problems."""
+    k: int = 20
+    """Samples per problem."""
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 8192
+    """Longest completion (the authors' recipe allows 8192)."""
+    template: str | None = "auto"
+    """Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw, or auto (chat when the tokenizer has one)."""
+    seed: int = 0
+    """Each problem's samples are drawn with a seed derived from this and its id, so a resume redraws them."""
+    backend: str = "hf"
+    """hf (engine.core.decode's batched KV-cache sampling) or vllm (optional extra, CUDA only)."""
+    grade_timeout_s: float = 5.0
+    """Per-answer grading timeout."""
+
+    def __post_init__(self) -> None:
+        from engine.core.backends import BACKENDS
+
+        if not isinstance(self.k, int) or self.k < 1:
+            raise RmxError(f"--k must be a positive integer, got {self.k}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise RmxError(f"--limit must be a positive integer, got {self.limit}")
+        if not self.temperature > 0:
+            raise RmxError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise RmxError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise RmxError(f"--max-new-tokens must be a positive integer, got {self.max_new_tokens}")
+        if self.backend not in BACKENDS:
+            raise RmxError(f"--backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if not self.grade_timeout_s > 0:
+            raise RmxError(f"--grade-timeout must be > 0, got {self.grade_timeout_s}")
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """What a rollouts run produced."""
+
+    path: str
+    problems: int
+    samples: int
+    correct: int
+    mixed: int
+    """Problems with some right and some wrong samples: the training signal."""
+    tokens: int
+    """Completion tokens sampled by this process (resumed problems are not re-counted)."""
+    seconds: float
+    tok_s: float
+    backend: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """A stable 31-bit seed per problem, independent of the problem's position in the dataset."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:4], "big") >> 1
+
+
+def _meta(model: ModelSpec, spec: RolloutSpec) -> dict[str, Any]:
+    return {"model": asdict(model), "spec": asdict(spec)}
+
+
+def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool) -> set[str]:
+    """Problems already complete in `path`; a partial last problem is cut off so it is sampled again."""
+    if not path.exists():
+        return set()
+    if not resume:
+        raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
+    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+        raise RmxError(f"{path} was sampled with other settings (see {meta_path.name}): choose another --out")
+    rollouts = read_rollouts(path)
+    counts: dict[str, int] = {}
+    for rollout in rollouts:
+        counts[rollout.problem_id] = counts.get(rollout.problem_id, 0) + 1
+    done = {pid for pid, n in counts.items() if n == k}
+    kept = [r for r in rollouts if r.problem_id in done]
+    if len(kept) != len(rollouts) or not path.read_bytes().endswith(b"\n"):
+        from engine.recipes.pool import write_rollouts
+
+        write_rollouts(kept, path)
+    return done
+
+
+def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, resume: bool = False,
+                    emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> RolloutResult:
+    """Sample and grade K completions per problem into `out` (a rollouts.jsonl), appending one problem at a time.
+
+    With `resume`, problems already complete in `out` are kept and the rest sampled; a problem cut short
+    by a kill is sampled again from its own seed, so the file ends as an uninterrupted run's would.
+    """
+    from engine.core.backends import SampleRequest, make_sampler
+    from engine.core.data import load_problems
+    from engine.core.grading import grade
+    from engine.core.prompts import prompt_ids
+
+    emit = emit or (lambda event: None)
+    path = Path(out)
+    meta_path = path.with_name(path.name + ".meta.json")
+    problems = load_problems(spec.dataset, limit=spec.limit)
+    meta = _meta(model, spec)
+    done = _resume_state(path, meta_path, meta, spec.k, resume)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not meta_path.exists():
+        meta_path.write_text(json.dumps(meta, indent=2))
+    sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
+                           max_new_tokens=spec.max_new_tokens)
+    tokenizer = sampler.tokenizer
+    todo = [p for p in problems if p.id not in done]
+    started, tokens = time.perf_counter(), 0
+    finished = len(problems) - len(todo)
+    if progress is not None:
+        progress(finished, len(problems))
+    with path.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), sampler.problems_per_call):
+            if should_stop is not None and should_stop():
+                break
+            batch = todo[start:start + sampler.problems_per_call]
+            requests = [SampleRequest(tuple(prompt_ids(tokenizer, p.problem, spec.template)), spec.k,
+                                      problem_seed(spec.seed, p.id)) for p in batch]
+            t0 = time.perf_counter()
+            results = sampler.sample(requests)
+            batch_tokens = sum(len(s.completion_ids) for samples in results for s in samples)
+            for problem, request, samples in zip(batch, requests, results):
+                lines = []
+                right = 0
+                for index, sample in enumerate(samples):
+                    text = tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
+                    verdict = grade(text, problem.answer, timeout_s=spec.grade_timeout_s)
+                    right += verdict.correct
+                    rollout = Rollout(problem.id, index, request.prompt_ids, sample.completion_ids, text,
+                                      problem.answer, verdict.extracted, verdict.correct, sample.finish)
+                    lines.append(json.dumps(rollout.to_json(), ensure_ascii=False) + "\n")
+                # One write per problem, flushed: a kill leaves whole problems plus at most one cut-off tail.
+                handle.write("".join(lines))
+                handle.flush()
+                finished += 1
+                emit({"rollouts/problem": problem.id, "rollouts/correct": right, "rollouts/k": spec.k,
+                      "rollouts/done": finished, "rollouts/total": len(problems)})
+            tokens += batch_tokens
+            elapsed = time.perf_counter() - t0
+            emit({"rollouts/tok_s": batch_tokens / elapsed if elapsed > 0 else None, "rollouts/tokens": tokens})
+            if progress is not None:
+                progress(finished, len(problems))
+    seconds = time.perf_counter() - started
+    everything = read_rollouts(path)
+    from engine.recipes.pool import group_by_problem, is_mixed
+
+    groups = group_by_problem(everything)
+    return RolloutResult(
+        path=str(path), problems=len(groups), samples=len(everything), correct=sum(r.correct for r in everything),
+        mixed=sum(is_mixed(g) for g in groups.values()), tokens=tokens, seconds=seconds,
+        tok_s=tokens / seconds if seconds > 0 else 0.0, backend=spec.backend,
+    )

@@ -1,0 +1,880 @@
+"""ReasonMaxxer: the entropy-gated, advantage-weighted loss with a KL anchor, its loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from engine.core.config import ModelSpec, Tau
+from engine.core.errors import RmxError
+from engine.recipes.pool import group_by_problem, is_mixed, require_signal
+from engine.core.records import Rollout
+from engine.recipes.rollouts import read_rollouts
+
+OBJECTIVES = ("contrastive", "positive-only")
+NEGATIVES = ("signed", "bounded")
+ORDERS = ("shuffle", "clarity")
+ANCHORS = ("all", "completion")
+ADV_EPS = 1e-6
+"""ε in A = (r − mean)/(std + ε). Mixed problems always have std > 0, so ε only guards the arithmetic."""
+UNLIKELIHOOD_FLOOR = 1e-6
+"""Smallest 1 − p inside the bounded term's log, so a token the model is sure of still has a finite gradient."""
+ALARM_WARMUP = 10
+"""Optimizer steps of loss history the relative divergence test needs before it may fire."""
+ALARM_WINDOW = 50
+"""How many recent steps the running median of |loss| looks at."""
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+SUMMARY_FILE = "train_summary.json"
+BASE_PASS = "base_pass"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A ReasonMaxxer run: data, gate, loss, LoRA, optimiser and safety settings (paper App. B defaults)."""
+
+    rollouts: str
+    """A rollouts.jsonl or pool.jsonl; problems without mixed success are left out."""
+    tau: str = "1.4"
+    """Decision gate τ: nats (1.4, the authors' recipe) or a quantile of the pool's base entropies (q0.97)."""
+    tau_correct: str | None = None
+    """τ for correct rollouts; None uses `tau`."""
+    tau_wrong: str | None = None
+    """τ for wrong rollouts; None uses `tau`."""
+    kl_weight: float = 0.2
+    """λ in L = L_dec + λ·L_anchor."""
+    adv_clip: float = 2.5
+    """Advantages are clipped per rollout to [−clip, clip] before token weighting."""
+    objective: str = "contrastive"
+    """contrastive (the paper's loss) or positive-only (the paper's ablation: correct rollouts only)."""
+    negative: str = "signed"
+    """signed: −A·log p everywhere (the paper; unbounded below for A < 0). bounded: for A < 0 use the
+    unlikelihood term |A|·(−log(1 − p)), which is ≥ 0, so pushing p → 0 cannot run the loss to −∞."""
+    anchor: str = "all"
+    """all: the KL anchor covers every non-decision prediction, prompt included (paper, authors' default);
+    completion: only generated tokens."""
+    order: str = "shuffle"
+    """shuffle (seeded) or clarity: the authors' curriculum, |advantage| × decision fraction, descending."""
+    lr: float = 1e-4
+    """Peak learning rate of AdamW (betas 0.9/0.999, eps 1e-8)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (torch's default, which the authors' plain torch loop inherits)."""
+    warmup_ratio: float = 0.4
+    """Fraction of optimizer steps with linear warmup before the linear decay to 0 (the authors' recipe
+    warms up for 50 of the ~125 steps that 1,000 sequences give)."""
+    grad_accum: int = 8
+    """Sequences per optimizer step (batch size 1, accumulated)."""
+    epochs: int = 1
+    """Passes over the training sequences."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (the authors cap at 149); None runs all epochs."""
+    seed: int = 0
+    """Seeds the data order, the LoRA init and every RNG."""
+    lora_r: int = 32
+    """LoRA rank."""
+    lora_alpha: int = 64
+    """LoRA α (scale α/r)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_targets: str | None = None
+    """A regex matched against full module paths; None targets every linear layer inside an attention block
+    (q/k/v/o_proj on Llama, Qwen, Mistral; attn.c_attn and attn.c_proj on GPT-2, not mlp.c_proj)."""
+    max_tokens: int | None = None
+    """Truncate prompt+completion to this many tokens (and always to the model's context)."""
+    checkpoint_every: int = 0
+    """Optimizer steps between checkpoints; 0 checkpoints every 15% of the run, as the authors do."""
+    chunk_elements: int = 1 << 24
+    """Upper bound on positions × vocab fp32 logits alive at once in the loss."""
+    cache_base: bool = True
+    """Keep the frozen base's final hidden states from the scoring pass on disk (tokens × hidden size × dtype
+    bytes, about 3 GB for 1,000 sequences of 1,000 tokens on a 1.5B model) so that a step re-projects them
+    through the head instead of running the base forward again; off recomputes them every step."""
+    alarm_abs: float = 100.0
+    """Divergence alarm: stop when |step loss| exceeds this (0 turns the test off)."""
+    alarm_ratio: float = 20.0
+    """Divergence alarm: stop when |step loss| exceeds this × the running median of |loss| (floored at 1);
+    0 turns the test off. NaN or inf always stops the run."""
+
+    def __post_init__(self) -> None:
+        for name in ("tau", "tau_correct", "tau_wrong"):
+            value = getattr(self, name)
+            if value is not None:
+                Tau.parse(value)
+        choices = {"objective": OBJECTIVES, "negative": NEGATIVES, "order": ORDERS, "anchor": ANCHORS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise RmxError(f"--{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'")
+        positive = {"lr": self.lr, "adv_clip": self.adv_clip, "grad_accum": self.grad_accum, "epochs": self.epochs,
+                    "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "chunk_elements": self.chunk_elements}
+        for name, value in positive.items():
+            if not value > 0:
+                raise RmxError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("grad_accum", "epochs", "lora_r", "seed", "checkpoint_every", "chunk_elements"):
+            if not isinstance(getattr(self, name), int):
+                raise RmxError(f"--{name.replace('_', '-')} must be an integer, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise RmxError(f"--max-steps must be ≥ 1, got {self.max_steps}")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise RmxError(f"--max-tokens must be ≥ 2, got {self.max_tokens}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise RmxError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        nonneg = {"kl_weight": self.kl_weight, "weight_decay": self.weight_decay, "lora_dropout": self.lora_dropout,
+                  "checkpoint_every": self.checkpoint_every, "alarm_abs": self.alarm_abs,
+                  "alarm_ratio": self.alarm_ratio}
+        for name, value in nonneg.items():
+            if not value >= 0:
+                raise RmxError(f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
+        if self.lora_targets is not None:
+            try:
+                re.compile(self.lora_targets)
+            except re.error as error:
+                raise RmxError(f"--lora-targets is not a valid regex: {error}") from None
+
+    def gates(self) -> tuple[Tau, Tau]:
+        """τ for correct rollouts and τ for wrong rollouts."""
+        return Tau.parse(self.tau_correct or self.tau), Tau.parse(self.tau_wrong or self.tau)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a training run ended and where its adapter is."""
+
+    state: str
+    """done, diverged (the alarm fired) or stopped (asked to stop; resumable)."""
+    adapter: str | None
+    """The final adapter folder (done only)."""
+    last_checkpoint: str | None
+    """The newest checkpoint on disk: after `diverged`, the last one written before the alarm."""
+    step: int
+    total: int
+    problems: int
+    sequences: int
+    tau_correct: float
+    """τ for correct rollouts, resolved to nats."""
+    tau_wrong: float
+    decision_frac: float
+    """Fraction of completion tokens that are decision points over the training sequences."""
+    tokens: int
+    """Tokens (prompt + completion) trained on in this process."""
+    seconds: float
+    tok_s: float
+    reason: str | None = None
+    """Why the alarm fired, when it did."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: a rollout's token ids (truncated), its advantage and its decision rows."""
+
+    problem_id: str
+    sample: int
+    ids: tuple[int, ...]
+    prompt_len: int
+    advantage: float
+    correct: bool
+    entropies: tuple[float, ...]
+    """Base entropy at each kept completion token."""
+
+    @property
+    def completion_len(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+    def decision(self, tau_nats: float) -> list[bool]:
+        return [h > tau_nats for h in self.entropies]
+
+
+# --- the loss ---------------------------------------------------------------------------------------------
+
+
+def advantages(correct: Sequence[bool], clip: float = 2.5) -> list[float]:
+    """A_i = (r_i − mean)/(std + ε) within one problem (population std), clipped to [−clip, clip]."""
+    rewards = [1.0 if c else 0.0 for c in correct]
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    return [max(-clip, min(clip, (r - mean) / (std + ADV_EPS))) for r in rewards]
+
+
+def decision_terms(target_logp, advantage: float, negative: str = "signed"):
+    """Per-token decision loss: −A·log p; with `bounded` and A < 0, |A|·(−log(1 − p)) ≥ 0 instead."""
+    import torch
+
+    if advantage < 0 and negative == "bounded":
+        return advantage * torch.log((-torch.expm1(target_logp)).clamp_min(UNLIKELIHOOD_FLOOR))
+    return -advantage * target_logp
+
+
+def _row_terms(logits, base_logits, targets, decision, anchor, advantage: float, negative: str):
+    """Sums of the decision and anchor terms over one block of prediction rows, plus Δlog p at decision rows."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    target_logp = logp.gather(1, targets[:, None])[:, 0]
+    with torch.no_grad():
+        base_logp = torch.log_softmax(base_logits.float(), dim=-1)
+    dec_sum = decision_terms(target_logp[decision], advantage, negative).sum()
+    anchor_rows = base_logp[anchor]
+    kl = (anchor_rows.exp() * (anchor_rows - logp[anchor])).sum()
+    delta = (target_logp[decision] - base_logp[decision].gather(1, targets[decision][:, None])[:, 0]).detach()
+    return dec_sum, kl, delta
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """One sequence's loss and its parts."""
+
+    loss: object
+    dec: object
+    anchor: object
+    n_dec: int
+    n_anchor: int
+
+
+def loss_terms(logits, base_logits, targets, decision, anchor, advantage: float, kl_weight: float = 0.2,
+               negative: str = "signed") -> LossTerms:
+    """The ReasonMaxxer loss of one sequence from full logits (the unchunked reference the trainer matches).
+
+    Row t of `logits` predicts `targets[t]`; `decision` and `anchor` are disjoint boolean row masks.
+    L_dec is averaged over decision rows, L_anchor = KL(p_base ‖ p_θ) over anchor rows.
+    """
+    dec_sum, kl_sum, _ = _row_terms(logits, base_logits, targets, decision, anchor, advantage, negative)
+    n_dec, n_anchor = int(decision.sum()), int(anchor.sum())
+    dec = dec_sum / max(n_dec, 1)
+    kl = kl_sum / max(n_anchor, 1)
+    return LossTerms(dec + kl_weight * kl, dec, kl, n_dec, n_anchor)
+
+
+# --- LoRA --------------------------------------------------------------------------------------------------
+
+
+def attention_targets(model) -> str:
+    """A regex over full module paths matching every linear layer directly inside an attention block."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    grouped: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        if "." not in name or not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        parent_name, leaf = name.rsplit(".", 1)
+        if "Attention" not in type(model.get_submodule(parent_name)).__name__:
+            continue
+        parent = r"\.".join(r"\d+" if part.isdigit() else re.escape(part) for part in parent_name.split("."))
+        grouped.setdefault(parent, set()).add(re.escape(leaf))
+    if not grouped:
+        raise RmxError(f"found no attention projections in {type(model).__name__}: name them with --lora-targets REGEX")
+    return "|".join(f"{parent}\\.(?:{'|'.join(sorted(leaves))})" for parent, leaves in sorted(grouped.items()))
+
+
+def lora_model(core, spec: TrainSpec, source: str):
+    """Wrap `core` in a trainable LoRA (base frozen); the adapter records `source` as its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    targets = spec.lora_targets or attention_targets(core)
+    matched = [m for n, m in core.named_modules() if re.fullmatch(targets, n)]
+    if not matched:
+        raise RmxError(f"--lora-targets '{targets}' matches no module of {type(core).__name__}")
+    unsupported = [type(m).__name__ for m in matched if not isinstance(m, (torch.nn.Linear, Conv1D))]
+    if unsupported:
+        raise RmxError(f"--lora-targets matches modules LoRA cannot adapt here ({', '.join(sorted(set(unsupported)))})")
+    config = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                        fan_in_fan_out=isinstance(matched[0], Conv1D))
+    torch.manual_seed(spec.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = get_peft_model(core, config)
+        except ValueError as error:
+            raise RmxError(f"LoRA does not fit {type(core).__name__}: {str(error).splitlines()[0]}") from None
+    model.peft_config["default"].base_model_name_or_path = source
+    return model
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+
+def _prepare(rollouts: list[Rollout], spec: TrainSpec, context: int) -> tuple[list[tuple[Rollout, float]], dict]:
+    """Mixed-success rollouts with their advantages (positive-only keeps A > 0), and counts for the log."""
+    groups = group_by_problem(rollouts)
+    mixed = {pid: g for pid, g in groups.items() if is_mixed(g)}
+    limit = min(spec.max_tokens or context, context)
+    chosen: list[tuple[Rollout, float]] = []
+    too_long = 0
+    for group in mixed.values():
+        for rollout, adv in zip(group, advantages([r.correct for r in group], spec.adv_clip)):
+            if spec.objective == "positive-only" and adv <= 0:
+                continue
+            if not rollout.completion_ids or len(rollout.prompt_ids) >= limit or not rollout.prompt_ids:
+                too_long += 1
+                continue
+            chosen.append((rollout, adv))
+    counts = {"problems": len(groups), "mixed": len(mixed), "skipped": too_long, "limit": limit}
+    return chosen, counts
+
+
+def _sequence_ids(rollout: Rollout, limit: int) -> tuple[int, ...]:
+    return (tuple(rollout.prompt_ids) + tuple(rollout.completion_ids))[:limit]
+
+
+class _BaseStore:
+    """The base pass on disk: per sequence, the base's final hidden states at every prediction row
+    (when kept) and its entropy at every completion token. Memory-mapped, so RAM holds one sequence."""
+
+    def __init__(self, folder: Path):
+        import numpy as np
+        import torch
+
+        index = json.loads((folder / "index.json").read_text())
+        self.rows = index["rows"]
+        self.entropy_rows = index["entropy_rows"]
+        self.dtype = getattr(torch, index["dtype"]) if index["dtype"] else None
+        self.entropy = np.load(folder / "entropy.npy", mmap_mode="r")
+        self.hidden = np.load(folder / "hidden.npy", mmap_mode="r") if self.dtype is not None else None
+
+    def entropies(self, index: int) -> list[float]:
+        a, b = self.entropy_rows[index], self.entropy_rows[index + 1]
+        return self.entropy[a:b].tolist()
+
+    def base_hidden(self, index: int, device: str):
+        """The (rows × hidden) base states of sequence `index`, exactly as the base pass computed them."""
+        import numpy as np
+        import torch
+
+        if self.hidden is None:
+            return None
+        a, b = self.rows[index], self.rows[index + 1]
+        block = torch.from_numpy(np.array(self.hidden[a:b]))
+        return (block if self.dtype == torch.float32 else block.view(self.dtype)).to(device)
+
+
+def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path, keep_hidden: bool,
+               chunk_elements: int) -> _BaseStore:
+    """One forward of the frozen base per sequence: completion entropies (the gate), and the hidden states.
+
+    Written under a temporary name and renamed into place. A folder made from the same base and sequences
+    is reused as is (a resumed run, or the next τ of a sweep), so the gate and the anchor target are the
+    same bits as before.
+    """
+    import numpy as np
+    import torch
+
+    from engine.core.scoring import _lse_entropy, _logit_transform, hidden_states
+
+    spec = loaded.spec
+    digest = hashlib.sha256(json.dumps([spec.source, spec.dtype, spec.revision, keep_hidden, chunk_elements,
+                                        sequences]).encode())
+    fingerprint = digest.hexdigest()
+    if (final / "index.json").exists():
+        if json.loads((final / "index.json").read_text()).get("fingerprint") == fingerprint:
+            return _BaseStore(final)
+        shutil.rmtree(final)
+    head = loaded.core.get_output_embeddings()
+    transform = _logit_transform(loaded.core.config)
+    width = int(head.weight.shape[1])
+    step = max(1, chunk_elements // int(head.weight.shape[0]))
+    rows = [0]
+    entropy_rows = [0]
+    for ids, prompt_len in sequences:
+        rows.append(rows[-1] + len(ids) - 1)
+        entropy_rows.append(entropy_rows[-1] + len(ids) - prompt_len)
+    dtype = next(loaded.core.parameters()).dtype
+
+    def write(tmp: Path) -> None:
+        entropy = np.lib.format.open_memmap(tmp / "entropy.npy", mode="w+", dtype=np.float32,
+                                            shape=(entropy_rows[-1],))
+        hidden = None
+        if keep_hidden:
+            stored = np.float32 if dtype == torch.float32 else np.uint16  # bf16/fp16 kept as raw bits
+            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=stored,
+                                               shape=(rows[-1], width))
+        for index, (ids, prompt_len) in enumerate(sequences):
+            tensor = torch.tensor([ids], device=loaded.device)
+            with torch.inference_mode(), loaded.active() as module:
+                h = hidden_states(module, tensor, torch.ones_like(tensor))[0, :-1]
+                values = []
+                completion = h[prompt_len - 1:]
+                for a in range(0, completion.shape[0], step):
+                    values.append(_lse_entropy(transform(head(completion[a:a + step]).float()))[1])
+                entropy[entropy_rows[index]:entropy_rows[index + 1]] = torch.cat(values).cpu().numpy()
+                if hidden is not None:
+                    block = h.cpu() if dtype == torch.float32 else h.cpu().view(torch.int16)
+                    hidden[rows[index]:rows[index + 1]] = block.numpy().view(hidden.dtype)
+        entropy.flush()
+        if hidden is not None:
+            hidden.flush()
+        index = {"fingerprint": fingerprint, "rows": rows, "entropy_rows": entropy_rows,
+                 "dtype": str(dtype).replace("torch.", "") if keep_hidden else None}
+        (tmp / "index.json").write_text(json.dumps(index))
+
+    _commit_folder(write, final)
+    return _BaseStore(final)
+
+
+def _order(examples: list[Example], spec: TrainSpec, taus: tuple[float, float]) -> list[int]:
+    """Indices of the training sequences for all epochs, in training order."""
+    if spec.order == "clarity":
+        def clarity(i: int) -> float:
+            ex = examples[i]
+            gate = taus[0] if ex.correct else taus[1]
+            return abs(ex.advantage) * sum(ex.decision(gate)) / max(ex.completion_len, 1)
+
+        one = sorted(range(len(examples)), key=lambda i: -clarity(i))  # stable: ties keep file order
+        return one * spec.epochs
+    rng = random.Random(spec.seed)
+    order: list[int] = []
+    for _ in range(spec.epochs):
+        epoch = list(range(len(examples)))
+        rng.shuffle(epoch)
+        order += epoch
+    return order
+
+
+def _quantiles(values: Sequence[float]) -> str:
+    ordered = sorted(values)
+    if not ordered:
+        return "no tokens"
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))]  # noqa: E731
+    return f"p50 {pick(0.5):.2f}, p90 {pick(0.9):.2f}, p97 {pick(0.97):.2f}, p99 {pick(0.99):.2f}, max {ordered[-1]:.2f}"
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.iterdir():
+        with file.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _write_trainer_state(state: dict, path: Path) -> None:
+    import torch
+
+    torch.save(state, path)
+
+
+def _write_checkpoint(model, state: dict, folder: Path) -> None:
+    """Write a PEFT adapter folder plus the trainer state into `folder` (a fresh temporary directory)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(str(folder), safe_serialization=True)
+    _write_trainer_state(state, folder / STATE_FILE)
+    _fsync_tree(folder)
+
+
+def _commit_folder(write: Callable[[Path], None], final: Path) -> None:
+    """Write into a temporary sibling, then rename it into place: a reader sees all of it or none of it."""
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(model, state: dict, out: Path, at: int) -> Path:
+    """Write checkpoint `at` (adapter + trainer state) atomically under out/checkpoints/; a failed write
+    leaves the previous one intact and says so."""
+    folder = out / CHECKPOINTS / f"step-{at:06d}"
+    previous = latest_checkpoint(out)
+    try:
+        _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
+    except OSError as error:
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
+                       "free space and rerun with --resume") from None
+    if previous is not None and previous != folder:
+        # Only the newest checkpoint keeps optimizer state; older ones stay as adapters to pick from.
+        (previous / STATE_FILE).unlink(missing_ok=True)
+    return folder
+
+
+def finished_run(out: Path, summary_file: Path, fingerprint: str, resume: bool, what: str) -> dict | None:
+    """The recorded result when `out` already finished this very run and `resume` asks for it; refuses to
+    overwrite an earlier run without `resume`, or to resume a run of other settings."""
+    if not resume and (latest_checkpoint(out) is not None or summary_file.exists()):
+        raise RmxError(f"{out} already holds {what}: pass --resume to continue it, or choose another --out")
+    if resume and summary_file.exists():
+        done = json.loads(summary_file.read_text())
+        if done.get("fingerprint") == fingerprint:
+            return done["result"]
+        raise RmxError(f"{out} holds {what} finished with a different config or rollouts file: choose another --out")
+    return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint that can be resumed from (it holds the trainer state)."""
+    folder = Path(out) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).exists()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fingerprint(base: ModelSpec, spec: TrainSpec) -> str:
+    """What a checkpoint must match to be resumed: base, config and the exact rollouts file."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([base.source, base.dtype, base.revision, asdict(spec)], sort_keys=True).encode())
+    with open(spec.rollouts, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+
+def _schedule(total: int, warmup: int) -> Callable[[int], float]:
+    """Linear warmup from 0 over `warmup` steps, then linear decay to 0 at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class _Sequence:
+    """A training example as tensors: ids, targets, and the rows the two loss terms use."""
+
+    def __init__(self, ex: Example, tau_nats: float, anchor: str, device: str):
+        import torch
+
+        self.ids = torch.tensor([ex.ids], device=device)
+        length, start = len(ex.ids), ex.prompt_len - 1
+        decision = torch.zeros(length - 1, dtype=torch.bool)
+        decision[start:] = torch.tensor(ex.decision(tau_nats), dtype=torch.bool)
+        anchor_rows = ~decision
+        if anchor == "completion":
+            anchor_rows[:start] = False
+        used = decision | anchor_rows
+        self.rows = used.nonzero()[:, 0].to(device)
+        self.decision = decision[used].to(device)
+        self.anchor = anchor_rows[used].to(device)
+        self.targets = self.ids[0, 1:][self.rows]
+        self.n_dec = int(decision.sum())
+        self.n_anchor = int(anchor_rows.sum())
+        self.tokens = length
+        self.completion = ex.completion_len
+
+
+def _sequence_backward(model, head, transform, seq: _Sequence, advantage: float, spec: TrainSpec,
+                       scale: float, step_rows: int, base_rows=None) -> dict:
+    """Forward the policy once, then the loss chunk by chunk, each chunk's backward into the hidden states.
+
+    No positions × vocab tensor larger than one chunk is ever alive: each chunk's logits are freed by its
+    own backward, whose gradient accumulates on a detached copy of the hidden states; one backward through
+    the transformer body follows. `base_rows` are the base's hidden states at every prediction row (from
+    the base pass); without them the base forward runs here, adapter disabled.
+    """
+    import torch
+
+    from engine.core.scoring import hidden_states
+
+    mask = torch.ones_like(seq.ids)
+    if base_rows is None:
+        with torch.no_grad(), model.disable_adapter():
+            base_rows = hidden_states(model, seq.ids, mask)[0, :-1]
+    base_h = base_rows[seq.rows]
+    policy_h = hidden_states(model, seq.ids, mask)[0, seq.rows]
+    leaf = policy_h.detach().requires_grad_()
+    dec_total = anchor_total = 0.0
+    deltas = []
+    for a in range(0, leaf.shape[0], step_rows):
+        b = a + step_rows
+        logits = transform(head(leaf[a:b]))
+        with torch.no_grad():
+            base_logits = transform(head(base_h[a:b]))
+        dec_sum, kl_sum, delta = _row_terms(logits, base_logits, seq.targets[a:b], seq.decision[a:b],
+                                            seq.anchor[a:b], advantage, spec.negative)
+        dec = dec_sum / max(seq.n_dec, 1)
+        kl = kl_sum / max(seq.n_anchor, 1)
+        chunk_loss = (dec + spec.kl_weight * kl) * scale
+        if chunk_loss.requires_grad:
+            chunk_loss.backward()
+        dec_total += float(dec.detach())
+        anchor_total += float(kl.detach())
+        deltas.append(delta)
+    if leaf.grad is not None:
+        policy_h.backward(leaf.grad)
+    delta_all = torch.cat(deltas) if deltas else torch.zeros(0)
+    return {"dec": dec_total, "anchor": anchor_total, "delta_sum": float(delta_all.sum()),
+            "delta_n": int(delta_all.numel())}
+
+
+def _alarm(loss: float, grad_norm: float, history: list[float], spec: TrainSpec) -> str | None:
+    """Why this step counts as diverged, or None."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if not math.isfinite(grad_norm):
+        return f"gradient norm is {grad_norm}"
+    if spec.alarm_abs and abs(loss) > spec.alarm_abs:
+        return f"|loss| {abs(loss):.3g} > --alarm-abs {spec.alarm_abs:g}"
+    if spec.alarm_ratio and len(history) >= ALARM_WARMUP:
+        typical = max(statistics.median(abs(h) for h in history[-ALARM_WINDOW:]), 1.0)
+        if abs(loss) > spec.alarm_ratio * typical:
+            return f"|loss| {abs(loss):.3g} > {spec.alarm_ratio:g} × running median {typical:.3g}"
+    return None
+
+
+def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = False,
+          emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+          progress: Callable[[int, int], None] | None = None, base_pass: str | Path | None = None) -> TrainResult:
+    """Train a ReasonMaxxer adapter on `spec.rollouts` into `out` (checkpoints/, adapter/, train_summary.json).
+
+    `resume` continues from the newest checkpoint in `out`; the final adapter is then bit-identical to an
+    uninterrupted run's. `emit` receives one event dict per optimizer step (slash keys), `should_stop`
+    is polled between steps, and `progress(step, total)` tracks the run. `base_pass` is where the base
+    pass is kept (default `out/base_pass`); runs on the same base and pool can share one.
+    """
+    import torch
+
+    from engine.core.models import load_model
+
+    emit = emit or (lambda event: None)
+    out = Path(out)
+    if base.adapter:
+        raise RmxError("training starts from the bare base model: drop --adapter")
+    rollouts = read_rollouts(spec.rollouts)
+    require_signal(rollouts)
+    fingerprint = _fingerprint(base, spec)
+    summary_file = out / SUMMARY_FILE
+    existing = latest_checkpoint(out)
+    finished = finished_run(out, summary_file, fingerprint, resume, "a training run")
+    if finished is not None:
+        return TrainResult(**finished)
+
+    loaded = load_model(base)
+    chosen, counts = _prepare(rollouts, spec, loaded.context_length)
+    if not chosen:
+        raise RmxError(f"no usable training sequence: all {counts['skipped']} rollouts are empty or longer than "
+                       f"{counts['limit']} tokens (raise --max-tokens)")
+    out.mkdir(parents=True, exist_ok=True)
+    emit({"train/phase": "scoring", "train/sequences": len(chosen)})
+    sequences = [(_sequence_ids(r, counts["limit"]), len(r.prompt_ids)) for r, _ in chosen]
+    store = _base_pass(loaded, sequences, Path(base_pass) if base_pass else out / BASE_PASS, spec.cache_base,
+                       spec.chunk_elements)
+    examples = [Example(r.problem_id, r.sample, ids, prompt_len, adv, r.correct, tuple(store.entropies(i)))
+                for i, ((r, adv), (ids, prompt_len)) in enumerate(zip(chosen, sequences))]
+    pooled = [h for ex in examples for h in ex.entropies]
+    tau_correct, tau_wrong = (gate.resolve(pooled) for gate in spec.gates())
+    n_dec = sum(sum(ex.decision(tau_correct if ex.correct else tau_wrong)) for ex in examples)
+    n_completion = sum(ex.completion_len for ex in examples)
+    decision_frac = n_dec / max(n_completion, 1)
+    if n_dec == 0:
+        emit({"train/warning": f"τ (correct {tau_correct:.3g}, wrong {tau_wrong:.3g} nats) marks no decision point in "
+                         f"{n_completion} completion tokens (base entropy {_quantiles(pooled)}): only the KL "
+                         "anchor trains, which leaves the base unchanged; lower τ or give a quantile such as q0.97"})
+    if counts["skipped"]:
+        emit({"train/warning": f"{counts['skipped']} rollouts skipped: empty, or prompt longer than {counts['limit']} tokens"})
+    emit({"train/phase": "training", "train/problems": counts["mixed"], "train/sequences": len(examples),
+          "train/tau_correct": tau_correct, "train/tau_wrong": tau_wrong, "train/decision_frac_pool": decision_frac})
+
+    order = _order(examples, spec, (tau_correct, tau_wrong))
+    windows = [order[i:i + spec.grad_accum] for i in range(0, len(order), spec.grad_accum)]
+    if spec.max_steps is not None:
+        windows = windows[: spec.max_steps]
+    total = len(windows)
+    every = spec.checkpoint_every or max(1, round(0.15 * total))
+
+    model = lora_model(loaded.module, spec, base.source)
+    model.eval()  # the base's own dropout stays off: policy = base + adapter, and KL starts at exactly 0
+    core = model.get_base_model()
+    from engine.core.scoring import _logit_transform
+
+    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
+    step, history, windows = restore_run(model, optimizer, scheduler, out, existing if resume else None, fingerprint,
+                                         spec.seed, windows)
+    if step:
+        emit({"train/resumed_from": step})
+
+    def checkpoint(at: int) -> Path:
+        state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
+        folder = save_checkpoint(model, state, out, at)
+        emit({"train/checkpoint": str(folder), "step": at})
+        return folder
+
+    step_rows = max(1, spec.chunk_elements // int(head.weight.shape[0]))
+    tensors: list[_Sequence | None] = [None] * len(examples)
+    started, trained_tokens = time.perf_counter(), 0
+    reason, state = None, "done"
+    while step < total:
+        window = windows[step]
+        t0, tokens = time.perf_counter(), 0
+        sums = {"loss": 0.0, "dec": 0.0, "anchor": 0.0, "pos": 0.0, "n_pos": 0, "neg": 0.0, "n_neg": 0,
+                "n_dec": 0, "n_completion": 0}
+        for index in window:
+            ex = examples[index]
+            if tensors[index] is None:
+                gate = tau_correct if ex.correct else tau_wrong
+                tensors[index] = _Sequence(ex, gate, spec.anchor, loaded.device)
+            seq = tensors[index]
+            stats = _sequence_backward(model, head, transform, seq, ex.advantage, spec, 1.0 / len(window), step_rows,
+                                       store.base_hidden(index, loaded.device))
+            sums["dec"] += stats["dec"] / len(window)
+            sums["anchor"] += stats["anchor"] / len(window)
+            side = "pos" if ex.advantage > 0 else "neg"
+            sums[side] += stats["delta_sum"]
+            sums[f"n_{side}"] += stats["delta_n"]
+            sums["n_dec"] += seq.n_dec
+            sums["n_completion"] += seq.completion
+            tokens += seq.tokens
+        loss = sums["dec"] + spec.kl_weight * sums["anchor"]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                          ) if any(p.grad is not None for p in params) else 0.0
+        reason = _alarm(loss, grad_norm, history, spec)
+        if reason is not None:
+            state = "diverged"
+            emit({"train/alarm": reason, "step": step + 1, "train/loss": loss if math.isfinite(loss) else None})
+            break
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        history.append(loss)
+        trained_tokens += tokens
+        elapsed = time.perf_counter() - t0
+        emit({
+            "step": step, "train/step": step, "train/total": total, "train/loss": loss,
+            "train/loss_dec": sums["dec"], "train/loss_anchor": sums["anchor"],
+            "train/decision_frac": sums["n_dec"] / max(sums["n_completion"], 1),
+            "train/dlogp_pos": sums["pos"] / sums["n_pos"] if sums["n_pos"] else None,
+            "train/dlogp_neg": sums["neg"] / sums["n_neg"] if sums["n_neg"] else None,
+            "train/lr": lr, "train/tok_s": tokens / elapsed if elapsed > 0 else None, "train/grad_norm": grad_norm,
+        })
+        if progress is not None:
+            progress(step, total)
+        stopping = should_stop is not None and should_stop()
+        if step % every == 0 or step == total or stopping:
+            checkpoint(step)
+        if stopping and step < total:
+            state = "stopped"
+            break
+
+    seconds = time.perf_counter() - started
+    last = latest_checkpoint(out)
+    adapter = None
+    if state == "done":
+        final = out / "adapter"
+        _commit_folder(lambda tmp: _write_adapter(model, tmp), final)
+        adapter = str(final)
+    result = TrainResult(
+        state=state, adapter=adapter, last_checkpoint=str(last) if last else None, step=step, total=total,
+        problems=counts["mixed"], sequences=len(examples), tau_correct=tau_correct, tau_wrong=tau_wrong,
+        decision_frac=decision_frac, tokens=trained_tokens, seconds=seconds,
+        tok_s=trained_tokens / seconds if seconds > 0 else 0.0, reason=reason,
+    )
+    if state == "done":
+        _write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
+    return result
+
+
+def _write_adapter(model, folder: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(str(folder), safe_serialization=True)
+    _fsync_tree(folder)
+
+
+def restore_run(model, optimizer, scheduler, out: Path, checkpoint: Path | None, fingerprint: str, seed: int,
+                windows: list) -> tuple[int, list, list]:
+    """Clear checkpoints a kill cut short, seed every RNG, then restore `checkpoint` if one is given.
+
+    Returns (step, loss history, windows) to go on from: (0, [], windows) for a fresh run.
+    """
+    (out / CHECKPOINTS).mkdir(exist_ok=True)
+    for stale in (out / CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a checkpoint a kill interrupted: never part of the run
+    _seed_all(seed)
+    if checkpoint is None:
+        return 0, [], windows
+    return _load_checkpoint(model, optimizer, scheduler, checkpoint, fingerprint)
+
+
+def _load_checkpoint(model, optimizer, scheduler, folder: Path, fingerprint: str) -> tuple[int, list, list]:
+    """Restore adapter weights, optimizer, scheduler and RNG states; refuse a checkpoint of another run."""
+    import torch
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(folder / STATE_FILE, weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        raise RmxError(f"checkpoint {folder} belongs to a different base, config or rollouts file: "
+                       "resume with the same settings, or choose another --out")
+    try:
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, weights)
+    except Exception as error:
+        raise RmxError(f"checkpoint {folder} does not fit this model: {str(error).splitlines()[0]}") from None
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing or getattr(result, "unexpected_keys", []):
+        raise RmxError(f"checkpoint {folder} does not fit this model ({len(missing)} LoRA tensors missing)")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return state["step"], list(state["history"]), state["windows"]

@@ -1,0 +1,286 @@
+"""The detached engine daemon: start, stop, status, autostart (`ensure_daemon`) and attaching (`connect`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.core.errors import RmxError
+from engine.jobs.store import pid_alive, rmx_version, spawn_detached, write_json_atomic
+from engine.service.remote import RemoteClient
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """A running daemon's address card, `engine.json` in the runtime dir."""
+
+    pid: int
+    """The daemon process."""
+    socket: str | None
+    """The Unix socket it listens on, or None when it listens on TCP."""
+    url: str | None
+    """`http://127.0.0.1:PORT` when it listens on TCP (token required), else None."""
+    started: float
+    """Unix time it started."""
+    version: str
+    """The rmx version it runs."""
+
+    def __post_init__(self) -> None:
+        if self.pid <= 0 or (self.socket is None) == (self.url is None):
+            raise RmxError("an engine address card needs a pid and exactly one of socket or url")
+
+    @property
+    def address(self) -> str:
+        return self.socket or self.url or "?"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "DaemonInfo":
+        return cls(pid=int(data["pid"]), socket=data.get("socket"), url=data.get("url"),
+                   started=float(data["started"]), version=str(data.get("version", "")))
+
+
+def runtime_dir() -> Path:
+    """Where the socket, token and address card live: platformdirs' user runtime dir, or RMX_RUNTIME_DIR. Mode 0700."""
+    override = os.environ.get("RMX_RUNTIME_DIR")
+    if override:
+        path = Path(override)
+    else:
+        import platformdirs
+
+        with warnings.catch_warnings():  # its fallback warning when XDG_RUNTIME_DIR is unset is noise here
+            warnings.simplefilter("ignore")
+            path = Path(platformdirs.user_runtime_dir("rmx"))
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise RmxError(f"{path} belongs to another user: set RMX_RUNTIME_DIR to a folder of your own")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def socket_path() -> Path:
+    return runtime_dir() / "engine.sock"
+
+
+def token_path() -> Path:
+    return runtime_dir() / "engine.token"
+
+
+def _card_path() -> Path:
+    return runtime_dir() / "engine.json"
+
+
+def log_path() -> Path:
+    return runtime_dir() / "engine.log"
+
+
+def _read_card() -> DaemonInfo | None:
+    try:
+        return DaemonInfo.from_json(json.loads(_card_path().read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, RmxError):
+        return None
+
+
+def _is_daemon(pid: int) -> bool:
+    """`pid` lives and is an engine daemon, not a process that inherited a dead daemon's pid."""
+    if not pid_alive(pid):
+        return False
+    try:
+        return b"engine.service.daemon" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no procfs (macOS): liveness is all we can check
+
+
+def daemon_status() -> DaemonInfo | None:
+    """The running daemon's card, or None when none runs (no card, or its process is gone)."""
+    card = _read_card()
+    return card if card is not None and _is_daemon(card.pid) else None
+
+
+def _remove_files(pid: int | None) -> None:
+    """Remove the card, socket and token of daemon `pid` (or of a dead one, pid None)."""
+    card = _read_card()
+    if card is not None and pid is not None and card.pid != pid:
+        return
+    for path in (_card_path(), socket_path(), token_path()):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    """One starter at a time: two `rmx` launched together must not start two daemons."""
+    with open(runtime_dir() / "engine.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _last_log_line() -> str:
+    try:
+        text = log_path().read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "no log"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no log"
+
+
+def _spawn(host: str | None, port: int | None, allow_remote: bool, timeout: float) -> DaemonInfo:
+    _remove_files(None)
+    argv = [sys.executable, "-m", "engine.service.daemon"]
+    if port is not None:
+        argv += ["--host", host or "127.0.0.1", "--port", str(port)] + (["--allow-remote"] if allow_remote else [])
+    log_path().write_bytes(b"")
+    process = spawn_detached(argv, log_path())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        card = _read_card()
+        if card is not None and card.pid == process.pid:
+            threading.Thread(target=process.wait, daemon=True, name="rmx-daemon-reaper").start()
+            return card
+        if process.poll() is not None:
+            raise RmxError(f"the engine did not start: {_last_log_line()}")
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RmxError(f"the engine did not start within {timeout:g} s; see {log_path()}")
+
+
+def start_daemon(host: str | None = None, port: int | None = None, allow_remote: bool = False,
+                 timeout: float = START_TIMEOUT_S) -> DaemonInfo:
+    """Start a detached daemon: on the Unix socket, or on TCP `host:port` (loopback unless `allow_remote`)."""
+    if port is None and host is not None:
+        raise RmxError("--host needs --port")
+    if port is not None:
+        from engine.service.server import check_host
+
+        check_host(host or "127.0.0.1", allow_remote)
+    with _start_lock():
+        running = daemon_status()
+        if running is not None:
+            raise RmxError(f"the engine is already running (pid {running.pid}) at {running.address}")
+        return _spawn(host, port, allow_remote, timeout)
+
+
+def stop_daemon(timeout: float = 10.0) -> DaemonInfo | None:
+    """SIGTERM the daemon and wait (SIGKILL after `timeout`); its jobs keep running. None if none ran."""
+    card = daemon_status()
+    if card is None:
+        _remove_files(None)
+        return None
+    os.kill(card.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(card.pid):
+        if time.monotonic() > deadline:
+            os.kill(card.pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.05)
+    _remove_files(card.pid)
+    return card
+
+
+def stored_token() -> str | None:
+    try:
+        return token_path().read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def client_for(card: DaemonInfo) -> RemoteClient:
+    if card.socket:
+        return RemoteClient(uds=card.socket)
+    return RemoteClient(card.url or "", token=stored_token())
+
+
+def ensure_daemon() -> RemoteClient:
+    """A client of the running daemon, starting one (detached, on the Unix socket) if none runs."""
+    with _start_lock():
+        card = daemon_status() or _spawn(None, None, False, START_TIMEOUT_S)
+    return client_for(card)
+
+
+def connect(target: str, token: str | None = None) -> RemoteClient:
+    """Attach to a daemon at `http://127.0.0.1:PORT` or a socket path (`unix:` prefix optional).
+
+    Over TCP the token is `token`, else $RMX_TOKEN, else the one stored by a daemon on this machine.
+    """
+    if target.startswith(("http://", "https://")):
+        client = RemoteClient(target.rstrip("/"), token=token or os.environ.get("RMX_TOKEN") or stored_token())
+    else:
+        path = Path(target.removeprefix("unix:")).expanduser()
+        if not path.exists():
+            raise RmxError(f"no engine socket at {path}: give http://127.0.0.1:PORT or the socket path "
+                           "(rmx engine status shows it)")
+        client = RemoteClient(uds=path, token=token)
+    client.health()  # fail now, with the reason, rather than at the first real request
+    return client
+
+
+def _write_token(token: str) -> None:
+    path = token_path()
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+
+
+def _serve(host: str | None, port: int | None, allow_remote: bool) -> None:
+    from engine.service.server import bind_tcp, bind_unix, create_app, serve
+    from engine.service.workbench import Workbench
+
+    token = None
+    if port is not None:
+        host = host or "127.0.0.1"
+        sock = bind_tcp(host, port, allow_remote)
+        token = secrets.token_urlsafe(32)
+        _write_token(token)
+        shown = f"[{host}]" if ":" in host else host
+        card = DaemonInfo(os.getpid(), None, f"http://{shown}:{sock.getsockname()[1]}", time.time(), rmx_version())
+    else:
+        sock = bind_unix(socket_path())
+        card = DaemonInfo(os.getpid(), str(socket_path()), None, time.time(), rmx_version())
+    sock.listen(128)  # clients that connect before the server loop runs wait in the backlog
+    write_json_atomic(_card_path(), card.to_json())
+    try:
+        serve(create_app(Workbench(), token), sock)
+    finally:
+        _remove_files(os.getpid())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.service.daemon [--host H --port P [--allow-remote]]`: the daemon process itself."""
+    parser = argparse.ArgumentParser(prog="python -m engine.service.daemon", description=main.__doc__)
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--allow-remote", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _serve(args.host, args.port, args.allow_remote)
+    except RmxError as error:
+        print(f"rmx engine: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

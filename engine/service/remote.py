@@ -1,0 +1,357 @@
+"""RemoteClient: EngineClient and JobsClient over HTTP to the daemon, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import quote
+
+import httpx
+
+from engine.core.config import ModelSpec, Tau
+from engine.core.data import Problem
+from engine.core.decode import SamplingSpec, Step
+from engine.core.errors import RmxError
+from engine.core.grading import GradeResult
+from engine.core.interventions import ForkEstimate, InterventionResult, Interrupted, ShouldStop
+from engine.jobs.store import JobConflict, JobNotFound, JobStatus, JobView, job_entry
+from engine.recipes.pool import DEFAULT_TAUS, PoolStats
+from engine.core.records import ScoredRollout
+from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
+
+STREAM_READ_TIMEOUT_S = 30.0
+"""A stream idle longer than this is dead: the daemon sends a keepalive line every few seconds."""
+
+
+class EngineLost(RmxError):
+    """The daemon stopped answering (stopped, crashed, or the SSH tunnel dropped) and reconnecting failed."""
+
+
+def _ids(ids: Sequence[int]) -> list[int]:
+    return [int(i) for i in ids]
+
+
+def _pairs(force: Sequence[tuple[int, int]]) -> list[list[int]]:
+    try:
+        return [[int(pos), int(token)] for pos, token in force]
+    except (TypeError, ValueError):
+        raise RmxError(f"forced tokens are (position, token id) pairs, got {list(force)!r}") from None
+
+
+def _tau(tau: str | float | Tau | None) -> str | float | None:
+    """τ as the daemon parses it: a Tau is written out in full (str(Tau) rounds to 6 digits)."""
+    if isinstance(tau, Tau):
+        return f"q{tau.value!r}" if tau.quantile else repr(tau.value)
+    return tau
+
+
+class StepStream:
+    """The steps of a decode on the daemon, yielded as they arrive.
+
+    Close it (or leave its `with` block) to stop early: the connection is dropped, which stops the decode on the
+    daemon and frees the engine. A stream dropped without closing is closed when it is garbage collected.
+    An error the daemon met mid-stream is raised here as RmxError; a lost daemon as EngineLost.
+    """
+
+    def __init__(self, response: httpx.Response, frames: Iterator[dict[str, Any]]) -> None:
+        self._response = response
+        self._frames = frames
+
+    def __iter__(self) -> "StepStream":
+        return self
+
+    def __next__(self) -> Step:
+        return Step.from_json(next(self._frames))
+
+    def close(self) -> None:
+        try:
+            self._frames.close()
+        except ValueError:  # being iterated in another thread right now: closing the response ends its read
+            pass
+        self._response.close()
+
+    def __enter__(self) -> "StepStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's one-line reason; FastAPI's validation errors (a list) become `field: reason; ...`."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text.strip()[:200] or response.reason_phrase
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', ())[1:]) or 'request'}: {item.get('msg', '')}"
+            for item in detail if isinstance(item, dict)
+        ) or "invalid request"
+    return str(detail)
+
+
+class RemoteClient:
+    """Talks to a daemon on a Unix socket (`uds`) or loopback TCP (`url` + `token`).
+
+    A request that could not reach the daemon is retried with exponential backoff for `reconnect_s`;
+    then EngineLost. Requests that may have reached it are retried only when repeating them is harmless.
+    """
+
+    def __init__(self, url: str = "http://rmx", *, uds: str | Path | None = None, token: str | None = None,
+                 timeout: float = 300.0, reconnect_s: float = 10.0) -> None:
+        self.target = str(uds) if uds else url
+        self.reconnect_s = reconnect_s
+        transport = httpx.HTTPTransport(uds=str(uds)) if uds else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url, transport=transport, headers=headers,
+                                  timeout=httpx.Timeout(timeout, connect=5.0))
+        self._stream_timeout = httpx.Timeout(STREAM_READ_TIMEOUT_S, connect=5.0)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RemoteClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport ----------------------------------------------------------------------------
+
+    def _send(self, send: Callable[[], httpx.Response], idempotent: bool) -> httpx.Response:
+        delay = 0.05
+        deadline = time.monotonic() + self.reconnect_s
+        while True:
+            try:
+                return send()
+            except httpx.ReadTimeout:
+                raise EngineLost(f"the engine at {self.target} did not answer in time (busy or hung?)") from None
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                failure: httpx.TransportError = error  # never reached the daemon: always safe to repeat
+            except httpx.TransportError as error:
+                if not idempotent:
+                    raise EngineLost(f"lost the engine at {self.target} mid-request ({error}); "
+                                     "check `rmx jobs list` before repeating it") from None
+                failure = error
+            if time.monotonic() + delay > deadline:
+                raise EngineLost(f"lost the engine at {self.target}: {str(failure) or type(failure).__name__} "
+                                 "(is it running? rmx engine status)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        detail = _detail(response)
+        if response.status_code == 401:
+            raise RmxError(f"the engine at {self.target} refused the token: {detail}")
+        if response.status_code == 404:
+            raise JobNotFound(detail)
+        if response.status_code == 409:
+            raise JobConflict(detail)
+        if response.status_code >= 500:
+            raise RmxError(f"the engine failed: {detail}")
+        raise RmxError(detail)
+
+    def _call(self, method: str, path: str, body: Any = None, idempotent: bool = True,
+              timeout: httpx.Timeout | None = None) -> Any:
+        extra = {"timeout": timeout} if timeout is not None else {}
+        response = self._send(lambda: self._http.request(method, path, json=body, **extra), idempotent)
+        self._check(response)
+        return response.json()
+
+    def _open(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+              idempotent: bool = True, timeout: httpx.Timeout | None = None) -> httpx.Response:
+        """Send a request whose answer is a stream; an error status raises (the response closed) before any frame."""
+        extra = {"timeout": timeout} if timeout is not None else {}
+        request = self._http.build_request(method, path, json=body, params=params, **extra)
+        response = self._send(lambda: self._http.send(request, stream=True), idempotent)
+        if response.is_success:
+            return response
+        try:
+            response.read()
+        except httpx.TransportError as error:
+            reason = str(error) or type(error).__name__
+            raise EngineLost(f"lost the engine at {self.target} mid-answer ({reason})") from None
+        finally:
+            response.close()
+        self._check(response)
+        raise RmxError(f"the engine answered {response.status_code}")  # _check raised already; for type checkers
+
+    def _stream(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+                idempotent: bool = True) -> Iterator[dict[str, Any]]:
+        """The frames of an NDJSON stream up to its done frame (not yielded); a done frame with an error raises."""
+        response = self._open(method, path, body, params, idempotent, self._stream_timeout)
+        yield from self._frames(response)
+
+    def _frames(self, response: httpx.Response, should_stop: ShouldStop | None = None) -> Iterator[dict[str, Any]]:
+        """The frames of an open NDJSON response; the response is closed when they end or when this is closed.
+
+        `should_stop` is asked at every line, keepalives included: True drops the connection (which stops the
+        daemon's work) and raises Interrupted.
+        """
+        try:
+            for line in response.iter_lines():
+                if should_stop is not None and should_stop():
+                    raise Interrupted()
+                if not line.strip():
+                    continue  # keepalive
+                frame = json.loads(line)
+                if frame.get("done") is True:
+                    if frame.get("error"):
+                        raise RmxError(frame["error"])
+                    return
+                yield frame
+        except httpx.TransportError as error:
+            reason = str(error) or type(error).__name__
+            raise EngineLost(f"lost the engine at {self.target} mid-stream ({reason})") from None
+        finally:
+            response.close()
+        raise EngineLost(f"the stream from the engine at {self.target} ended before its done frame")
+
+    def _stoppable(self, path: str, body: Any, should_stop: ShouldStop) -> dict[str, Any]:
+        """The answer of a stoppable call's NDJSON stream (a blank line every few tenths of a second, then the
+        answer); should_stop is asked at every line, and True drops the connection, which stops the daemon's work."""
+        response = self._open("POST", path, body, timeout=self._stream_timeout)
+        [answer] = self._frames(response, should_stop)
+        return answer
+
+    # --- EngineClient -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
+        body = {"base": asdict(base), "teacher": asdict(teacher) if teacher else None}
+        # No read timeout: a large checkpoint may take minutes to load, and the daemon answers when done.
+        return WorkbenchInfo.from_json(self._call("POST", "/load", body, timeout=httpx.Timeout(None, connect=5.0)))
+
+    def info(self) -> WorkbenchInfo:
+        return WorkbenchInfo.from_json(self._call("GET", "/info"))
+
+    def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
+        return self._call("POST", "/prompt_ids", {"problem": problem, "template": template})["ids"]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._call("POST", "/tokenize", {"text": text})["ids"]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._call("POST", "/detokenize", {"ids": [int(i) for i in ids]})["text"]
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self._call("POST", "/token_texts", {"ids": [int(i) for i in ids]})["texts"]
+
+    def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
+              with_teacher: bool = True) -> ScoredRollout:
+        body = {"prompt_ids": [int(i) for i in prompt], "completion_ids": [int(i) for i in completion],
+                "top_k": top_k, "with_teacher": with_teacher}
+        return ScoredRollout.from_json(self._call("POST", "/score", body))
+
+    def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
+                   with_teacher: bool = True) -> ScoredRollout:
+        body = {"prompt": prompt, "completion": completion, "template": template, "top_k": top_k,
+                "with_teacher": with_teacher}
+        return ScoredRollout.from_json(self._call("POST", "/score_text", body))
+
+    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
+               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> StepStream:
+        """Stream a decode from the daemon; bad input raises here, before the first step, as it does locally.
+
+        The request waits for the first step (a long prompt's prefill) under the client's own timeout.
+        """
+        body = {"prompt_ids": _ids(prompt), "sampling": asdict(sampling), "rollout": _ids(rollout),
+                "force": _pairs(force), "n": n, "top": top}
+        response = self._open("POST", "/decode", body)
+        return StepStream(response, self._frames(response))
+
+    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
+                  tau: str | float | Tau | None = None, gold: str | None = None,
+                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
+                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
+        """One completion under `mode` on the daemon; no read timeout, as a long decode answers only when done.
+
+        With `should_stop` the run is streamed instead, and stopped on the daemon (Interrupted here) once it says
+        True.
+        """
+        body = {"prompt_ids": _ids(prompt_ids), "mode": mode, "sampling": asdict(sampling), "tau": _tau(tau),
+                "gold": gold, "force": _pairs(force), "rollout": _ids(rollout), "top": top}
+        if should_stop is not None:
+            return InterventionResult.from_json(self._stoppable("/intervene/stream", body, should_stop))
+        data = self._call("POST", "/intervene", body, timeout=httpx.Timeout(None, connect=5.0))
+        return InterventionResult.from_json(data)
+
+    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
+                      should_stop: ShouldStop | None = None) -> ForkEstimate:
+        """P(correct | token at pos) from n continuations sampled on the daemon; no read timeout, as intervene.
+
+        With `should_stop` the estimate is streamed, and stopped on the daemon as intervene's run is.
+        """
+        body = {"prompt_ids": _ids(prompt_ids), "rollout": _ids(rollout), "pos": pos, "token": token, "gold": gold,
+                "n": n, "sampling": asdict(sampling)}
+        if should_stop is not None:
+            return ForkEstimate.from_json(self._stoppable("/fork/stream", body, should_stop))
+        data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
+        return ForkEstimate.from_json(data)
+
+    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
+                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
+        """The pool's stats from the daemon (`rollouts` is a path on its machine); no read timeout, as scoring a
+        large pool under the base answers only when done."""
+        body = {"rollouts": str(rollouts), "size": size, "keep_shortest": keep_shortest, "taus": list(taus),
+                "with_base": with_base}
+        return PoolStats.from_json(self._call("POST", "/pool_stats", body, timeout=httpx.Timeout(None, connect=5.0)))
+
+    def grade(self, completion: str, gold: str) -> GradeResult:
+        return GradeResult(**self._call("POST", "/grade", {"completion": completion, "gold": gold}))
+
+    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
+        data = self._call("POST", "/problems", {"dataset": dataset, "limit": limit})
+        return [Problem(**item) for item in data["problems"]]
+
+    # --- JobsClient ---------------------------------------------------------------------------
+
+    def list_jobs(self) -> list[JobStatus]:
+        return [JobStatus.from_json(item) for item in self._call("GET", "/jobs")]
+
+    def submit_job(self, kind: str, config: dict[str, Any], entry: str | None = None) -> JobStatus:
+        """Start a job on the daemon; a kind registered in this process sends its entry, so the daemon can import it."""
+        body = {"kind": kind, "config": config, "entry": entry or job_entry(kind)}
+        return JobStatus.from_json(self._call("POST", "/jobs", body, idempotent=False))
+
+    def job(self, job_id: str) -> JobView:
+        return JobView.from_json(self._call("GET", f"/jobs/{quote(job_id, safe='')}"))
+
+    def job_events(self, job_id: str, follow: bool = False, since: int = 0) -> Iterator[dict[str, Any]]:
+        """The job's events; a dropped stream is resumed after the last event seen, within `reconnect_s`."""
+        seen = since
+        lost_at: float | None = None
+        path = f"/jobs/{quote(job_id, safe='')}/events"
+        while True:
+            try:
+                for event in self._stream("GET", path, params={"follow": follow, "since": seen}):
+                    seen += 1
+                    lost_at = None
+                    yield event
+                return
+            except EngineLost:
+                now = time.monotonic()
+                lost_at = lost_at or now
+                if now - lost_at > self.reconnect_s:
+                    raise
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(self._call("POST", f"/jobs/{quote(job_id, safe='')}/cancel"))
+
+    def resume_job(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(self._call("POST", f"/jobs/{quote(job_id, safe='')}/resume", idempotent=False))

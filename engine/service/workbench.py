@@ -1,0 +1,178 @@
+"""The loaded models and the interactive operations on them: what the daemon serves and clients call."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+from engine.core.config import ModelSpec, ScoreSpec, Tau
+from engine.core.data import Problem, load_problems
+from engine.core.decode import DecodeSession, SamplingSpec, Step
+from engine.core.errors import RmxError
+from engine.core.grading import GradeResult, grade
+from engine.core.interventions import RUN_MODES, ForkEstimate, InterventionResult, ShouldStop, fork, run_mode
+from engine.core.models import LoadedModel, load_pair
+from engine.recipes.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
+from engine.core.prompts import completion_ids, prompt_ids
+from engine.core.records import ModelInfo, ScoredRollout
+from engine.core.scoring import score
+
+
+FORK_SAMPLING = SamplingSpec(greedy=False, temperature=0.6, top_p=0.95)
+"""How fork_outcomes samples by default: the authors' rollout recipe, as engine.core.interventions.fork."""
+
+
+def _tau(tau: str | float | Tau | None) -> Tau | None:
+    if tau is None or isinstance(tau, Tau):
+        return tau
+    return Tau.parse(tau)
+
+
+@dataclass(frozen=True)
+class WorkbenchInfo:
+    """Which models are loaded."""
+
+    base: ModelInfo | None
+    teacher: ModelInfo | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": asdict(self.base) if self.base else None,
+                "teacher": asdict(self.teacher) if self.teacher else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WorkbenchInfo":
+        return cls(base=ModelInfo(**data["base"]) if data.get("base") else None,
+                   teacher=ModelInfo(**data["teacher"]) if data.get("teacher") else None)
+
+
+class Workbench:
+    """Holds a base and an optional teacher; model calls are serialised on one lock (one device, one model).
+
+    The lock is a plain Lock, never re-entered: a decode stream may be closed from another thread
+    than the one that opened it (a cancelled TUI worker), and only a Lock may be released there.
+    """
+
+    def __init__(self) -> None:
+        self._base: LoadedModel | None = None
+        self._teacher: LoadedModel | None = None
+        self._session: DecodeSession | None = None
+        self._lock = threading.Lock()
+
+    def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
+        """Load (or replace) the base and teacher; on failure the previous models stay loaded."""
+        with self._lock:
+            if self._base is not None and self._base.spec == base and (
+                (self._teacher.spec if self._teacher else None) == teacher
+            ):
+                return self.info()
+            self._base, self._teacher = load_pair(base, teacher)
+            self._session = DecodeSession(self._base, self._teacher)
+            return self.info()
+
+    def info(self) -> WorkbenchInfo:
+        return WorkbenchInfo(
+            base=self._base.info() if self._base else None,
+            teacher=self._teacher.info() if self._teacher else None,
+        )
+
+    @property
+    def base(self) -> LoadedModel:
+        if self._base is None:
+            raise RmxError("no model is loaded: load a base model first")
+        return self._base
+
+    @property
+    def teacher(self) -> LoadedModel | None:
+        return self._teacher
+
+    def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
+        return prompt_ids(self.base.tokenizer, problem, template)
+
+    def tokenize(self, text: str) -> list[int]:
+        return completion_ids(self.base.tokenizer, text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.base.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return [self.base.token_text(int(i)) for i in ids]
+
+    def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
+              with_teacher: bool = True) -> ScoredRollout:
+        """Score one completion under the base (and the teacher, when loaded and asked for)."""
+        with self._lock:
+            teacher = self._teacher if with_teacher else None
+            return score(self.base, [(prompt, completion)], teacher, ScoreSpec(top_k=top_k))[0]
+
+    def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
+                   with_teacher: bool = True) -> ScoredRollout:
+        return self.score(self.prompt_ids(prompt, template), self.tokenize(completion), top_k, with_teacher)
+
+    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
+               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:
+        """Stream a continuation step by step: a fresh rollout, or a fork of `rollout` at the forced positions.
+
+        The KV cache of the last decoded sequence is kept, so forking the rollout being browsed
+        only feeds the tokens after the fork. Inputs are checked before the first step.
+        """
+        base = self.base
+        with self._lock:
+            steps = self._session.decode(prompt, sampling, rollout=rollout, force=force, n=n, top=top)
+        return self._locked(steps, base)
+
+    def _locked(self, steps: Iterator[Step], base: LoadedModel) -> Iterator[Step]:
+        with self._lock:
+            if self._base is not base:
+                raise RmxError("the models were reloaded while this stream waited: start it again")
+            yield from steps
+
+    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
+                  tau: str | float | Tau | None = None, gold: str | None = None,
+                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
+                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
+        """One completion under `mode` (base, teacher, oracle, random, gated or manual), graded when `gold` is given.
+
+        `tau` (nats, or a quantile such as `q0.97`) is the gate's threshold; other modes ignore it. Runs on the
+        Workbench's decode session, so the caches of the sequence being browsed are reused. `should_stop` is
+        asked after every decoded step: True ends the run with Interrupted and frees the Workbench.
+        """
+        if mode not in RUN_MODES:
+            raise RmxError(f"unknown mode '{mode}': use one of {', '.join(RUN_MODES)}")
+        gate = _tau(tau)
+        with self._lock:
+            session = self._loaded_session()
+            return run_mode(session, mode, prompt_ids, sampling, force=force, tau=gate, gold=gold,
+                            rollout=rollout, top=top, should_stop=should_stop)[0]
+
+    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
+                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
+                      should_stop: ShouldStop | None = None) -> ForkEstimate:
+        """Force `token` at `pos` of `rollout`, sample n base continuations, estimate P(correct) with a Wilson CI.
+
+        `should_stop`, asked after every decoded step, ends the estimate early with Interrupted.
+        """
+        with self._lock:
+            session = self._loaded_session()
+            return fork(session, prompt_ids, rollout, pos, token, gold, sampling, n, should_stop)
+
+    def _loaded_session(self) -> DecodeSession:
+        self.base  # noqa: B018  (raises the one-line "no model is loaded")
+        assert self._session is not None
+        return self._session
+
+    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
+                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
+        """What `rmx pool show` reports for a rollouts.jsonl; `with_base` adds the decision-point rate per τ under
+        the loaded base (its entropies cached beside the rollouts, as the CLI does)."""
+        spec = PoolSpec(rollouts, size, keep_shortest)
+        if not with_base:
+            return inspect_pool(spec, taus)
+        with self._lock:
+            return inspect_pool(spec, taus, lambda: self.base)
+
+    def grade(self, completion: str, gold: str) -> GradeResult:
+        return grade(completion, gold)
+
+    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
+        return load_problems(dataset, limit=limit)
