@@ -13,9 +13,9 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from engine.core.errors import RmxError
+from engine.core.errors import Diverged, RmxError
 from engine.jobs.store import (
-    Diverged, EventWriter, JobStatus, RunContext, heartbeat_interval, read_spec, resolve_entry, write_json_atomic,
+    EventWriter, JobStatus, RunContext, heartbeat_interval, read_spec, resolve_entry, write_json_atomic,
 )
 
 

@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
-from engine.core.errors import RmxError
-from engine.jobs.store import Diverged, RunContext, register_job_kind, write_json_atomic
+from engine.core.errors import Diverged, RmxError
+from engine.jobs.store import RunContext, register_job_kind, write_json_atomic
 
 MAX_COUNT = 10_000_000
 MAX_SLEEP_S = 10.0

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-from engine.core.errors import Diverged, RmxError
+from engine.core.errors import RmxError
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged")
 ACTIVE_STATES = frozenset({"queued", "running"})
