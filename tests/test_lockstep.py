@@ -186,5 +186,36 @@ def test_bad_rows_are_refused_before_a_step(pair):
         decode_rows(base, [RowRequest(prompt=())])
     with pytest.raises(RmxError, match="needs a batch the teacher follows"):
         ModeBatch(base, teacher).put(ModeRow("oracle", (1, 2)))
+    with pytest.raises(RmxError, match="needs its oracle's positions"):
+        ModeBatch(base, teacher, follow=True).put(ModeRow("random", (1, 2)))
     with pytest.raises(RmxError, match="gated intervention needs τ"):
         ModeRow("gated", (1, 2))
+
+
+def test_modes_mixed_in_one_batch_equal_their_one_at_a_time_runs(pair):
+    """Base, teacher and lockstep rows share one batch; each row's driver and rule are its own."""
+    from engine.core.config import Tau
+
+    base, teacher = pair
+    prompts = prompts_of(base)[:2]
+    spec = SamplingSpec(max_new_tokens=7)
+    modes = ["base", "teacher", "oracle", "random", "gated", "manual"]
+    rows = [ModeRow(mode, tuple(p), tau_nats=0.5 if mode == "gated" else None,
+                    force=((2, 5),) if mode == "manual" else ()) for p in prompts for mode in modes]
+    for row, result in zip(rows, run_rows(base, teacher, rows, spec, batch_size=4)):
+        single = run_mode(DecodeSession(base, teacher), row.mode, list(row.prompt), spec, force=row.force,
+                          tau=Tau(0.5) if row.mode == "gated" else None)[0]
+        same_steps(list(result.steps), list(single.steps))
+        assert result.touched == single.touched and result.mode == row.mode
+
+
+def test_a_row_may_bring_its_own_sampling(base):
+    """A greedy reference row inside a sampled batch decodes greedily, and stops at its own length."""
+    sampled = SamplingSpec(greedy=False, temperature=0.7, seed=5, max_new_tokens=6)
+    greedy = SamplingSpec(max_new_tokens=4)
+    prompts = prompts_of(base)[:2]
+    rows = by_row(decode_rows(base, [RowRequest(prompt=prompts[0]), RowRequest(prompt=prompts[1], sampling=greedy)],
+                              sampled, batch_size=2))
+    assert [s.id for s in rows[0]] == [s.id for s in DecodeSession(base).decode(prompts[0], sampled)]
+    assert [s.id for s in rows[1]] == [s.id for s in DecodeSession(base).decode(prompts[1], greedy)]
+    assert rows[1][-1].end == "length" and len(rows[1]) == 4

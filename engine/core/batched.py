@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from engine.core.decode import Rule, SamplingSpec, Step
 from engine.core.errors import RmxError
 from engine.core.interventions import (
-    RUN_MODES, InterventionResult, Interrupted, ShouldStop, _result, gated_rule, oracle_rule, random_rule,
+    RUN_MODES, InterventionResult, Interrupted, ShouldStop, _result, gated_rule, oracle_positions, oracle_rule,
+    random_rule,
 )
-from engine.core.lockstep import RowQueue, RowRequest, decode_rows
+from engine.core.lockstep import RowQueue, RowRequest, check_row, decode_rows
 from engine.core.models import LoadedModel
 
 LOCKSTEP_MODES = frozenset({"oracle", "random", "gated"})
@@ -30,6 +31,8 @@ class ModeRow:
     """gated only: the gate's threshold in nats (a quantile resolved by the caller)."""
     force: tuple[tuple[int, int], ...] = ()
     """(position, token id) pairs forced in any mode; manual needs at least one."""
+    budget: tuple[int, ...] | None = None
+    """random only: the positions the oracle changed on this prompt, whose count the control matches."""
     tag: object = field(default=None, compare=False)
     """Anything the caller wants back with the result (a problem id, say)."""
 
@@ -42,58 +45,70 @@ class ModeRow:
             raise RmxError("manual intervention needs at least one forced (position, token) pair")
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
         object.__setattr__(self, "force", tuple((int(p), int(t)) for p, t in self.force))
+        if self.budget is not None:
+            object.__setattr__(self, "budget", tuple(int(p) for p in self.budget))
 
 
 class ModeBatch:
-    """Rows of one driver (the base, or the teacher alone) decoded together; more may be put while it runs.
+    """Rows of any modes decoded together; more may be put while it runs.
 
-    Base-driven modes (base, oracle, random, gated, manual) may share a batch; the teacher follows
-    in lockstep whenever the batch was opened with `follow=True`. Teacher rows need a batch of their own.
+    With `follow=True` the teacher is fed in lockstep with the base on every row, which oracle,
+    random, gated and teacher rows need; without it only base and manual rows may join.
     """
 
     def __init__(self, base: LoadedModel, teacher: LoadedModel | None, sampling: SamplingSpec = SamplingSpec(), *,
-                 drive: str = "base", follow: bool = False, batch_size: int = 8, top: int = 5):
-        if drive not in ("base", "teacher"):
-            raise RmxError(f"drive must be base or teacher, got '{drive}'")
-        if (drive == "teacher" or follow) and teacher is None:
+                 follow: bool = False, batch_size: int = 8, top: int = 5):
+        if follow and teacher is None:
             raise RmxError("this batch needs a teacher model: pass --teacher")
         self.base = base
         self.teacher = teacher
         self.sampling = sampling
-        self.drive = drive
-        self.follow = follow and drive == "base"
+        self.follow = follow
         self.batch_size = batch_size
         self.top = top
         self.queue = RowQueue()
         self.rows: dict[int, ModeRow] = {}
 
-    def put(self, row: ModeRow) -> int:
-        """Queue a row; returns its number. A row whose mode this batch cannot run is refused here."""
-        if (row.mode == "teacher") != (self.drive == "teacher"):
-            raise RmxError(f"a {row.mode} row cannot join a batch driven by the {self.drive}")
-        if row.mode in LOCKSTEP_MODES and not self.follow:
+    @property
+    def waiting(self) -> int:
+        """Rows put and not yet started."""
+        return len(self.queue)
+
+    def put(self, row: ModeRow, *, first: bool = False, sampling: SamplingSpec | None = None) -> int:
+        """Queue a row (at the front with `first`, with its own `sampling` if given); returns its number.
+
+        A row this batch cannot run is refused here, in one line.
+        """
+        if (row.mode in LOCKSTEP_MODES or row.mode == "teacher") and not self.follow:
             raise RmxError(f"a {row.mode} row needs a batch the teacher follows")
-        number = self.queue.put(RowRequest(prompt=row.prompt, force=row.force, rule=self._rule(row)))
+        if row.mode == "random" and row.budget is None:
+            raise RmxError("a random row needs its oracle's positions (its budget): run the oracle first")
+        request = RowRequest(prompt=row.prompt, force=row.force, rule=self._rule(row),
+                             drive="teacher" if row.mode == "teacher" else "base", sampling=sampling)
+        check_row(self._views(), request, self.sampling)
+        number = self.queue.put(request, first=first)
         self.rows[number] = row
         return number
+
+    def _views(self) -> list[LoadedModel]:
+        return [self.base, self.teacher] if self.follow else [self.base]
 
     def _rule(self, row: ModeRow) -> Rule | None:
         if row.mode == "oracle":
             return oracle_rule()
         if row.mode == "random":
-            return random_rule(self.sampling.seed)
+            return random_rule(self.sampling.seed, [row.budget], self.base.eos_ids)
         if row.mode == "gated":
             return gated_rule(row.tau_nats)
         return None
 
     def run(self, should_stop: ShouldStop | None = None) -> Iterator[tuple[int, ModeRow, InterventionResult]]:
         """(number, row, result) for each row as soon as it ends; `should_stop`, asked after every step, raises Interrupted."""
-        driver = self.teacher if self.drive == "teacher" else self.base
-        steps = decode_rows(driver, self.queue, self.sampling, follower=self.teacher if self.follow else None,
-                            batch_size=self.batch_size, top=self.top, own=self.drive)
-        return self._collect(driver, steps, should_stop)
+        steps = decode_rows(self.base, self.queue, self.sampling, teacher=self.teacher if self.follow else None,
+                            batch_size=self.batch_size, top=self.top)
+        return self._collect(steps, should_stop)
 
-    def _collect(self, driver: LoadedModel, steps: Iterator[Step],
+    def _collect(self, steps: Iterator[Step],
                  should_stop: ShouldStop | None) -> Iterator[tuple[int, ModeRow, InterventionResult]]:
         decoded: dict[int, list[Step]] = {}
         try:
@@ -101,7 +116,8 @@ class ModeBatch:
                 decoded.setdefault(step.row, []).append(step)
                 if step.end is not None:
                     row = self.rows.pop(step.row)
-                    yield step.row, row, _result(driver, row.mode, [], decoded.pop(step.row), row.tau_nats, row.gold)
+                    view = self.teacher if row.mode == "teacher" else self.base
+                    yield step.row, row, _result(view, row.mode, [], decoded.pop(step.row), row.tau_nats, row.gold)
                 if should_stop is not None and should_stop():
                     raise Interrupted()
         finally:
@@ -111,17 +127,23 @@ class ModeBatch:
 def run_rows(base: LoadedModel, teacher: LoadedModel | None, rows: Sequence[ModeRow],
              sampling: SamplingSpec = SamplingSpec(), *, batch_size: int = 8, top: int = 5,
              should_stop: ShouldStop | None = None) -> list[InterventionResult]:
-    """The result of every row, in the rows' order; teacher rows and base-driven rows run as two batches."""
+    """The result of every row, in the rows' order, all decoded in one batch.
+
+    A random row without a budget gets one from an oracle run of its prompt, batched first, as
+    `run_mode` does for one prompt.
+    """
+    unbudgeted = [i for i, row in enumerate(rows) if row.mode == "random" and row.budget is None]
+    if unbudgeted:
+        oracles = run_rows(base, teacher, [replace(rows[i], mode="oracle", gold=None) for i in unbudgeted],
+                           sampling, batch_size=batch_size, top=top, should_stop=should_stop)
+        budgets = dict(zip(unbudgeted, (oracle_positions(result) for result in oracles)))
+        rows = [replace(row, budget=budgets[i]) if i in budgets else row for i, row in enumerate(rows)]
+    batch = ModeBatch(base, teacher, sampling, batch_size=batch_size, top=top,
+                      follow=any(row.mode in LOCKSTEP_MODES or row.mode == "teacher" for row in rows))
+    index = {batch.put(row): i for i, row in enumerate(rows)}
     results: dict[int, InterventionResult] = {}
-    for drive in ("base", "teacher"):
-        chosen = [(i, row) for i, row in enumerate(rows) if (row.mode == "teacher") == (drive == "teacher")]
-        if not chosen:
-            continue
-        batch = ModeBatch(base, teacher, sampling, drive=drive, batch_size=batch_size, top=top,
-                          follow=any(row.mode in LOCKSTEP_MODES for _, row in chosen))
-        index = {batch.put(row): i for i, row in chosen}
-        for number, _, result in batch.run(should_stop):
-            results[index[number]] = result
+    for number, _, result in batch.run(should_stop):
+        results[index[number]] = result
     return [results[i] for i in range(len(rows))]
 
 

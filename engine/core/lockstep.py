@@ -1,7 +1,7 @@
 """Continuously batched decoding of many independent rows, each with its own prompt, forcing, rule and stopping.
 
-Rows sit left-padded in one KV cache per model (the driver, and a teacher that follows in lockstep
-when rules need one). A finished row leaves the batch at once and a waiting row joins it: its
+Rows sit left-padded in one KV cache per model (the base, and a teacher fed in lockstep when
+rules need it or rows are driven by it). A finished row leaves the batch at once and a waiting row joins it: its
 prompt is prefilled on its own, then its cache is padded and stacked onto the running one, so
 every row's positions, and so its tokens, are those of a decode of that row alone.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
 from engine.core.decode import (
-    Rule, SamplingSpec, Step, StepContext, _check_top, _hits_stop, _pad_id, _sample, _Track, check_force,
+    Rule, SamplingSpec, Step, StepContext, _check_top, _hits_stop, _sample, _Track, check_force,
     check_prompt,
 )
 from engine.core.errors import RmxError
@@ -24,7 +24,7 @@ from engine.core.scoring import _lse_entropy
 
 @dataclass(frozen=True)
 class RowRequest:
-    """One completion to decode: a prompt, tokens forced at given positions, and a steering rule."""
+    """One completion to decode: a prompt, who drives it, tokens forced at given positions, and a steering rule."""
 
     prompt: tuple[int, ...]
     """The prompt's token ids."""
@@ -32,8 +32,14 @@ class RowRequest:
     """(position, token id) pairs, positions 0-based from the first completion token; they win over the rule."""
     rule: Rule | None = field(default=None, compare=False)
     """This row's own steering rule (its StepContext.row is 0), or None to let the driver pick."""
+    drive: str = "base"
+    """Whose picks and statistics the row's steps carry: the base's, or the teacher's alone."""
+    sampling: SamplingSpec | None = None
+    """This row's own sampling and stopping; None takes the batch's."""
 
     def __post_init__(self) -> None:
+        if self.drive not in ("base", "teacher"):
+            raise RmxError(f"drive must be base or teacher, got '{self.drive}'")
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
         object.__setattr__(self, "force", tuple(tuple(pair) for pair in self.force))
 
@@ -51,20 +57,27 @@ class RowQueue:
         for request in requests:
             self.put(request)
 
-    def put(self, request: RowRequest) -> int:
-        """Queue a request; returns its row number (Step.row of its steps)."""
+    def put(self, request: RowRequest, *, first: bool = False) -> int:
+        """Queue a request (at the front with `first`); returns its row number (Step.row of its steps)."""
         if not isinstance(request, RowRequest):
             raise RmxError(f"a lockstep row is a RowRequest, got {type(request).__name__}")
         row = self._count
         self._count += 1
-        self._waiting.append((row, request))
+        if first:
+            self._waiting.appendleft((row, request))
+        else:
+            self._waiting.append((row, request))
         return row
 
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def peek(self, n: int) -> list[RowRequest]:
+        """The next n requests, left waiting."""
+        return [request for _, request in list(self._waiting)[:n]]
+
     def take(self, n: int) -> list[tuple[int, RowRequest]]:
-        """Up to n waiting (row, request) pairs, oldest first."""
+        """Up to n waiting (row, request) pairs, front first."""
         return [self._waiting.popleft() for _ in range(min(n, len(self._waiting)))]
 
 
@@ -73,6 +86,9 @@ class _Row:
     """A row of the running batch: what it was asked, what it decoded, and its own sampler."""
 
     number: int
+    drive: int
+    """Which track drives it: 0 the base's, 1 the teacher's."""
+    sampling: SamplingSpec
     forced: dict[int, int]
     rule: Rule | None
     seq: list[int]
@@ -81,67 +97,62 @@ class _Row:
 
 
 def decode_rows(
-    driver: LoadedModel,
+    base: LoadedModel,
     requests: RowQueue | Iterable[RowRequest],
     sampling: SamplingSpec = SamplingSpec(),
     *,
-    follower: LoadedModel | None = None,
+    teacher: LoadedModel | None = None,
     batch_size: int = 8,
     top: int = 5,
-    own: str = "base",
 ) -> Iterator[Step]:
     """Decode every request, at most `batch_size` rows at a time, yielding one step at a time.
 
     `Step.row` is the request's number in its queue. Each row stops on its own (EOS, a stop
     string, max_new_tokens or a full context window); its last step carries `end`, and a waiting
-    request takes its slot before the next step. `follower` (the teacher) is fed every row's
-    tokens in lockstep, so rules read its logits for their row; `own` is the source of the
-    driver's own picks (base, or teacher when the teacher drives). A sampled row draws from its
-    own generator seeded with `sampling.seed`, so its tokens do not depend on its neighbours.
-    The first requests are checked here, before the first step is asked for; later ones as they join.
+    request takes its slot before the next step. With a `teacher`, both models are fed every
+    row's tokens in lockstep: rules read the teacher's logits for their row, and a row may be
+    driven by the teacher alone. A sampled row draws from its own generator seeded with its
+    sampling's seed, so its tokens do not depend on its neighbours. The first requests are
+    checked here, before the first step is asked for; later ones as they join.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RmxError(f"--batch-size must be a positive integer, got {batch_size}")
-    if follower is not None and follower.vocab_size != driver.vocab_size:
+    if teacher is not None and teacher.vocab_size != base.vocab_size:
         raise RmxError(
-            f"teacher vocabulary ({follower.vocab_size}) differs from base vocabulary ({driver.vocab_size}): "
+            f"teacher vocabulary ({teacher.vocab_size}) differs from base vocabulary ({base.vocab_size}): "
             "a teacher must share the base's tokenizer"
         )
-    _check_top(driver, top)
+    _check_top(base, top)
     queue = requests if isinstance(requests, RowQueue) else RowQueue(requests)
-    for _, request in list(queue._waiting)[:batch_size]:
-        _check(driver, request, sampling)
-    return _Lockstep(driver, follower, sampling, batch_size, top, own).run(queue)
+    views = [base] + ([teacher] if teacher is not None else [])
+    for request in queue.peek(batch_size):
+        check_row(views, request, sampling)
+    return _Lockstep(views, sampling, batch_size, top).run(queue)
 
 
-def _check(view: LoadedModel, request: RowRequest, sampling: SamplingSpec) -> dict[int, int]:
+def check_row(views: list[LoadedModel], request: RowRequest, sampling: SamplingSpec) -> dict[int, int]:
+    """The request's forced tokens as a dict, after refusing a bad prompt, forcing or driver in one line."""
+    if request.drive == "teacher" and len(views) < 2:
+        raise RmxError("a row driven by the teacher needs a teacher model: pass --teacher")
+    view = views[1 if request.drive == "teacher" else 0]
     check_prompt(view, request.prompt)
-    return check_force(view, request.force, 0, sampling.max_new_tokens)
+    return check_force(view, request.force, 0, (request.sampling or sampling).max_new_tokens)
 
 
 class _Lockstep:
-    """The running batch: its rows, the driver's and follower's tracks, and the step that serves them all."""
+    """The running batch: its rows, one track per model, and the step that serves them all."""
 
-    def __init__(self, driver: LoadedModel, follower: LoadedModel | None, sampling: SamplingSpec, batch_size: int,
-                 top: int, own: str):
-        self.view = driver
-        self.follower_view = follower
+    def __init__(self, views: list[LoadedModel], sampling: SamplingSpec, batch_size: int, top: int):
+        self.views = views
         self.sampling = sampling
         self.batch_size = batch_size
         self.top = top
-        self.own = own
         self.rows: list[_Row] = []
         self.tracks: list[_Track] = []
 
     def run(self, queue: RowQueue) -> Iterator[Step]:
         import torch
 
-        sampling = self.sampling
-        view = self.view
-        eos = view.eos_ids
-        context = view.context_length
-        # Enough trailing tokens to spell any stop string, even at one byte per token plus merges.
-        stop_window = 4 * max((len(s) for s in sampling.stop), default=0) + 4
         with torch.inference_mode():
             self._admit(queue)
         while self.rows:
@@ -152,15 +163,7 @@ class _Lockstep:
                 row = self.rows[index]
                 row.new.append(step.id)
                 row.seq.append(step.id)
-                end = None
-                if step.id in eos:
-                    end = "eos"
-                elif sampling.stop and _hits_stop(view, row.new[-stop_window:], sampling.stop):
-                    end = "stop"
-                elif len(row.new) == sampling.max_new_tokens:
-                    end = "length"
-                elif len(row.seq) >= context:
-                    end = "context"
+                end = self._end(row, step.id)
                 if end is not None:
                     finished.add(index)
                     step = replace(step, end=end)
@@ -174,6 +177,22 @@ class _Lockstep:
                         track.extend(feed)
                 self._admit(queue)
 
+    def _end(self, row: _Row, token: int) -> str | None:
+        """Why the row stops after `token`, in the single decoder's order of checks, or None."""
+        view = self.views[row.drive]
+        sampling = row.sampling
+        if token in view.eos_ids:
+            return "eos"
+        # Enough trailing tokens to spell any stop string, even at one byte per token plus merges.
+        window = 4 * max((len(s) for s in sampling.stop), default=0) + 4
+        if sampling.stop and _hits_stop(view, row.new[-window:], sampling.stop):
+            return "stop"
+        if len(row.new) == sampling.max_new_tokens:
+            return "length"
+        if len(row.seq) >= view.context_length:
+            return "context"
+        return None
+
     def _admit(self, queue: RowQueue) -> None:
         """Prefill waiting requests into free slots and stack their caches under the running rows'."""
         import torch
@@ -186,16 +205,16 @@ class _Lockstep:
             return
         rows = []
         for number, request in joining:
-            forced = _check(self.view, request, self.sampling)
+            forced = check_row(self.views, request, self.sampling)
+            sampling = request.sampling or self.sampling
             generator = None
-            if not self.sampling.greedy:
-                generator = torch.Generator(device=self.view.device).manual_seed(self.sampling.seed)
-            rows.append(_Row(number=number, forced=forced, rule=request.rule, seq=list(request.prompt),
-                             generator=generator))
+            if not sampling.greedy:
+                generator = torch.Generator(device=self.views[0].device).manual_seed(sampling.seed)
+            rows.append(_Row(number=number, drive=1 if request.drive == "teacher" else 0, sampling=sampling,
+                             forced=forced, rule=request.rule, seq=list(request.prompt), generator=generator))
         prompts = [list(row.seq) for row in rows]
-        views = [self.view] + ([self.follower_view] if self.follower_view is not None else [])
         fresh = []
-        for view in views:
+        for view in self.views:
             track = _Track(view)
             track.reach(prompts)
             fresh.append(track)
@@ -227,28 +246,31 @@ class _Lockstep:
                 track.mask = track.mask[:, unused:]
 
     def _step(self) -> list[Step]:
-        """Each row's next token: forced, else its rule's override, else the driver's own pick."""
+        """Each row's next token: forced, else its rule's override, else its driver's own pick."""
         import torch
 
-        view = self.view
-        logits = self.tracks[0].logits
         teacher = self.tracks[1].logits if len(self.tracks) > 1 else None
+        driven = [index for index, row in enumerate(self.rows) if row.drive == 1]
+        logits = self.tracks[0].logits
+        if driven:
+            # A copy, so that centring the drivers' logits leaves the teacher's as rules read them.
+            logits = logits.clone()
+            logits[driven] = teacher[driven]
         lse, entropy = _lse_entropy(logits)
         top_values, top_ids = torch.topk(logits, self.top, dim=-1)
         top_logprobs = (top_values - lse[:, None]).tolist()
         top_ids = top_ids.tolist()
         # argmax, not topk's first, so that ties break to the lowest id exactly as in HF generate.
         argmax = logits.argmax(-1).tolist()
-        if self.sampling.greedy:
-            picks = argmax
-        else:
-            picks = [int(_sample(logits[i : i + 1], self.sampling, row.generator)[0])
-                     for i, row in enumerate(self.rows)]
         entropies = entropy.tolist()
         chosen: list[tuple[int, str]] = []
         for index, row in enumerate(self.rows):
             pos = len(row.new)
-            token, source = picks[index], self.own
+            own = "teacher" if row.drive == 1 else "base"
+            token = argmax[index]
+            if not row.sampling.greedy:
+                token = int(_sample(logits[index : index + 1], row.sampling, row.generator)[0])
+            source = own
             if pos in row.forced:
                 token, source = row.forced[pos], "forced"
             elif row.rule is not None:
@@ -263,9 +285,9 @@ class _Lockstep:
         tokens = torch.tensor([token for token, _ in chosen], device=logits.device)
         logprobs = (logits.gather(1, tokens[:, None])[:, 0] - lse).tolist()
         return [
-            Step(pos=len(row.new), id=token, text=view.token_text(token), logprob=logprob,
+            Step(pos=len(row.new), id=token, text=self.views[row.drive].token_text(token), logprob=logprob,
                  entropy=entropies[index], source=source, row=row.number,
-                 top=tuple(TopToken(id=i, text=view.token_text(i), logprob=lp)
+                 top=tuple(TopToken(id=i, text=self.views[row.drive].token_text(i), logprob=lp)
                            for i, lp in zip(top_ids[index], top_logprobs[index])))
             for index, (row, (token, source), logprob) in enumerate(zip(self.rows, chosen, logprobs))
         ]
