@@ -190,8 +190,8 @@ INTERVENTIONS = (
     "A fork opens beside its parent (parent left, branch right, both on the fork position), titled with its "
     "final answer and ✓/✗ against the gold answer; the problem list shows the tree of branches.",
     "An intervention (i) decodes the problem afresh and opens as a branch of the root rollout: oracle puts the "
-    "teacher's pick wherever it differs from the base's argmax, random a random base top-20 token at those same "
-    "positions (the control), gated the teacher's pick wherever base entropy is above τ, base nothing.",
+    "teacher's pick wherever it differs from the base's argmax, random as many random base top-20 tokens (never "
+    "the argmax or the teacher's pick) at those same positions (the control), gated the teacher's pick wherever base entropy is above τ, base nothing.",
 )
 
 
