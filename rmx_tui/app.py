@@ -28,8 +28,8 @@ class RmxApp(App[None]):
     TITLE = "rmx"
     BINDINGS = [
         Binding("J", "jobs", "jobs", tooltip="Jobs: runs with live progress, plots, cancel and resume"),
-        Binding("f1,question_mark", "help", "keys", key_display="?",
-                tooltip="rmx's help: every key, the colour legend, τ and the classes"),
+        Binding("question_mark", "help", "keys", tooltip="rmx's help: every key, the colour legend, τ and the classes"),
+        Binding("f1", "help", "keys", show=False),
     ]
 
     gate: var[Gate] = var(Gate(Settings().tau), init=False)

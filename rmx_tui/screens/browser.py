@@ -443,6 +443,8 @@ class BrowserScreen(Screen):
         self.app.session.record_outcome(branch, message.outcome)
         self._end_blocking()
         self._inspect(self.current_view())
+        if self.has_class("-narrow"):
+            self.query_one(OutcomeBars).scroll_visible(animate=False)
 
     def on_intervention_ran(self, message: InterventionRan) -> None:
         self._end_blocking()

@@ -98,7 +98,7 @@ class Inspector(Widget):
         elif token.entropy > tau:
             add(Content.styled("▲ a decision point: entropy above τ", "bold $warning"))
         else:
-            add(Content.styled("not a decision point: entropy at or below τ", "$foreground-muted"))
+            add(Content.styled("at or below τ: not a decision point", "$foreground-muted"))
         exact = branch.scored or token.rank <= len(token.top)
         rank = str(token.rank) if exact else f">{len(token.top)}"
         add(Content.assemble(("logprob ", "$foreground-muted"), f"{token.logprob:.3f}",
