@@ -86,7 +86,7 @@ class BrowserScreen(Screen):
         Binding("u,backspace", "up", "up", tooltip="Back up to the parent branch"),
         Binding("s", "new_rollout", "new sampled rollout", show=False),
         Binding("escape", "cancel", "cancel decoding", show=False),
-        Binding("slash", "search", "search the completion, or from the problem list the problems", show=False),
+        Binding("slash", "search", "search", show=False),
         Binding("t", "compare", "Table 2"),
         Binding("ctrl+b", "toggle_problems", "show or hide the problem list", show=False),
         Binding("p", "toggle_problem", "show or hide the problem statement", show=False),
