@@ -108,12 +108,12 @@ class RemoteClient:
     """
 
     def __init__(self, url: str = "http://rmx", *, uds: str | Path | None = None, token: str | None = None,
-                 timeout: float = 300.0, reconnect_s: float = 10.0) -> None:
+                 timeout: float = 300.0, reconnect_s: float = 10.0, verify: str | bool = True) -> None:
         self.target = str(uds) if uds else url
         self.reconnect_s = reconnect_s
         transport = httpx.HTTPTransport(uds=str(uds)) if uds else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url, transport=transport, headers=headers,
+        self._http = httpx.Client(base_url=url, transport=transport, headers=headers, verify=verify,
                                   timeout=httpx.Timeout(timeout, connect=5.0))
         self._stream_timeout = httpx.Timeout(STREAM_READ_TIMEOUT_S, connect=5.0)
 
