@@ -112,7 +112,7 @@ def repair_run(job_id: str) -> RepairReport:
     if not status_ok:
         found = _from_events(events)
         base = damaged_status(run_dir, "")
-        pid = _runner_process(run_dir)
+        pid = _runner_process(run_dir) if found["state"] not in FINAL_STATES else None  # an ended job may be exiting
         state = found["state"]
         error = found["error"]
         if pid is not None:

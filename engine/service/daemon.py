@@ -254,9 +254,17 @@ def client_for(card: DaemonInfo) -> RemoteClient:
     return RemoteClient(card.url or "", token=stored_token(), verify=_tls_verify(card.tls_cert))
 
 
-def _tls_verify(cert: str | None) -> str | bool:
+def _tls_verify(cert: str | None) -> Any:
     """What an HTTPS client trusts: $RMX_TLS_CA, else the daemon's own certificate (self-signed), else the system."""
-    return os.environ.get("RMX_TLS_CA") or cert or True
+    import ssl
+
+    authority = os.environ.get("RMX_TLS_CA") or cert
+    if not authority:
+        return True
+    try:
+        return ssl.create_default_context(cafile=authority)
+    except (OSError, ssl.SSLError) as error:
+        raise RmxError(f"cannot use {authority} as the engine's TLS authority: {error}") from None
 
 
 def ensure_daemon() -> RemoteClient:

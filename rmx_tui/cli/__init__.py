@@ -87,7 +87,7 @@ def _os_error_line(error: OSError) -> str | None:
     if is_disk_full(error):
         return str(disk_full(path or os.getcwd()))
     if isinstance(error, PermissionError) and path:
-        verb = "read" if os.path.exists(path) and not os.path.isdir(path) and not os.access(path, os.R_OK) else "use"
+        verb = "use" if os.path.isdir(path) else "read" if os.path.exists(path) else "write"
         return f"cannot {verb} {path}: permission denied"
     if isinstance(error, IsADirectoryError) and path:
         return f"cannot read {path}: it is a folder, not a file"
