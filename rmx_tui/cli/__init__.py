@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -94,6 +95,13 @@ def _os_error_line(error: OSError) -> str | None:
     return None
 
 
+class _WarningLine(logging.Handler):
+    """The engine's warnings (logger `rmx`) as one `rmx: warning:` line each, on whatever stderr is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"rmx: warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click, not the click package
@@ -101,6 +109,9 @@ def main() -> None:
     from engine.core.diskfull import DiskFull
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    engine_log = logging.getLogger("rmx")
+    engine_log.addHandler(_WarningLine(logging.WARNING))
+    engine_log.propagate = False
     if not os.environ.get("RMX_DEBUG"):
         # Library deprecation notices (transformers, peft) are for rmx's developers, not its users.
         warnings.filterwarnings("ignore", category=FutureWarning)
