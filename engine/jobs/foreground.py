@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.core.errors import Diverged, RmxError
-from engine.jobs.runner import _Heartbeat, _one_line
+from engine.jobs.runner import _Heartbeat, _one_line, _reserve_slot, _write_final
 from engine.jobs.store import (
-    EventWriter, JobSpec, JobStatus, RunContext, create_run, heartbeat_interval, resolve_entry, rmx_version,
-    write_json_atomic,
+    EventWriter, JobSpec, JobStatus, RunContext, create_run, heartbeat_interval, process_started, resolve_entry,
+    rmx_version, write_json_atomic,
 )
 
 
@@ -77,7 +77,9 @@ def foreground_run(kind: str, config: dict[str, Any], out: str | Path,
     _link_output(run_dir, out)
     now = time.time()
     status = JobStatus(id=run_dir.name, kind=kind, state="running", created=spec.created, pid=os.getpid(),
-                       host=socket.gethostname(), started=now, heartbeat=now, heartbeat_s=heartbeat_interval())
+                       pid_started=process_started(os.getpid()), host=socket.gethostname(), started=now,
+                       heartbeat=now, heartbeat_s=heartbeat_interval())
+    slot = _reserve_slot(run_dir)
     write_json_atomic(run_dir / "status.json", status.to_json())
     writer = EventWriter(run_dir / "events.jsonl")
     context = RunContext(run_dir, status, writer)
@@ -112,7 +114,9 @@ def foreground_run(kind: str, config: dict[str, Any], out: str | Path,
         step, total, last = context.snapshot()
         final = replace(status, state=state, heartbeat=time.time(), ended=time.time(), step=step, total=total,
                         last_event=last, error=error)
-        write_json_atomic(run_dir / "status.json", final.to_json())
+        _write_final(run_dir, final, slot)
+        if slot is not None:
+            slot.unlink(missing_ok=True)
         writer.close()
 
 
