@@ -26,6 +26,7 @@ class HFSampler:
 
         self.model = load_model(spec)
         self.tokenizer = self.model.tokenizer
+        self.template_facts = self.model.template_facts
         self.session = DecodeSession(self.model)
         self.settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
 
