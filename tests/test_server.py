@@ -30,7 +30,7 @@ from engine.service.workbench import Workbench
 from rmx_tui.cli import app as cli_app
 from tests.test_jobs import kill_jobs
 
-ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids",
+ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids", "/template",
              "/token_texts", "/decode", "/intervene", "/fork", "/intervene/stream", "/fork/stream", "/grade",
              "/problems", "/pool_stats", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
              "/jobs/{job_id}/resume"}
@@ -97,8 +97,10 @@ def test_remote_answers_match_the_local_client(daemon, local):
     assert remote.tokenize(text) == ids
     assert remote.detokenize(ids) == local.detokenize(ids) == text
     assert remote.token_texts(ids) == local.token_texts(ids)
-    for template in ("raw", "qwen", "chat"):
+    for template in ("raw", "qwen", "chat", "auto"):
         assert remote.prompt_ids("What is 12 + 30?", template) == local.prompt_ids("What is 12 + 30?", template)
+        assert remote.template_choice(template) == local.template_choice(template)
+    assert remote.template_choice("auto").template == "raw"  # a tiny Llama, not named instruct
     prompt = local.prompt_ids("What is 12 + 30?", "qwen")
     assert remote.score(prompt, ids, top_k=3) == local.score(prompt, ids, top_k=3)
     question = "What is 12 + 30?"
@@ -245,7 +247,11 @@ def test_non_loopback_addresses_are_refused_without_allow_remote(monkeypatch):
             check_host("gpu-node.example", allow_remote=False)
         for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
             check_host(host, allow_remote=False)
-        check_host("0.0.0.0", allow_remote=True)
+        check_host("0.0.0.0", allow_remote=True, tls=True)
+        with pytest.raises(RmxError, match="without --tls-cert and --tls-key"):
+            check_host("0.0.0.0", allow_remote=True)
+        refused = CliRunner().invoke(cli_app, ["engine", "start", "--host", "0.0.0.0", "--port", "0", "--allow-remote"])
+        assert "SSH tunnel" in str(refused.exception) and daemon_status() is None
         sock = bind_tcp("127.0.0.1", 0)
         assert sock.proto == socket.IPPROTO_TCP  # else asyncio leaves Nagle on: +40 ms per keep-alive request
         sock.close()

@@ -12,7 +12,7 @@ from engine.core.decode import SamplingSpec
 from engine.core.lockstep import RowRequest, decode_rows
 from engine.core.grading import grade
 from engine.core.models import LoadedModel
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 from engine.core.records import ScoredRollout, Table2
 from engine.core.scoring import GateQuality, gate_quality, score, summarize
 
@@ -36,10 +36,13 @@ class Analysis:
     gate: GateQuality | None
     pass_at_1: float
     problems: tuple[AnalyzedProblem, ...]
+    template: TemplateChoice | None = None
+    """The prompt template the problems were posed with, and why."""
 
     def to_json(self) -> dict:
         gate = self.gate
         return {
+            **(self.template.to_json() if self.template is not None else {}),
             "summary": self.table.to_json(),
             "gate": None if gate is None else {
                 "tau": gate.tau, "gated": gate.gated, "disagreements": gate.disagreements, "hits": gate.hits,
@@ -78,7 +81,8 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
     each rollout is scored as soon as its row ends.
     """
     total = len(problems)
-    prompts = [prompt_ids(base.tokenizer, p.problem, template) for p in problems]
+    choice = choose_template(template, base.tokenizer, base.template_facts)
+    prompts = [prompt_ids(base.tokenizer, p.problem, choice.template) for p in problems]
     fit = measure_fit([base], max((len(p) for p in prompts), default=1), max_new_tokens)
     size = choose_batch_size(batch_size, fit, max(1, total))
     by_index: dict[int, AnalyzedProblem] = {}
@@ -98,4 +102,4 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
     tokens = [t for r in rollouts for t in r.tokens]
     gate = gate_quality(tokens, table.tau) if teacher is not None and table.tau is not None else None
     pass_at_1 = sum(p.correct for p in analyzed) / total if total else 0.0
-    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed))
+    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed), template=choice)

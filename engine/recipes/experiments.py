@@ -15,7 +15,7 @@ from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
 from engine.core.interventions import InterventionResult, Interrupted, oracle_positions
 from engine.core.models import LoadedModel
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 
 FIGURE2_MODES = ("base", "teacher", "oracle", "random", "gated")
 """The bars of the paper's Figure 2, in the order they run (base first: a τ quantile reuses its entropies)."""
@@ -62,6 +62,8 @@ class Figure2:
     """The JSON-lines file holding the per-problem results."""
     touches: tuple[dict[str, Any], ...] = ()
     """Per counted problem with a random run: {"id", "oracle", "random"}, the two touch counts (always equal)."""
+    template: TemplateChoice | None = None
+    """The prompt template this run posed its problems with, and why; None when no run resolved one."""
 
     def __post_init__(self) -> None:
         if len({m.mode for m in self.modes}) != len(self.modes):
@@ -75,7 +77,8 @@ class Figure2:
 
     def to_json(self) -> dict[str, Any]:
         return {"problems": self.problems, "tau": self.tau, "path": self.path,
-                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches]}
+                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches],
+                **(self.template.to_json() if self.template is not None else {})}
 
 
 def _check_modes(modes: Sequence[str], teacher: LoadedModel | None, tau: Tau | None) -> tuple[str, ...]:
@@ -221,9 +224,14 @@ def run_figure2(
     path.parent.mkdir(parents=True, exist_ok=True)
     records = read_results(path)
     emit = on_event or (lambda event: None)
+    choice = choose_template(template, base.tokenizer, base.template_facts)
+    other = next((r for r in records.values() if r.get("template", choice.template) != choice.template), None)
+    if other is not None:
+        raise RmxError(f"{path} holds results posed with template '{other['template']}', and this run resolves to "
+                       f"'{choice.template}' ({choice.reason}): pass --template {other['template']} or another --out")
 
     def progress(problem_id: str | None) -> Figure2:
-        figure = summarize(records, ids, order, tau, path)
+        figure = replace(summarize(records, ids, order, tau, path), template=choice)
         event: dict[str, Any] = {"intervene/done": figure.problems, "intervene/total": len(ids)}
         if problem_id is not None:
             event["intervene/problem"] = problem_id
@@ -241,7 +249,7 @@ def run_figure2(
         missing = [m for m in order if not _has(known, m)]
         if missing:
             oracle = known["modes"].get("oracle") if "oracle" not in missing else None
-            pending.append(_Pending(problem, prompt_ids(base.tokenizer, problem.problem, template), missing,
+            pending.append(_Pending(problem, prompt_ids(base.tokenizer, problem.problem, choice.template), missing,
                                     budget=tuple(oracle["touched"]) if oracle is not None else None))
     follow = teacher is not None and any(m in NEEDS_TEACHER for p in pending for m in p.missing)
     fit = measure_fit([base, teacher] if follow else [base], max((len(p.prompt) for p in pending), default=1),
@@ -255,7 +263,7 @@ def run_figure2(
     with path.open("a", encoding="utf-8") as handle:
 
         def write(state: _Pending) -> None:
-            record = {"id": state.problem.id, "gold": state.problem.answer,
+            record = {"id": state.problem.id, "gold": state.problem.answer, "template": choice.template,
                       "modes": {m: state.results[m] for m in state.missing if m in state.results}}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
@@ -51,8 +51,9 @@ class RolloutSpec:
     """Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw, or auto (chat when the tokenizer has one)."""
     seed: int = 0
     """Each problem's samples are drawn with a seed derived from this and its id, so a resume redraws them."""
-    backend: str = "hf"
-    """hf (engine.core.decode's batched KV-cache sampling) or vllm (optional extra, CUDA only)."""
+    backend: str = "auto"
+    """auto (paged on CUDA, else hf), hf (engine.core.decode's batched KV-cache sampling), paged (transformers'
+    continuous batching over a paged KV cache) or vllm (optional extra, CUDA only)."""
     grade_timeout_s: float = 5.0
     """Per-answer grading timeout."""
 
@@ -90,6 +91,10 @@ class RolloutResult:
     seconds: float
     tok_s: float
     backend: str
+    template: str = "raw"
+    """The prompt template the rollouts were sampled with (`auto` resolved)."""
+    template_reason: str = ""
+    """Why that template: the `auto` rule that picked it, or `asked for`."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,8 +105,47 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:4], "big") >> 1
 
 
+def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta file's settings, without the template it recorded (checked on its own, after the model loads)."""
+    return {key: value for key, value in meta.items() if key != "template"}
+
+
+def in_calls(problems: Sequence, done: set[str], size: int) -> list[list]:
+    """The problems still to do, grouped by fixed slots of `size` over the whole list: a resumed run groups (and so
+    seeds) the problems it redoes as the uninterrupted run did, whatever was finished before."""
+    slots = (problems[start:start + size] for start in range(0, len(problems), size))
+    return [todo for todo in ([p for p in slot if p.id not in done] for slot in slots) if todo]
+
+
 def _meta(model: ModelSpec, spec: RolloutSpec) -> dict[str, Any]:
     return {"model": asdict(model), "spec": asdict(spec)}
+
+
+def record_template(meta_path: Path, choice, out: Path | str) -> None:
+    """Add the template actually used (and why) to a run's meta file; a resumed run must resolve to the same one.
+
+    Meta files from before templates were recorded hold none: the first resumed run records its own.
+    """
+    meta = json.loads(meta_path.read_text())
+    known = meta.get("template")
+    if known is not None and known.get("template") != choice.template:
+        raise RmxError(f"{out} was sampled with template '{known.get('template')}', and this run resolves to "
+                       f"'{choice.template}' ({choice.reason}): pass --template {known.get('template')} or choose another --out")
+    meta["template"] = choice.to_json()
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+def _check_prompts_on_file(path: Path, problems, tokenizer, choice) -> None:
+    """Refuse to resume a file whose prompts were built with another template than this run's (an older `auto`)."""
+    from engine.core.prompts import prompt_ids
+
+    by_id = {p.id: p for p in problems}
+    on_file = next((r for r in read_rollouts(path) if r.problem_id in by_id), None)
+    if on_file is None:
+        return
+    if list(on_file.prompt_ids) != prompt_ids(tokenizer, by_id[on_file.problem_id].problem, choice.template):
+        raise RmxError(f"{path} holds prompts built with another template than '{choice.template}' "
+                       f"({choice.reason}): pass the --template it was sampled with, or choose another --out")
 
 
 def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool) -> set[str]:
@@ -110,7 +154,7 @@ def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool)
         return set()
     if not resume:
         raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
-    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+    if meta_path.exists() and _settings(json.loads(meta_path.read_text())) != meta:
         raise RmxError(f"{path} was sampled with other settings (see {meta_path.name}): choose another --out")
     rollouts = read_rollouts(path)
     counts: dict[str, int] = {}
@@ -136,9 +180,13 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     from engine.core.backends import SampleRequest, make_sampler
     from engine.core.data import load_problems
     from engine.core.grading import grade
-    from engine.core.prompts import prompt_ids
+    from engine.core.prompts import choose_template, prompt_ids
+
+    from engine.core.backends import resolve_backend
 
     emit = emit or (lambda event: None)
+    # The resolved name is what the run records: a resume on this machine picks the same backend.
+    spec = replace(spec, backend=resolve_backend(spec.backend, model))
     path = Path(out)
     meta_path = path.with_name(path.name + ".meta.json")
     problems = load_problems(spec.dataset, limit=spec.limit)
@@ -150,17 +198,20 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
     tokenizer = sampler.tokenizer
-    todo = [p for p in problems if p.id not in done]
+    choice = choose_template(spec.template, tokenizer, sampler.template_facts)
+    if done:
+        _check_prompts_on_file(path, problems, tokenizer, choice)
+    record_template(meta_path, choice, path)
+    calls = in_calls(problems, done, sampler.problems_per_call)
     started, tokens = time.perf_counter(), 0
-    finished = len(problems) - len(todo)
+    finished = len(problems) - sum(len(batch) for batch in calls)
     if progress is not None:
         progress(finished, len(problems))
     with path.open("a", encoding="utf-8") as handle:
-        for start in range(0, len(todo), sampler.problems_per_call):
+        for batch in calls:
             if should_stop is not None and should_stop():
                 break
-            batch = todo[start:start + sampler.problems_per_call]
-            requests = [SampleRequest(tuple(prompt_ids(tokenizer, p.problem, spec.template)), spec.k,
+            requests = [SampleRequest(tuple(prompt_ids(tokenizer, p.problem, choice.template)), spec.k,
                                       problem_seed(spec.seed, p.id)) for p in batch]
             t0 = time.perf_counter()
             results = sampler.sample(requests)
@@ -194,5 +245,6 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     return RolloutResult(
         path=str(path), problems=len(groups), samples=len(everything), correct=sum(r.correct for r in everything),
         mixed=sum(is_mixed(g) for g in groups.values()), tokens=tokens, seconds=seconds,
-        tok_s=tokens / seconds if seconds > 0 else 0.0, backend=spec.backend,
+        tok_s=tokens / seconds if seconds > 0 else 0.0, backend=spec.backend, template=choice.template,
+        template_reason=choice.reason,
     )
