@@ -85,7 +85,7 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
         for problem, prompt, (completion, finish) in zip(chunk, prompts,
                                                          greedy_rollouts(base, prompts, max_new_tokens, batch_size)):
             text = base.tokenizer.decode(completion, skip_special_tokens=True)
-            graded = grade(text, problem.answer)
+            graded = grade(text, problem.answer, finish=finish)
             rollout = score(base, [(prompt, completion)], teacher, ScoreSpec())[0] if completion else None
             if rollout is not None:
                 analyzed.append(AnalyzedProblem(problem.id, rollout, graded.extracted, graded.correct, finish))

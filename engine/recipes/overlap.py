@@ -151,7 +151,7 @@ def compare_edits(base: LoadedModel, teacher: LoadedModel, adapter: LoadedModel,
     total = len(problems)
     for start in range(0, total, spec.batch_size):
         chunk = problems[start : start + spec.batch_size]
-        prompts = [prompt_ids(base.tokenizer, p.problem, spec.template) for p in chunk]
+        prompts = [prompt_ids(base.tokenizer, p.problem, spec.template, base.template_facts) for p in chunk]
         for problem, prompt, (completion, _) in zip(chunk, prompts, greedy_rollouts(
                 base, prompts, spec.max_new_tokens, spec.batch_size)):
             if not completion:
