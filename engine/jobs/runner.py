@@ -32,7 +32,8 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._done.wait(self._status.heartbeat_s):
             step, total, last = self._run.snapshot()
-            beat = replace(self._status, heartbeat=time.time(), step=step, total=total, last_event=last)
+            beat = replace(self._status, heartbeat=time.time(), step=step, total=total, last_event=last,
+                           cluster=self._run.cluster)
             try:
                 write_json_atomic(self._path, beat.to_json())
             except OSError as error:  # a full disk must not kill the job; staleness will tell if it persists
@@ -86,7 +87,7 @@ def run_job(run_dir: Path) -> int:
     run.emit({"job/state": state, **({"job/error": error} if error else {})})
     step, total, last = run.snapshot()
     final = replace(status, state=state, heartbeat=time.time(), ended=time.time(), step=step, total=total,
-                    last_event=last, error=error)
+                    last_event=last, error=error, cluster=run.cluster)
     write_json_atomic(run_dir / "status.json", final.to_json())
     writer.close()
     return 0 if state in ("done", "cancelled") else 1

@@ -199,6 +199,8 @@ class JobStatus:
     """The latest event (as of the last heartbeat, or the log's last line for a dead job)."""
     error: str | None = None
     """One line saying why the job failed or diverged."""
+    cluster: str | None = None
+    """For a job run on Ray: the cluster's address and how many of its tasks are busy (`10.0.0.5:6379, 3/4 busy`)."""
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -585,6 +587,8 @@ class RunContext:
         self.step = status.step
         self.total = status.total
         self.last_event: dict[str, Any] | None = status.last_event
+        self.cluster: str | None = status.cluster
+        """The Ray cluster the job's tasks run on, as its `ray/…` events last said."""
         self._writer = writer
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -598,6 +602,8 @@ class RunContext:
             full = {"t": time.time(), "step": self.step, **event}
             self._writer.write(full)
             self.last_event = full
+            if "ray/busy" in event:
+                self.cluster = f"{event.get('ray/address', '?')}, {event['ray/busy']}/{event.get('ray/tasks', '?')} busy"
 
     def set_progress(self, step: int, total: int | None = None) -> None:
         with self._lock:

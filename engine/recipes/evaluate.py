@@ -174,8 +174,7 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         if not items_out.exists():
             items_out.write_text("")
         _write(meta_path, json.dumps(meta, indent=2))
-    current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
-                           max_new_tokens=spec.max_new_tokens)
+    current = None  # loaded only when something is left to generate: a finished run (or merged shards) re-scores
     started, tokens, done = time.perf_counter(), 0, len(done_items)
     if progress is not None:
         progress(done, total)
@@ -185,8 +184,11 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         n = samples_of(name)
         items = {p.id: done_items[(name, p.id)] for p in problems if (name, p.id) in done_items}
         todo = [p for p in problems if p.id not in items]
+        if todo and current is None:
+            current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
+                                   max_new_tokens=spec.max_new_tokens)
         # Greedy prompts share a batch where the backend allows it; sampled ones keep a seed each.
-        per_call = current.problems_per_call if averaged else current.greedy_batch
+        per_call = 1 if current is None else current.problems_per_call if averaged else current.greedy_batch
         for start in range(0, len(todo), per_call):
             if should_stop is not None and should_stop():
                 raise RmxError("evaluation stopped before it finished: resume it to go on")

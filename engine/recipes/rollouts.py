@@ -41,6 +41,8 @@ class RolloutSpec:
     """A bundled dataset name (smoke, math_train_pool_150, …) or a .jsonl/.json problem file."""
     limit: int | None = None
     """Use only the first N problems."""
+    offset: int = 0
+    """Skip this many problems first (a shard of the dataset)."""
     k: int = 20
     """Samples per problem."""
     temperature: float = 0.6
@@ -63,6 +65,8 @@ class RolloutSpec:
             raise RmxError(f"--k must be a positive integer, got {self.k}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise RmxError(f"--limit must be a positive integer, got {self.limit}")
+        if not isinstance(self.offset, int) or self.offset < 0:
+            raise RmxError(f"--offset must be an integer ≥ 0, got {self.offset}")
         if not self.temperature > 0:
             raise RmxError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -101,7 +105,10 @@ def problem_seed(seed: int, problem_id: str) -> int:
 
 
 def _meta(model: ModelSpec, spec: RolloutSpec) -> dict[str, Any]:
-    return {"model": asdict(model), "spec": asdict(spec)}
+    settings = asdict(spec)
+    if not spec.offset:
+        del settings["offset"]  # runs sampled before shards existed resume as they were
+    return {"model": asdict(model), "spec": settings}
 
 
 def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool) -> set[str]:
@@ -141,22 +148,23 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     emit = emit or (lambda event: None)
     path = Path(out)
     meta_path = path.with_name(path.name + ".meta.json")
-    problems = load_problems(spec.dataset, limit=spec.limit)
+    problems = load_problems(spec.dataset, limit=spec.limit, offset=spec.offset)
     meta = _meta(model, spec)
     done = _resume_state(path, meta_path, meta, spec.k, resume)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not meta_path.exists():
         meta_path.write_text(json.dumps(meta, indent=2))
-    sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
-                           max_new_tokens=spec.max_new_tokens)
-    tokenizer = sampler.tokenizer
     todo = [p for p in problems if p.id not in done]
+    if todo:  # a finished run (or merged shards) is only summed up: no model to load
+        sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
+                               max_new_tokens=spec.max_new_tokens)
+        tokenizer = sampler.tokenizer
     started, tokens = time.perf_counter(), 0
     finished = len(problems) - len(todo)
     if progress is not None:
         progress(finished, len(problems))
     with path.open("a", encoding="utf-8") as handle:
-        for start in range(0, len(todo), sampler.problems_per_call):
+        for start in range(0, len(todo), sampler.problems_per_call if todo else 1):
             if should_stop is not None and should_stop():
                 break
             batch = todo[start:start + sampler.problems_per_call]
