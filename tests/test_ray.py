@@ -85,7 +85,7 @@ def test_a_sharded_eval_writes_what_one_process_writes(cluster, tiny_llama, tmp_
     from engine.recipes.shards import evaluate_sharded
 
     model = ModelSpec(str(tiny_llama), dtype="float32", device="cpu")
-    spec = EvalSpec(benchmarks=("smoke", "aime24"), limit=3, max_new_tokens=6, template="raw", avg_k=2)
+    spec = EvalSpec(benchmarks=("smoke", "aime24"), limit=10, max_new_tokens=6, template="raw", avg_k=2)
     alone = evaluate(model, spec, tmp_path / "one")
     events: list[dict] = []
     spread = evaluate_sharded(model, spec, tmp_path / "ray", RaySpec("local", shards=2), emit=events.append)

@@ -1,8 +1,8 @@
 """Evals and rollouts split over a Ray cluster: each shard a resumable run of its own, merged into the output
 and the summary that one process would have written.
 
-Every problem draws from its own seed, so a problem's samples do not depend on which shard took it. The
-merge concatenates the shards' records in problem order and then runs the recipe once more with `resume`:
+Every problem draws from its own seed, and a shard's bounds fall on the sampler's call slots (the groups of
+problems sampled together), so a problem's samples do not depend on which shard took it. The merge concatenates the shards' records in problem order and then runs the recipe once more with `resume`:
 it finds every problem done, loads no model, and writes the summary exactly as a single process does.
 Shards live under the run's `shards/` folder, which must be on a filesystem every node sees.
 """
@@ -24,17 +24,24 @@ SHARDS = "shards"
 """The folder, beside a run's output, that holds one sub-folder per shard."""
 
 
-def slices(total: int, shards: int) -> list[tuple[int, int]]:
-    """`total` items cut into at most `shards` contiguous, ordered, non-empty [start, end) ranges."""
-    shards = max(1, min(shards, total))
-    size, extra = divmod(total, shards)
-    bounds, start = [], 0
-    for index in range(shards):
-        end = start + size + (index < extra)
-        if end > start:
-            bounds.append((start, end))
-        start = end
-    return bounds
+def slices(total: int, shards: int, align: int = 1) -> list[tuple[int, int]]:
+    """`total` items cut into at most `shards` contiguous, ordered [start, end) ranges whose bounds are
+    multiples of `align`, so each range's calls group problems as one run over all of them would."""
+    chunk = -(-total // max(1, shards))
+    chunk = max(align, -(-chunk // align) * align)
+    return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+
+
+def _backend(backend: str, model: ModelSpec, pool: RayLanes) -> type:
+    """The sampler the shards use, resolved once for all of them as it resolves on the workers."""
+    from engine.core.backends import resolve_backend, sampler_class
+
+    on_gpu = bool(pool.gpus_per_task)
+    try:
+        name = resolve_backend(backend, replace(model, device="cuda" if on_gpu else "cpu"))
+    except RmxError:  # `auto` for GPU workers, judged on a driver without CUDA
+        name = "paged" if on_gpu else "hf"
+    return sampler_class(name)
 
 
 def _concatenate(parts: list[Path], target: Path) -> None:
@@ -72,12 +79,15 @@ def evaluate_sharded(model: ModelSpec, spec: EvalSpec, out: str | Path, ray: Ray
     out = Path(out)
     _refuse_existing([out / ITEMS_FILE, out / SHARDS], resume)
     pool = RayLanes(ray)
+    sampler = _backend(spec.backend, model, pool)
+    spec = replace(spec, backend=sampler.name)
     tasks: list[Task] = []
     for name in spec.benchmarks:
         count = len(load_problems(name, limit=spec.limit, offset=spec.offset))
         if not count:
             raise RmxError(f"no problems left in {name} after --offset {spec.offset}")
-        for start, end in slices(count, pool.shard_count()):
+        calls = sampler.problems_per_call if name in spec.avg_benchmarks else sampler.greedy_batch
+        for start, end in slices(count, pool.shard_count(), calls):
             shard = replace(spec, benchmarks=(name,), offset=spec.offset + start, limit=end - start)
             folder = out / SHARDS / f"shard-{len(tasks):04d}"
             tasks.append(Task(f"{Path(name).stem}[{start}:{end}]", _eval_shard,
@@ -111,13 +121,15 @@ def sample_rollouts_sharded(model: ModelSpec, spec: RolloutSpec, out: str | Path
     shards_dir = path.with_name(f"{path.name}.{SHARDS}")
     _refuse_existing([path, shards_dir], resume)
     pool = RayLanes(ray)
+    sampler = _backend(spec.backend, model, pool)
+    spec = replace(spec, backend=sampler.name)
     count = len(load_problems(spec.dataset, limit=spec.limit, offset=spec.offset))
     if not count:
         raise RmxError(f"no problems in {spec.dataset} after --offset {spec.offset}")
     tasks = [Task(f"{Path(spec.dataset).stem}[{start}:{end}]", _rollouts_shard,
                   {"model": model, "spec": replace(spec, offset=spec.offset + start, limit=end - start),
                    "out": str(shards_dir / f"shard-{index:04d}" / "rollouts.jsonl")})
-             for index, (start, end) in enumerate(slices(count, pool.shard_count()))]
+             for index, (start, end) in enumerate(slices(count, pool.shard_count(), sampler.problems_per_call))]
     path.parent.mkdir(parents=True, exist_ok=True)
     emit({"ray/shards": len(tasks)})
     results = [RolloutResult(**result) for result in pool.run(tasks, emit, should_stop)]

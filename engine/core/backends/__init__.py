@@ -1,4 +1,4 @@
-"""Sampling backends for rollouts: one interface, HF (default, via engine.core.decode) and vLLM (optional)."""
+"""Sampling backends for rollouts and eval: one interface; the step decoder (hf), paged continuous batching, vLLM."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Protocol, Sequence
 
 from engine.core.errors import RmxError
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("auto", "hf", "paged", "vllm")
+"""auto: paged on CUDA (where transformers has it), hf elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,40 @@ class Sampler(Protocol):
 
 def make_sampler(name: str, spec, *, temperature: float, top_p: float, max_new_tokens: int) -> Sampler:
     """Load `spec` (an `engine.core.config.ModelSpec`, adapter included) into the sampler of backend `name`."""
-    settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    return sampler_class(resolve_backend(name, spec))(spec, temperature=temperature, top_p=top_p,
+                                                      max_new_tokens=max_new_tokens)
+
+
+def sampler_class(name: str) -> type:
+    """The sampler of a resolved backend name, not loaded: its call sizes are class attributes, so a run can plan
+    its calls (and a sharded run its shard bounds) before any model loads."""
+    if name == "paged":
+        from engine.core.backends.paged import PagedSampler
+
+        return PagedSampler
     if name == "hf":
         from engine.core.backends.hf import HFSampler
 
-        return HFSampler(spec, **settings)
+        return HFSampler
     if name == "vllm":
         from engine.core.backends.vllm import VLLMSampler
 
-        return VLLMSampler(spec, **settings)
+        return VLLMSampler
     raise RmxError(f"unknown backend '{name}': use one of {', '.join(BACKENDS)}")
+
+
+def resolve_backend(name: str, spec) -> str:
+    """The backend `auto` stands for on this machine: paged on CUDA when transformers has it, else the step decoder."""
+    if name != "auto":
+        return name
+    from engine.core.models import resolve_device
+
+    if not resolve_device(spec.device).startswith("cuda"):
+        return "hf"
+    from engine.core.backends.paged import continuous_batching_config_class
+
+    try:
+        continuous_batching_config_class()
+    except RmxError:
+        return "hf"
+    return "paged"
