@@ -35,6 +35,8 @@ class SamplingSpec:
     """Most tokens decoded per row and call, forced ones included."""
     stop: tuple[str, ...] = ()
     """A row stops once the text decoded from its new ids contains one of these strings."""
+    ignore_eos: bool = False
+    """Keep decoding past an EOS token (to reach a later forced position); rows then end at a stop or the length."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.greedy, bool):
@@ -51,6 +53,8 @@ class SamplingSpec:
             raise RmxError(f"--max-new-tokens must be a positive integer, got {self.max_new_tokens}")
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise RmxError(f"stop strings must be a list of non-empty strings, got {self.stop!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise RmxError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         # Lists from a CLI or JSON become a tuple so that the spec stays hashable.
         object.__setattr__(self, "stop", tuple(self.stop))
 
@@ -470,7 +474,7 @@ class _Loop:
                 new[row].append(step.id)
                 seqs[row].append(step.id)
                 end = None
-                if step.id in eos:
+                if step.id in eos and not sampling.ignore_eos:
                     end = "eos"
                 elif sampling.stop and _hits_stop(view, new[row][-stop_window:], sampling.stop):
                     end = "stop"
@@ -481,6 +485,11 @@ class _Loop:
                 if end is not None:
                     done[row] = True
                     step = replace(step, end=end)
+                    unreached = [pos for pos in self.forced if pos > step.pos]
+                    if unreached:
+                        # A silently dropped forced token would read as "forcing changed nothing".
+                        raise RmxError(f"forced position {min(unreached)} is past the end: the model stopped at "
+                                       f"{step.pos}; use --ignore-eos or force an earlier position")
                 yield step
             if all(done):
                 return

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -69,6 +70,8 @@ def _with_ray(config: dict[str, Any], ray) -> dict[str, Any]:
 
 def _event_line(event: dict[str, Any]) -> str | None:
     """A one-line progress note for stderr, or None for events not worth a line."""
+    if "job/run" in event:
+        return f"run {event['job/run']}: events and status in its run folder (rmx jobs show {event['job/run']})"
     if "train/step" in event:
         dlp, dln = event.get("train/dlogp_pos"), event.get("train/dlogp_neg")
         return (f"train {event['train/step']}/{event['train/total']}  loss {event['train/loss']:.4f}  "
@@ -96,6 +99,16 @@ def _emit(event: dict[str, Any]) -> None:
     line = _event_line(event)
     if line is not None:
         print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) -> Iterator[Any]:
+    """Run here, in a run folder like a job's; events go to stderr as lines, or to stdout as NDJSON with --json."""
+    import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
+    from engine.jobs.foreground import foreground_run
+
+    with foreground_run(kind, config, out, opt.print_json if json_output else _emit) as run:
+        yield run
 
 
 def _submit(kind: str, config: dict[str, Any], json_output: bool) -> None:
@@ -153,12 +166,16 @@ def rollouts(
     if job:
         _submit("rollouts", _with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), json_output)
         return
-    if cluster is not None:
-        from engine.recipes.shards import sample_rollouts_sharded
+    with _foreground("rollouts", _with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), out,
+                     json_output) as run:
+        if cluster is not None:
+            from engine.recipes.shards import sample_rollouts_sharded
 
-        result = sample_rollouts_sharded(model, spec, out, cluster, resume=resume, emit=_emit)
-    else:
-        result = sample_rollouts(model, spec, out, resume=resume, emit=_emit)
+            result = sample_rollouts_sharded(model, spec, out, cluster, resume=resume, emit=run.emit,
+                                             should_stop=run.should_stop)
+        else:
+            result = sample_rollouts(model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
+                                     progress=run.set_progress)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -317,7 +334,11 @@ def train(
     if job:
         _submit("train", {"model": asdict(model), "train": asdict(spec)}, json_output)
         return
-    result = run(model, spec, out, resume=resume, emit=_emit)
+    with _foreground("train", {"model": asdict(model), "train": asdict(spec)}, out, json_output) as fg:
+        result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
+                     progress=fg.set_progress)
+        if result.state == "diverged":
+            fg.diverged(result.reason or "diverged")
     _result(result, json_output, f"{result.state} after {result.step}/{result.total} steps on {result.sequences} "
             f"sequences ({100 * result.decision_frac:.1f}% decision points at τ {result.tau_correct:.3g} nats): "
             f"{result.adapter or result.last_checkpoint}")
@@ -373,7 +394,10 @@ def sweep(
         _submit("sweep", _with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
                                    cluster), json_output)
         return
-    result = run(model, spec, sweep_spec, out, resume=resume, emit=_emit, ray=cluster)
+    config = _with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, cluster)
+    with _foreground("sweep", config, out, json_output) as fg:
+        result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
+                     ray=cluster)
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -429,12 +453,16 @@ def eval_run(
     if job:
         _submit("eval", _with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), json_output)
         return
-    if cluster is not None:
-        from engine.recipes.shards import evaluate_sharded
+    with _foreground("eval", _with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), out,
+                     json_output) as run:
+        if cluster is not None:
+            from engine.recipes.shards import evaluate_sharded
 
-        result = evaluate_sharded(spec_model, spec, out, cluster, resume=resume, emit=_emit)
-    else:
-        result = evaluate(spec_model, spec, out, resume=resume, emit=_emit)
+            result = evaluate_sharded(spec_model, spec, out, cluster, resume=resume, emit=run.emit,
+                                      should_stop=run.should_stop)
+        else:
+            result = evaluate(spec_model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
+                              progress=run.set_progress)
     _result(result, json_output, markdown_table(result))
 
 
@@ -503,7 +531,10 @@ def distill(
         _submit("distill", {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
                 json_output)
         return
-    result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=_emit)
+    config = {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)}
+    with _foreground("distill", config, out, json_output) as fg:
+        result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
+                     progress=fg.set_progress)
     _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
             f"final KL {result.final_kl:.4f}")
 
@@ -570,7 +601,8 @@ def pipeline(
         _submit("pipeline", {"pipeline": checked}, json_output)
         return
     try:
-        result = run_pipeline(checked, out, resume=resume, emit=_emit)
+        with _foreground("pipeline", {"pipeline": checked}, out, json_output) as run:
+            result = run_pipeline(checked, out, resume=resume, emit=run.emit, should_stop=run.should_stop)
     except Diverged as error:
         print(f"rmx: {error}", file=sys.stderr)
         raise typer.Exit(1) from None
