@@ -71,18 +71,13 @@ def _check_pipeline_job(config: dict[str, Any]) -> None:
 def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "rollouts")
     with Meter("rollouts", run.artifacts):
-<<<<<<< HEAD
         ray = ray_of(config)
         if ray is not None:
-            result = sample_rollouts_sharded(model, spec, run.artifacts / "rollouts.jsonl", ray, resume=run.resumed,
-                                             emit=run.emit, should_stop=run.should_stop)
+            result = sample_rollouts_sharded(model, spec, output_of(config, run, "rollouts.jsonl"), ray,
+                                             resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
         else:
-            result = sample_rollouts(model, spec, run.artifacts / "rollouts.jsonl", resume=run.resumed,
+            result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
                                      emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
-=======
-        result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
-                                 emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
->>>>>>> main
     write_json(run.artifacts / "result.json", result.to_json())
 
 
@@ -106,31 +101,21 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
 def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec, sweep_spec = _job_config(config, "model", "train", "sweep")
     with Meter("sweep", run.artifacts):
-<<<<<<< HEAD
-        result = sweep(model, spec, sweep_spec, run.artifacts, resume=run.resumed, emit=run.emit,
-                       should_stop=run.should_stop, ray=ray_of(config))
-=======
         result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
-                       should_stop=run.should_stop)
->>>>>>> main
+                       should_stop=run.should_stop, ray=ray_of(config))
     write_json(run.artifacts / "result.json", result.to_json())
 
 
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
-<<<<<<< HEAD
         ray = ray_of(config)
         if ray is not None:
-            evaluate_sharded(model, spec, run.artifacts, ray, resume=run.resumed, emit=run.emit,
+            evaluate_sharded(model, spec, output_of(config, run), ray, resume=run.resumed, emit=run.emit,
                              should_stop=run.should_stop)
         else:
-            evaluate(model, spec, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
-                     progress=run.set_progress)
-=======
-        evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
-                 should_stop=run.should_stop, progress=run.set_progress)
->>>>>>> main
+            evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
+                     should_stop=run.should_stop, progress=run.set_progress)
 
 
 def distill_job(config: dict[str, Any], run: RunContext) -> None:

@@ -159,17 +159,12 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
     kept and only the rest are generated; each problem's samples draw from its own seed, so the scores
     end as an uninterrupted run's would.
     """
-    from engine.core.backends import SampleRequest, make_sampler, resolve_backend, sampler_class
+    from engine.core.backends import SampleRequest, make_sampler
     from engine.core.data import load_problems
     from engine.core.grading import grade, grade_sympy
-<<<<<<< HEAD
-    from engine.core.prompts import prompt_ids
-    from engine.recipes.rollouts import in_calls, problem_seed
-=======
     from engine.core.backends import resolve_backend
     from engine.core.prompts import choose_template, prompt_ids
     from engine.recipes.rollouts import in_calls, problem_seed, record_template
->>>>>>> main
 
     emit = emit or (lambda event: None)
     # The resolved name is what the run records: a resume on this machine picks the same backend.
@@ -196,16 +191,11 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         if not items_out.exists():
             items_out.write_text("")
         _write(meta_path, json.dumps(meta, indent=2))
-<<<<<<< HEAD
-    backend = sampler_class(spec.backend)
-    current = None  # loaded only when a problem is left: a finished run (or merged shards) is only re-scored
-=======
     current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
     choice = choose_template(spec.template, current.tokenizer, current.template_facts)
     if items_out is not None:
         record_template(items_out.with_name("eval.meta.json"), choice, out)
->>>>>>> main
     started, tokens, done = time.perf_counter(), 0, len(done_items)
     if progress is not None:
         progress(done, total)
@@ -215,12 +205,8 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         n = samples_of(name)
         items = {p.id: done_items[(name, p.id)] for p in problems if (name, p.id) in done_items}
         # Greedy prompts share a batch where the backend allows it; sampled ones keep a seed each.
-        per_call = backend.problems_per_call if averaged else backend.greedy_batch
-        calls = in_calls(problems, set(items), per_call)
-        if calls and current is None:
-            current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
-                                   max_new_tokens=spec.max_new_tokens)
-        for batch in calls:
+        per_call = current.problems_per_call if averaged else current.greedy_batch
+        for batch in in_calls(problems, set(items), per_call):
             if should_stop is not None and should_stop():
                 raise RmxError("evaluation stopped before it finished: resume it to go on")
             requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, choice.template)), n,

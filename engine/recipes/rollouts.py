@@ -184,7 +184,7 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     With `resume`, problems already complete in `out` are kept and the rest sampled; a problem cut short
     by a kill is sampled again from its own seed, so the file ends as an uninterrupted run's would.
     """
-    from engine.core.backends import SampleRequest, make_sampler, resolve_backend, sampler_class
+    from engine.core.backends import SampleRequest, make_sampler, resolve_backend
     from engine.core.data import load_problems
     from engine.core.grading import grade
     from engine.core.prompts import choose_template, prompt_ids
@@ -200,13 +200,6 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     path.parent.mkdir(parents=True, exist_ok=True)
     if not meta_path.exists():
         meta_path.write_text(json.dumps(meta, indent=2))
-<<<<<<< HEAD
-    calls = in_calls(problems, done, sampler_class(spec.backend).problems_per_call)
-    if calls:  # a finished run (or merged shards) is only summed up: no model to load
-        sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
-                               max_new_tokens=spec.max_new_tokens)
-        tokenizer = sampler.tokenizer
-=======
     sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
     tokenizer = sampler.tokenizer
@@ -215,7 +208,6 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
         _check_prompts_on_file(path, problems, tokenizer, choice)
     record_template(meta_path, choice, path)
     calls = in_calls(problems, done, sampler.problems_per_call)
->>>>>>> main
     started, tokens = time.perf_counter(), 0
     finished = len(problems) - sum(len(batch) for batch in calls)
     if progress is not None:
