@@ -2,10 +2,11 @@
 and the summary that one process would have written.
 
 Every problem draws from its own seed, and a shard's bounds fall on the sampler's call slots (the groups of
-problems sampled together), so a problem's samples do not depend on which shard took it. The merge concatenates the shards' records in problem order and then runs the recipe once more with `resume`:
-it finds every problem done and writes the summary exactly as a single process does (the driver loads the
-model once for that pass, to settle the prompt template the way every run does).
-Shards live under the run's `shards/` folder, which must be on a filesystem every node sees.
+problems sampled together), so a problem's samples do not depend on which shard took it. The merge
+concatenates the shards' records in problem order, then runs the recipe once more with `resume`: it finds
+every problem done and writes the summary exactly as a single process does (the driver loads the model once
+for that pass, to settle the prompt template the way every run does). Shards live under the run's `shards/`
+folder, which must be on a filesystem every node sees.
 """
 
 from __future__ import annotations
