@@ -10,7 +10,7 @@ from engine.core.config import ModelSpec, ScoreSpec, Tau
 from engine.core.data import Problem
 from engine.core.errors import RmxError
 from engine.core.models import LoadedModel, load_views
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import choose_template, prompt_ids
 from engine.core.records import TokenScore
 from engine.core.scoring import score
 from engine.recipes.analysis import greedy_rollouts
@@ -149,9 +149,10 @@ def compare_edits(base: LoadedModel, teacher: LoadedModel, adapter: LoadedModel,
     """Greedy-decode the base on each problem and score every token under the teacher and under the adapter."""
     scored: list[tuple[str, list[TokenScore], list[TokenScore]]] = []
     total = len(problems)
+    template = choose_template(spec.template, base.tokenizer, base.template_facts).template
     for start in range(0, total, spec.batch_size):
         chunk = problems[start : start + spec.batch_size]
-        prompts = [prompt_ids(base.tokenizer, p.problem, spec.template) for p in chunk]
+        prompts = [prompt_ids(base.tokenizer, p.problem, template) for p in chunk]
         for problem, prompt, (completion, _) in zip(chunk, prompts, greedy_rollouts(
                 base, prompts, spec.max_new_tokens, spec.batch_size)):
             if not completion:
