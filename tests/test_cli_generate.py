@@ -32,6 +32,22 @@ def test_generate_json_shape_and_forcing(tiny_llama, capsys, monkeypatch):
     assert forced["touched"] == [2]
 
 
+def test_a_forced_position_past_the_end_is_an_error_unless_eos_is_ignored(tiny_llama, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(tiny_llama).eos_token_id
+    args = ["generate", "--base", str(tiny_llama), "--dtype", "float32", "--prompt-text", "What is 2+3?",
+            "--max-new-tokens", "6", "--json", "--force", f"0:{eos}", "--force", "3:7"]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and out == ""
+    assert "forced position 3 is past the end: the model stopped at 0; use --ignore-eos" in err
+    assert "Traceback" not in err
+    code, out, err = run_cli(args + ["--ignore-eos"], capsys, monkeypatch)
+    assert code == 0, err
+    (result,) = _lines(out)
+    assert result["touched"] == [0, 3] and result["tokens"][3]["id"] == 7 and len(result["tokens"]) == 6
+
+
 def test_generate_oracle_with_teacher_equal_to_base_touches_nothing(tiny_gpt2, capsys, monkeypatch):
     code, out, err = run_cli(["generate", "--base", str(tiny_gpt2), "--teacher", str(tiny_gpt2), "--dtype", "float32",
                               "--prompt-text", "1+1=", "--max-new-tokens", "5", "--intervene", "oracle", "--json"],

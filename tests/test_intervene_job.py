@@ -53,7 +53,7 @@ def results(run_dir) -> list[dict]:
         (dict(tau="warm"), "neither a number"),
         (dict(limit=0), "limit must be"),
         (dict(dataset="no-such-benchmark"), "no-such-benchmark"),
-        (dict(sampling={"temperature": 0}), "--temperature must be > 0"),
+        (dict(sampling={"temperature": 0}), "--temperature must be a finite number > 0"),
         (dict(sampling={"temp": 1}), "unknown sampling fields"),
         (dict(base={"source": "/nonexistent/model"}), "not found"),
         (dict(base={"source": "demo", "dtype": "float8"}), "unknown dtype"),

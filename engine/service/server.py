@@ -292,7 +292,7 @@ async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[]
         return
     except Exception as error:  # an engine bug: end the stream cleanly, keep the trace in the daemon log
         log.exception("stream failed")
-        yield _line({"done": True, "error": f"internal error: {type(error).__name__}: {error}"})
+        yield _line({"done": True, "error": INTERNAL_ERROR})
         return
     finally:
         await source.aclose()

@@ -25,14 +25,14 @@ def parse_force(items: list[str]) -> list[tuple[int, int]]:
 
 
 def sampling_spec(greedy: bool, temperature: float | None, top_p: float, top_k: int, seed: int,
-                  max_new_tokens: int, stop: list[str]):
+                  max_new_tokens: int, stop: list[str], ignore_eos: bool = False):
     """Greedy unless a temperature is given; both at once is a contradiction, not a preference."""
     from engine.core.decode import SamplingSpec
 
     if greedy and temperature is not None:
         raise RmxError("--greedy and --temperature contradict each other: pick one")
     return SamplingSpec(greedy=temperature is None, temperature=temperature or 1.0, top_p=top_p, top_k=top_k,
-                        seed=seed, max_new_tokens=max_new_tokens, stop=tuple(stop))
+                        seed=seed, max_new_tokens=max_new_tokens, stop=tuple(stop), ignore_eos=ignore_eos)
 
 
 Greedy = Annotated[bool, typer.Option("--greedy", help="Take the argmax at every step (the default).")]
@@ -63,6 +63,7 @@ def generate(
     seed: Seed = 0,
     stop: Stop = [],
     force: Annotated[list[str], typer.Option("--force", help="Force token ID at position POS, as POS:ID (repeatable).")] = [],
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep decoding past EOS (to reach a later --force position).")] = False,
     intervene: Annotated[Optional[str], typer.Option("--intervene", help="oracle, random, gated or manual.")] = None,
     tau: Annotated[Optional[str], typer.Option("--tau", help="Gate threshold: nats (1.4) or a quantile of the base's greedy entropies (q0.97).")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of completions (sampled ones differ).")] = 1,
@@ -77,7 +78,7 @@ def generate(
     from engine.core.interventions import MODES, generate as run_generate
 
     forced = parse_force(force)
-    sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop)
+    sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop, ignore_eos)
     gate = Tau.parse(tau) if tau is not None else None
     if n < 1:
         raise RmxError(f"--n must be ≥ 1, got {n}")
