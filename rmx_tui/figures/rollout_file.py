@@ -55,6 +55,11 @@ def load_rollout(path: str | Path) -> FigureRollout:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RmxError(f"{path}: not a JSON rollout export ({error})") from None
+    return rollout_from_data(data, str(path), file.stem)
+
+
+def rollout_from_data(data: Any, path: str, default_title: str = "rollout") -> FigureRollout:
+    """A rollout from the export's JSON shape; `path` names it in errors."""
     if not isinstance(data, dict) or not isinstance(data.get("tokens"), list) or not data["tokens"]:
         raise RmxError(f"{path}: not a rollout export (needs a non-empty 'tokens' list, as `X` or `rmx score --json` write)")
     try:
@@ -68,9 +73,18 @@ def load_rollout(path: str | Path) -> FigureRollout:
     if not isinstance(sources, list) or len(sources) != len(tokens) or not all(isinstance(s, str) for s in sources):
         raise RmxError(f"{path}: 'sources' must name who chose each of the {len(tokens)} tokens")
     problem = data.get("problem") if isinstance(data.get("problem"), dict) else {}
-    title = " · ".join(str(part) for part in (problem.get("id"), data.get("label")) if part) or file.stem
+    title = " · ".join(str(part) for part in (problem.get("id"), data.get("label")) if part) or default_title
     return FigureRollout(title=title, problem=problem.get("problem"), tokens=tokens, sources=tuple(sources),
                          answer=data.get("answer"), correct=data.get("correct"))
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or `name-1.ext`, `name-2.ext`, … : the first that does not exist yet."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
 
 
 def write_new(path: Path, text: str, force: bool) -> Path:
