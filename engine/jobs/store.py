@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged")
 ACTIVE_STATES = frozenset({"queued", "running"})
@@ -131,9 +132,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
     No fsync: this guards against a killed process, which is the failure jobs see, not against power loss.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(json_bytes(data) + b"\n")
-    os.replace(tmp, path)
+    atomic_write(path, json_bytes(data) + b"\n")
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 from engine.core.config import ModelSpec, Tau
 from engine.core.errors import RmxError
 from engine.recipes.pool import group_by_problem, is_mixed, require_signal
+from engine.core.io import atomic_write_json, commit_folder
 from engine.core.records import Rollout
-from engine.recipes.rollouts import read_rollouts
+from engine.core.records import read_rollouts
 
 OBJECTIVES = ("contrastive", "positive-only")
 NEGATIVES = ("signed", "bounded")
@@ -374,7 +375,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
     import numpy as np
     import torch
 
-    from engine.core.scoring import _lse_entropy, _logit_transform, hidden_states
+    from engine.core.scoring import lse_entropy, logit_transform, hidden_states
 
     spec = loaded.spec
     digest = hashlib.sha256(json.dumps([spec.source, spec.dtype, spec.revision, keep_hidden, chunk_elements,
@@ -385,7 +386,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
             return _BaseStore(final)
         shutil.rmtree(final)
     head = loaded.core.get_output_embeddings()
-    transform = _logit_transform(loaded.core.config)
+    transform = logit_transform(loaded.core.config)
     width = int(head.weight.shape[1])
     step = max(1, chunk_elements // int(head.weight.shape[0]))
     rows = [0]
@@ -410,7 +411,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
                 values = []
                 completion = h[prompt_len - 1:]
                 for a in range(0, completion.shape[0], step):
-                    values.append(_lse_entropy(transform(head(completion[a:a + step]).float()))[1])
+                    values.append(lse_entropy(transform(head(completion[a:a + step]).float()))[1])
                 entropy[entropy_rows[index]:entropy_rows[index + 1]] = torch.cat(values).cpu().numpy()
                 if hidden is not None:
                     block = h.cpu() if dtype == torch.float32 else h.cpu().view(torch.int16)
@@ -422,7 +423,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
                  "dtype": str(dtype).replace("torch.", "") if keep_hidden else None}
         (tmp / "index.json").write_text(json.dumps(index))
 
-    _commit_folder(write, final)
+    commit_folder(write, final)
     return _BaseStore(final)
 
 
@@ -477,28 +478,13 @@ def _write_checkpoint(model, state: dict, folder: Path) -> None:
     _fsync_tree(folder)
 
 
-def _commit_folder(write: Callable[[Path], None], final: Path) -> None:
-    """Write into a temporary sibling, then rename it into place: a reader sees all of it or none of it."""
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(model, state: dict, out: Path, at: int) -> Path:
     """Write checkpoint `at` (adapter + trainer state) atomically under out/checkpoints/; a failed write
     leaves the previous one intact and says so."""
     folder = out / CHECKPOINTS / f"step-{at:06d}"
     previous = latest_checkpoint(out)
     try:
-        _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
+        commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
     except OSError as error:
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
         raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
@@ -574,10 +560,6 @@ def _fingerprint(base: ModelSpec, spec: TrainSpec) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
@@ -740,9 +722,9 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     model = lora_model(loaded.module, spec, base.source)
     model.eval()  # the base's own dropout stays off: policy = base + adapter, and KL starts at exactly 0
     core = model.get_base_model()
-    from engine.core.scoring import _logit_transform
+    from engine.core.scoring import logit_transform
 
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
@@ -821,7 +803,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     adapter = None
     if state == "done":
         final = out / "adapter"
-        _commit_folder(lambda tmp: _write_adapter(model, tmp), final)
+        commit_folder(lambda tmp: _write_adapter(model, tmp), final)
         adapter = str(final)
     result = TrainResult(
         state=state, adapter=adapter, last_checkpoint=str(last) if last else None, step=step, total=total,
@@ -830,7 +812,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
         tok_s=trained_tokens / seconds if seconds > 0 else 0.0, reason=reason,
     )
     if state == "done":
-        _write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
+        atomic_write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
     return result
 
 
