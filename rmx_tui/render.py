@@ -99,9 +99,13 @@ def figure2_table(figure, title: str) -> Table:
     table = Table(title=title)
     for column in ("mode", "problems", "pass@1", "tokens touched", "teacher gain recovered"):
         table.add_column(column, justify="left" if column == "mode" else "right")
+    if figure.touches:
+        matched = sum(t["oracle"] == t["random"] for t in figure.touches)
+        table.caption = (f"random control: the oracle's touch count on {matched}/{len(figure.touches)} problems "
+                         "(per-problem counts in --json 'touches')")
     for bar in figure.modes:
         recovered = "—" if bar.recovered is None else f"{100 * bar.recovered:.0f}%"
-        touched = "—" if bar.touched_pct is None else f"{bar.touched_pct:.2f}%"
+        touched = "—" if bar.touched_pct is None else f"{bar.touched_pct:.2f}% ({bar.touched})"
         passed = "—" if bar.pass_at_1 is None else f"{100 * bar.pass_at_1:.1f}%"
         table.add_row(bar.mode, str(bar.problems), passed, touched, recovered)
     return table

@@ -81,6 +81,8 @@ def test_intervene_figure2_resumes(tiny_llama, tiny_llama_adapter, tmp_path, cap
     assert figure["problems"] == 2
     assert {m["mode"] for m in figure["modes"]} == {"base", "teacher", "oracle", "random", "gated"}
     assert len(out_file.read_text().splitlines()) == 2
+    assert [t["id"] for t in figure["touches"]] == [json.loads(line)["id"] for line in out_file.read_text().splitlines()]
+    assert all(t["oracle"] == t["random"] for t in figure["touches"])
     code, out, err = run_cli(argv, capsys, monkeypatch)  # everything done: nothing appended
     assert code == 0, err
     assert len(out_file.read_text().splitlines()) == 2

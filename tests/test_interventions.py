@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from engine.core.config import ModelSpec, Tau
 from engine.core.data import Problem
-from engine.core.decode import DecodeSession, SamplingSpec
+from engine.core.decode import DecodeSession, SamplingSpec, StepContext
 from engine.core.errors import RmxError
 from engine.recipes.experiments import FIGURE2_MODES, read_results, run_figure2, summarize
-from engine.core.interventions import (InterventionResult, Interrupted, base_greedy_entropies, fork, generate,
-                                  run_mode, wilson)
+from engine.core.interventions import (RANDOM_POOL, InterventionResult, Interrupted, base_greedy_entropies, fork,
+                                      generate, random_rule, run_mode, wilson)
 from engine.core.models import load_model, load_pair
 from engine.core.scoring import score
 from engine.service.workbench import Workbench
@@ -96,24 +97,74 @@ def test_oracle_touches_exactly_where_the_teacher_disagrees(pair):
     assert oracle.touched_frac == pytest.approx(len(expected) / len(oracle.steps))
 
 
-def test_random_control_uses_the_oracle_budget_and_base_top20(pair):
+@pytest.mark.parametrize("text", PROMPTS)
+def test_random_control_touches_as_many_tokens_as_the_oracle_never_the_teacher_nor_the_argmax(pair, text):
     base, teacher = pair
-    prompt = ids_of(base, PROMPTS[1])
+    prompt = ids_of(base, text)
     spec = SamplingSpec(max_new_tokens=16, seed=4)
+    oracle = run_mode(DecodeSession(base, teacher), "oracle", prompt, spec)[0]
     result = run_mode(DecodeSession(base, teacher), "random", prompt, spec, top=20)[0]
-    expected, scored = disagreements(base, teacher, prompt, result)
-    assert result.touched == expected and result.touched
+    assert oracle.touched, "the tiny teacher should disagree somewhere, or this test proves nothing"
+    assert len(result.touched) == len(oracle.touched)
+    # Both runs are the base's greedy decode up to the oracle's first change: the first draw lands on that decision point.
+    assert result.touched[0] == oracle.touched[0]
+    scored = score(base, [(prompt, completion(result))], teacher=teacher)[0]
     for step, ref in zip(result.steps, scored.tokens, strict=True):
-        if step.pos in expected:
+        if step.pos in result.touched:
             assert step.source == "random"
-            assert step.id in [t.id for t in step.top] and 2 <= ref.rank <= 20
+            assert 2 <= ref.rank <= 20, "a draw from the base top-20 minus its argmax"
+            assert step.id != ref.teacher.id, "the control must never emit the teacher's own correction"
         else:
             assert step.source == "base" and ref.rank == 1
     again = run_mode(DecodeSession(base, teacher), "random", prompt, spec, top=20)[0]
     assert completion(again) == completion(result)
-    seeds = {tuple(completion(run_mode(DecodeSession(base, teacher), "random", prompt,
-                                       SamplingSpec(max_new_tokens=16, seed=s))[0])) for s in range(4)}
-    assert len(seeds) > 1
+
+
+def test_random_control_over_many_seeds_keeps_the_budget_and_avoids_the_teachers_token(llama_pair):
+    base, teacher = llama_pair
+    prompt = ids_of(base, PROMPTS[0])
+    spec = SamplingSpec(max_new_tokens=12)
+    budget = run_mode(DecodeSession(base, teacher), "oracle", prompt, spec)[0].touched
+    runs = [run_mode(DecodeSession(base, teacher), "random", prompt, replace(spec, seed=seed), budget=[budget])[0]
+            for seed in range(12)]
+    assert len({tuple(completion(r)) for r in runs}) > 1, "different seeds draw different substitutes"
+    for result in runs:
+        assert len(result.touched) == len(budget)
+        scored = score(base, [(prompt, completion(result))], teacher=teacher)[0]
+        assert all(ref.id != ref.teacher.id and ref.rank >= 2 for ref in scored.tokens if ref.pos in result.touched)
+
+
+def test_random_control_substitutes_where_the_base_would_stop_while_draws_are_owed():
+    stop_token, eos = 5, frozenset({5, 6})
+    logits = torch.arange(40, dtype=torch.float32).flip(0)  # token 0 most likely, then 1, 2, ...
+    rule = random_rule(0, [(7, 9)], eos)
+
+    def ctx(pos: int, pick: int, teacher: int) -> StepContext:
+        return StepContext(row=0, pos=pos, logits=logits, entropy=1.0, argmax=0, pick=pick,
+                           teacher_logits=lambda: torch.nn.functional.one_hot(torch.tensor(teacher), 40).float())
+
+    assert rule(ctx(1, pick=0, teacher=3)) is None, "no draw away from the oracle's positions"
+    token, source = rule(ctx(2, pick=stop_token, teacher=3))
+    assert source == "random" and token not in {0, 3, *eos} and token < RANDOM_POOL
+    token, _ = rule(ctx(7, pick=0, teacher=2))
+    assert token not in {0, 2} and token < RANDOM_POOL
+    assert rule(ctx(9, pick=0, teacher=3)) is None, "the budget of two is spent"
+
+
+def test_random_control_draws_uniformly_from_the_base_top20_minus_argmax_and_teacher():
+    logits = torch.tensor([9.0, 1.0, 3.0, 2.0, 5.0] + [-50.0] * 30)  # argmax 0; top-20 holds 0..4 and 15 more
+    context = StepContext(row=0, pos=4, logits=logits, entropy=1.0, argmax=0, pick=0,
+                          teacher_logits=lambda: torch.nn.functional.one_hot(torch.tensor(4), 35).float())
+    pool = set(torch.topk(logits, RANDOM_POOL).indices.tolist()) - {0, 4}
+    drawn = [random_rule(seed, [(4,)])(context) for seed in range(200)]
+    assert all(source == "random" for _, source in drawn)
+    assert {token for token, _ in drawn} == pool, "every other top-20 token, and only those, can be drawn"
+
+
+def test_random_control_needs_one_budget_per_row(llama_pair):
+    base, teacher = llama_pair
+    with pytest.raises(RmxError, match="each of its 2 rows"):
+        run_mode(DecodeSession(base, teacher), "random", ids_of(base, PROMPTS[0]), SPEC, n=2, budget=[(1,)])
 
 
 def test_gated_emits_the_teacher_argmax_above_tau_only(pair):
@@ -328,6 +379,13 @@ def test_figure2_runner_streams_resumes_and_summarises(llama_pair, tmp_path):
     assert all(e["intervene/total"] == 2 for e in events)
     assert all("/" in key for e in events for key in e)
     assert "intervene/pass@1/gated" in events[-1]
+    for line in lines:
+        modes = json.loads(line)["modes"]
+        assert len(modes["random"]["touched"]) == modes["random"]["oracle_touched"] == len(modes["oracle"]["touched"])
+    assert [(t["oracle"], t["random"]) for t in figure.touches] == [
+        (len(json.loads(line)["modes"]["oracle"]["touched"]),) * 2 for line in lines]
+    assert figure.mode("random").touched == figure.mode("oracle").touched > 0
+    assert figure.to_json()["touches"] == [dict(t) for t in figure.touches]
     record = json.loads(lines[0])
     assert record["modes"]["gated"]["tau"] is not None
     assert record["modes"]["oracle"]["touched_frac"] == pytest.approx(
@@ -359,6 +417,14 @@ def test_figure2_runs_only_missing_modes_and_refuses_bad_input(llama_pair, tmp_p
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [sorted(line["modes"]) for line in lines] == [["base"], ["oracle"]]
     assert sorted(read_results(out)["p0"]["modes"]) == ["base", "oracle"]
+    # random alone still gets the oracle's budget; a random record without one (older rmx) is stale and runs again.
+    alone = tmp_path / "random.jsonl"
+    alone.write_text(json.dumps({"id": "p0", "modes": {"random": {"correct": False, "tokens": 4, "touched": [0, 1, 2]}}})
+                     + "\n")
+    figure = run_figure2(base, teacher, PROBLEMS[:1], alone, modes=("random",), sampling=spec, template="raw")
+    budget = lines[1]["modes"]["oracle"]["touched"]
+    assert figure.touches == ({"id": "p0", "oracle": len(budget), "random": len(budget)},)
+    assert read_results(alone)["p0"]["modes"]["random"]["oracle_touched"] == len(budget)
     with pytest.raises(RmxError, match="needs a teacher"):
         run_figure2(base, None, PROBLEMS, out, modes=("oracle",), sampling=spec)
     with pytest.raises(RmxError, match="unknown mode"):
@@ -372,7 +438,8 @@ def test_figure2_runs_only_missing_modes_and_refuses_bad_input(llama_pair, tmp_p
 
 def test_figure2_summary_shares_of_the_teachers_gain():
     def record(pid, **correct):
-        return {"id": pid, "modes": {m: {"correct": c, "tokens": 10, "touched": [1] if m == "oracle" else []}
+        return {"id": pid, "modes": {m: {"correct": c, "tokens": 10, "touched": [1] if m in ("oracle", "random") else [],
+                                         **({"oracle_touched": 1} if m == "random" else {})}
                                      for m, c in correct.items()}}
 
     records = {r["id"]: r for r in (record("a", base=False, teacher=True, oracle=True, random=False),
@@ -384,5 +451,6 @@ def test_figure2_summary_shares_of_the_teachers_gain():
     assert figure.mode("oracle").recovered == pytest.approx(0.5)
     assert figure.mode("random").recovered == 0.0
     assert figure.mode("oracle").touched_pct == pytest.approx(10.0)
+    assert figure.touches == tuple({"id": i, "oracle": 1, "random": 1} for i in "abc")
     same = {"a": record("a", base=True, teacher=True, oracle=True)}
     assert summarize(same, ["a"], ("base", "teacher", "oracle"), None, "x").mode("oracle").recovered is None

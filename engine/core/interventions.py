@@ -197,24 +197,43 @@ def oracle_rule() -> Rule:
     return rule
 
 
-def random_rule(seed: int) -> Rule:
-    """Where the teacher's argmax differs from the base's, emit a uniform draw from the base top-20 minus its argmax.
+def random_rule(seed: int, budget: Sequence[Sequence[int]], eos_ids: frozenset[int] | set[int] = frozenset()) -> Rule:
+    """The random control (paper §3.2), budget-matched: as many substitutions per row as the oracle made, no more.
 
-    The budget is the oracle's own rule applied along this run's trajectory, so the control
-    touches the positions an oracle would touch, with a token the teacher did not choose.
+    `budget[row]` lists the positions the oracle changed on that row. The control substitutes at
+    those same positions: the base decodes both runs alike up to the oracle's first change, so the
+    first substitution lands on the very decision point (same prefix, same entropy) the oracle
+    corrected, and the rest at the oracle's offsets. Each substitute is a uniform draw from the base
+    top-20 minus the base argmax, minus the teacher's argmax there, and minus the token the base
+    would emit anyway, so every substitution is a touch and none is the teacher's correction. A row
+    that would end (EOS) while substitutions are still owed takes one there instead, and no draw
+    ends a row early, so the touch count equals the oracle's on every row.
     """
     rng = random.Random(seed)
+    owed = {row: len(set(positions)) for row, positions in enumerate(budget)}
+    scheduled = {row: frozenset(int(p) for p in positions) for row, positions in enumerate(budget)}
 
     def rule(ctx: StepContext) -> tuple[int, str] | None:
         import torch
 
-        if int(ctx.teacher_logits().argmax()) == ctx.argmax:
+        left = owed.get(ctx.row, 0)
+        if left == 0 or (ctx.pos not in scheduled[ctx.row] and ctx.pick not in eos_ids):
             return None
+        teacher = int(ctx.teacher_logits().argmax())
         ranked = torch.topk(ctx.logits, min(RANDOM_POOL, ctx.logits.shape[-1])).indices.tolist()
-        choices = [token for token in ranked if token != ctx.argmax]
-        return (rng.choice(choices), "random") if choices else None
+        banned = {ctx.argmax, teacher, ctx.pick} | (set(eos_ids) if left > 1 else set())
+        choices = [token for token in ranked if token not in banned]
+        if not choices:
+            return None
+        owed[ctx.row] = left - 1
+        return rng.choice(choices), "random"
 
     return rule
+
+
+def oracle_positions(result: InterventionResult) -> tuple[int, ...]:
+    """The positions where an oracle run put the teacher's token: the random control's budget."""
+    return tuple(step.pos for step in result.steps if step.source == "teacher")
 
 
 def gated_rule(tau_nats: float) -> Rule:
@@ -268,6 +287,7 @@ def run_mode(
     rollout: Sequence[int] = (),
     top: int = 5,
     should_stop: ShouldStop | None = None,
+    budget: Sequence[Sequence[int]] | None = None,
 ) -> list[InterventionResult]:
     """n completions of one prompt under `mode` (one of RUN_MODES), each graded when `gold` is given.
 
@@ -276,6 +296,8 @@ def run_mode(
     A τ quantile (q0.97) is resolved against the base's own greedy rollout entropies for this
     prompt, computed here (with forcing and any rollout left out). `should_stop` is asked before
     decoding and after every step (of every row); once it says True the run ends with Interrupted.
+    `budget` (random only) gives per row the positions the oracle changed, whose count the control
+    matches; without it the oracle runs first on the same prompt, sampling and forcing to find them.
     """
     if mode not in RUN_MODES:
         raise RmxError(f"unknown mode '{mode}': use one of {', '.join(RUN_MODES)}")
@@ -299,7 +321,13 @@ def run_mode(
     if mode == "oracle":
         rule = oracle_rule()
     elif mode == "random":
-        rule = random_rule(sampling.seed)
+        if budget is None:
+            oracle = run_mode(session, "oracle", prompt_ids, sampling, force=force, n=n, rollout=rollout_ids,
+                              top=top, should_stop=should_stop)
+            budget = [oracle_positions(result) for result in oracle]
+        if len(budget) != n:
+            raise RmxError(f"the random control needs the oracle's positions for each of its {n} rows, got {len(budget)}")
+        rule = random_rule(sampling.seed, budget, session.base.eos_ids)
     elif mode == "gated":
         rule = gated_rule(tau_nats)
     steps = session.decode(prompt_ids, sampling, rollout=rollout_ids, force=force, rule=rule, n=n, top=top,

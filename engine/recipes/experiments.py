@@ -11,7 +11,7 @@ from engine.core.config import Tau
 from engine.core.data import Problem
 from engine.core.decode import DecodeSession, SamplingSpec
 from engine.core.errors import RmxError
-from engine.core.interventions import InterventionResult, run_mode
+from engine.core.interventions import InterventionResult, oracle_positions, run_mode
 from engine.core.models import LoadedModel
 from engine.core.prompts import prompt_ids
 
@@ -35,6 +35,8 @@ class ModeSummary:
     """Touched tokens over decoded tokens, pooled over problems, 0–100; None for base and teacher."""
     recovered: float | None
     """(mode − base) / (teacher − base) of pass@1; None without both, or when teacher equals base."""
+    touched: int | None = None
+    """Touched tokens summed over problems; None for base and teacher."""
 
     def __post_init__(self) -> None:
         if self.mode not in FIGURE2_MODES:
@@ -56,6 +58,8 @@ class Figure2:
     """The gate's τ as given (`1.2` nats or `q0.97`), None without one; resolved values are in the JSON lines."""
     path: str
     """The JSON-lines file holding the per-problem results."""
+    touches: tuple[dict[str, Any], ...] = ()
+    """Per counted problem with a random run: {"id", "oracle", "random"}, the two touch counts (always equal)."""
 
     def __post_init__(self) -> None:
         if len({m.mode for m in self.modes}) != len(self.modes):
@@ -69,7 +73,7 @@ class Figure2:
 
     def to_json(self) -> dict[str, Any]:
         return {"problems": self.problems, "tau": self.tau, "path": self.path,
-                "modes": [asdict(m) for m in self.modes]}
+                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches]}
 
 
 def _check_modes(modes: Sequence[str], teacher: LoadedModel | None, tau: Tau | None) -> tuple[str, ...]:
@@ -130,6 +134,15 @@ def _merge(records: dict[str, dict[str, Any]], record: dict[str, Any]) -> None:
     known["modes"].update(record["modes"])
 
 
+def _has(record: dict[str, Any], mode: str) -> bool:
+    """Whether a problem's record holds a current result for `mode`.
+
+    A random run recorded before the control was budget-matched (no `oracle_touched`) is stale: it runs again.
+    """
+    result = record["modes"].get(mode)
+    return result is not None and (mode != "random" or "oracle_touched" in result)
+
+
 def _mode_record(result: InterventionResult) -> dict[str, Any]:
     return {
         "answer": result.answer,
@@ -147,7 +160,7 @@ def _mode_record(result: InterventionResult) -> dict[str, Any]:
 def summarize(records: dict[str, dict[str, Any]], problem_ids: Sequence[str], modes: Sequence[str],
               tau: Tau | None, path: str | Path) -> Figure2:
     """Figure 2's bars over the listed problems that have a result for every mode."""
-    done = [records[i] for i in problem_ids if i in records and all(m in records[i]["modes"] for m in modes)]
+    done = [records[i] for i in problem_ids if i in records and all(_has(records[i], m) for m in modes)]
     passes: dict[str, float | None] = {}
     for mode in modes:
         verdicts = [bool(r["modes"][mode]["correct"]) for r in done]
@@ -155,7 +168,7 @@ def summarize(records: dict[str, dict[str, Any]], problem_ids: Sequence[str], mo
     base, teacher = passes.get("base"), passes.get("teacher")
     bars = []
     for mode in modes:
-        touched_pct = None
+        touched_pct = touched = None
         if mode not in ("base", "teacher") and done:
             tokens = sum(r["modes"][mode]["tokens"] for r in done)
             touched = sum(len(r["modes"][mode]["touched"]) for r in done)
@@ -164,8 +177,11 @@ def summarize(records: dict[str, dict[str, Any]], problem_ids: Sequence[str], mo
         if base is not None and teacher is not None and teacher != base and passes[mode] is not None:
             recovered = (passes[mode] - base) / (teacher - base)
         bars.append(ModeSummary(mode=mode, problems=len(done), pass_at_1=passes[mode], touched_pct=touched_pct,
-                                recovered=recovered))
-    return Figure2(modes=tuple(bars), problems=len(done), tau=str(tau) if tau is not None else None, path=str(path))
+                                recovered=recovered, touched=touched))
+    touches = tuple({"id": r["id"], "oracle": r["modes"]["random"]["oracle_touched"],
+                     "random": len(r["modes"]["random"]["touched"])} for r in done if "random" in modes)
+    return Figure2(modes=tuple(bars), problems=len(done), tau=str(tau) if tau is not None else None, path=str(path),
+                   touches=touches)
 
 
 def run_figure2(
@@ -215,14 +231,15 @@ def run_figure2(
     figure = progress(None)
     with path.open("a", encoding="utf-8") as handle:
         for problem in problems:
-            have = records.get(problem.id, {}).get("modes", {})
-            missing = [m for m in order if m not in have]
+            known = records.get(problem.id, {"modes": {}})
+            missing = [m for m in order if not _has(known, m)]
             if not missing:
                 continue
             if should_stop is not None and should_stop():
                 break
+            oracle = known["modes"].get("oracle") if "oracle" not in missing else None
             record = {"id": problem.id, "gold": problem.answer,
-                      "modes": _run_problem(session, problem, missing, sampling, tau, template)}
+                      "modes": _run_problem(session, problem, missing, sampling, tau, template, oracle)}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
             _merge(records, record)
@@ -231,10 +248,12 @@ def run_figure2(
 
 
 def _run_problem(session: DecodeSession, problem: Problem, modes: Sequence[str], sampling: SamplingSpec,
-                 tau: Tau | None, template: str | None) -> dict[str, Any]:
+                 tau: Tau | None, template: str | None, oracle: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One problem's missing modes; `oracle` is its oracle record on file, whose positions budget the random control."""
     prompt = prompt_ids(session.base.tokenizer, problem.problem, template)
     results: dict[str, Any] = {}
     base_entropies: list[float] | None = None
+    budget = tuple(oracle["touched"]) if oracle is not None else None
     for mode in modes:
         gate = None
         if mode == "gated":
@@ -242,8 +261,16 @@ def _run_problem(session: DecodeSession, problem: Problem, modes: Sequence[str],
             if tau.quantile and sampling.greedy and base_entropies is not None:
                 # This problem's base run is its own greedy rollout: resolve against it, not a second decode.
                 gate = Tau(tau.resolve(base_entropies))
-        result = run_mode(session, mode, prompt, sampling, tau=gate, gold=problem.answer)[0]
+        if mode == "random" and budget is None:
+            # The oracle's positions on this problem set the control's budget, even when the oracle bar is not asked for.
+            budget = oracle_positions(run_mode(session, "oracle", prompt, sampling)[0])
+        result = run_mode(session, mode, prompt, sampling, tau=gate, gold=problem.answer,
+                          budget=[budget] if mode == "random" else None)[0]
         if mode == "base":
             base_entropies = result.entropies
+        elif mode == "oracle":
+            budget = oracle_positions(result)
         results[mode] = _mode_record(result)
+        if mode == "random":
+            results[mode]["oracle_touched"] = len(budget)
     return results
