@@ -26,7 +26,11 @@ class RmxApp(App[None]):
 
     CSS_PATH = "rmx.tcss"
     TITLE = "rmx"
-    BINDINGS = [Binding("J", "jobs", "jobs", tooltip="Jobs: runs with live progress, plots, cancel and resume")]
+    BINDINGS = [
+        Binding("J", "jobs", "jobs", tooltip="Jobs: runs with live progress, plots, cancel and resume"),
+        Binding("question_mark", "help", "keys", tooltip="rmx's help: every key, the colour legend, τ and the classes"),
+        Binding("f1", "help", "keys", show=False),
+    ]
 
     gate: var[Gate] = var(Gate(Settings().tau), init=False)
     """τ as the user moves it; every screen that shows it watches this (a var: the app itself never repaints)."""
@@ -59,6 +63,13 @@ class RmxApp(App[None]):
         from rmx_tui.screens.jobs import JobsScreen
 
         self.push_screen(JobsScreen(self.client if isinstance(self.client, JobsClient) else LocalJobs()))
+
+    def action_help(self) -> None:
+        """Open rmx's help screen; on the help screen itself the same keys close it."""
+        from rmx_tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Textual's commands, then every key binding active on the screen, so the palette lists every action."""

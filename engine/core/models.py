@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -123,7 +124,7 @@ def resolve_source(spec: ModelSpec) -> ResolvedSource:
         return ResolvedSource(folder, frozenset({source, path.name, path.stem, str(folder)}))
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise RmxError(f"{path} is not a model folder (no config.json)")
+            path = _verl_folder(path)
         _require_safetensors(path)
         resolved = path.resolve()
         return ResolvedSource(resolved, frozenset({source, str(resolved), resolved.name}))
@@ -133,6 +134,27 @@ def resolve_source(spec: ModelSpec) -> ResolvedSource:
     if looks_like_path:
         raise RmxError(f"model path not found: {source}")
     return _resolve_hub(spec)
+
+
+VERL_MERGE = "python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir {actor}/huggingface"
+"""verl's own converter from FSDP shards to an HF folder (verl >= 0.4; older: scripts/model_merger.py)."""
+
+
+def _verl_folder(path: Path) -> Path:
+    """The HF-format folder inside a verl checkpoint (`global_step_N` or its `actor/`), or a pointer to the merger.
+
+    verl saves each actor as FSDP shards (`model_world_size_W_rank_R.pt`) next to a `huggingface/` folder that
+    holds the config and tokenizer, and the weights too when `checkpoint.save_contents` includes `hf_model`.
+    """
+    for actor in (path, path / "actor"):
+        folder = actor / "huggingface"
+        shards = any(actor.glob("model_world_size_*_rank_*.pt"))
+        if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+            return folder
+        if shards or (folder / "config.json").exists():
+            raise RmxError(f"{actor} is a verl FSDP checkpoint without HF weights: convert it with "
+                           + VERL_MERGE.format(actor=actor) + ", then pass that folder")
+    raise RmxError(f"{path} is not a model folder (no config.json)")
 
 
 def _resolve_hub(spec: ModelSpec) -> ResolvedSource:
@@ -244,6 +266,8 @@ class LoadedModel:
     """The PEFT adapter this view runs with; None runs the bare base (adapters disabled)."""
     aliases: frozenset[str] = frozenset()
     lock: threading.RLock = field(default_factory=threading.RLock)
+    notes: tuple[str, ...] = ()
+    """Warnings from loading it (a teacher aligned on the base's ids), for status lines and `info`."""
     _texts: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -320,6 +344,7 @@ class LoadedModel:
             vocab_size=self.vocab_size,
             context_length=self.context_length,
             parameters=sum(p.numel() for p in core.parameters()),
+            extra={"warnings": list(self.notes)} if self.notes else {},
         )
 
 
@@ -438,7 +463,9 @@ def load_pair(base: ModelSpec, teacher: ModelSpec | None) -> tuple[LoadedModel, 
     if not _shares_weights(base, teacher):
         base_model = load_model(base)
         teacher_model = load_model(teacher)
-        check_same_vocabulary(base_model, teacher_model)
+        note = align_teacher_vocabulary(base_model, teacher_model)
+        if note:
+            teacher_model.notes = (note,)
         return base_model, teacher_model
     resolved = resolve_source(base)
     module, tokenizer, device = _load_module(base, resolved)
@@ -469,3 +496,53 @@ def check_same_vocabulary(base: LoadedModel, teacher: LoadedModel) -> None:
             f"teacher tokenizer ({len(teacher.tokenizer)} tokens) differs from base tokenizer "
             f"({len(base.tokenizer)} tokens): a teacher must share the base's tokenizer"
         )
+
+
+ADDED_TOKEN_LOGIT = -1e4
+"""The logit a teacher's own added tokens get inside the base's padding rows: never picked, and finite in every
+dtype, so entropies stay exact over the shared ids instead of turning NaN."""
+
+
+def align_teacher_vocabulary(base: LoadedModel, teacher: LoadedModel) -> str | None:
+    """Check a separately loaded teacher against the base; return a warning when it had to be aligned.
+
+    A teacher whose tokenizer only adds tokens after the base's (special tokens added during SFT, with the
+    embeddings resized) keeps every base token at the same id: its head is cut to the base's rows and its added
+    tokens are masked, so both models score, decode and distill over the shared ids. Anything else is refused.
+    """
+    base_vocab, teacher_vocab = base.tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
+    if base.vocab_size == teacher.vocab_size and base_vocab == teacher_vocab:
+        return None
+    added = {token: index for token, index in teacher_vocab.items() if token not in base_vocab}
+    keeps_base_ids = all(teacher_vocab.get(token) == index for token, index in base_vocab.items())
+    only_appends = all(index >= len(base.tokenizer) for index in added.values())
+    if not (keeps_base_ids and only_appends and teacher.vocab_size >= base.vocab_size):
+        check_same_vocabulary(base, teacher)
+        return None
+    _cut_head(teacher, base.vocab_size, sorted(index for index in added.values() if index < base.vocab_size))
+    teacher._texts.clear()
+    names = ", ".join(sorted(added, key=added.__getitem__)[:4]) + (", ..." if len(added) > 4 else "")
+    message = (f"teacher {teacher.label} adds {len(added)} token(s) beyond the base's vocabulary ({names or 'padding rows'}): "
+               f"aligned on the {base.vocab_size} shared ids; the teacher never picks its added tokens")
+    logging.getLogger("rmx").warning(message)
+    return message
+
+
+def _cut_head(model: LoadedModel, rows: int, masked: list[int]) -> None:
+    """Give the model's output head only the first `rows` rows, with the `masked` ids pushed out of reach."""
+    import torch
+
+    core = model.core
+    head = core.get_output_embeddings()
+    weight = head.weight
+    needs_bias = head.bias is not None or bool(masked)
+    cut = torch.nn.Linear(weight.shape[1], rows, bias=needs_bias, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        cut.weight.copy_(weight[:rows])
+        if needs_bias:
+            cut.bias.copy_(head.bias[:rows] if head.bias is not None else torch.zeros_like(cut.bias))
+            cut.bias[masked] = ADDED_TOKEN_LOGIT
+    cut.requires_grad_(False)
+    # The cut head no longer mirrors the input embeddings: nothing may tie them back together.
+    core.config.tie_word_embeddings = False
+    core.set_output_embeddings(cut)

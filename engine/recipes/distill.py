@@ -15,6 +15,7 @@ from typing import Callable
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
 from engine.core.io import atomic_open, atomic_write_json, commit_folder
+from engine.core.models import LoadedModel
 
 TEACHER_FILE = "teacher_topk.npz"
 SUMMARY_FILE = "distill_summary.json"
@@ -111,16 +112,19 @@ def _cached_teacher(path: Path, fingerprint: str) -> bool:
         return False
 
 
-def _teacher_pass(teacher: ModelSpec, sequences: list[tuple[list[int], int]], top_k: int, chunk_elements: int,
-                  path: Path, fingerprint: str) -> None:
+def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tuple[list[int], int]], top_k: int,
+                  chunk_elements: int, path: Path, fingerprint: str, emit: Callable[[dict], None]) -> None:
     """The teacher's top-k ids and logits at every completion position, saved once (then the teacher is freed)."""
     import numpy as np
     import torch
 
-    from engine.core.models import load_model
-    from engine.core.scoring import logit_transform, hidden_states
+    from engine.core.models import align_teacher_vocabulary, load_model
+    from engine.core.scoring import hidden_states, logit_transform
 
     model = load_model(teacher)
+    note = align_teacher_vocabulary(student, model)
+    if note:
+        emit({"distill/warning": note})
     if top_k > model.vocab_size:
         raise RmxError(f"--top-k {top_k} is larger than the teacher's vocabulary ({model.vocab_size})")
     head, transform = model.core.get_output_embeddings(), logit_transform(model.core.config)
@@ -187,7 +191,7 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         emit({"distill/phase": "teacher", "distill/teacher_cache": "reused"})
     else:
         emit({"distill/phase": "teacher"})
-        _teacher_pass(teacher, sequences, spec.top_k, spec.chunk_elements, cache, fingerprint)
+        _teacher_pass(teacher, student, sequences, spec.top_k, spec.chunk_elements, cache, fingerprint, emit)
     stored = np.load(cache)
     teacher_ids, teacher_logits = torch.from_numpy(stored["ids"]).long(), torch.from_numpy(stored["logits"])
     offsets = [0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,8 +45,9 @@ class EvalSpec:
     """Sampling temperature of the avg@k generations."""
     top_p: float = 0.95
     seed: int = 0
-    backend: str = "hf"
-    """hf (engine.core.decode) or vllm (optional extra, CUDA only)."""
+    backend: str = "auto"
+    """auto (paged on CUDA, else hf), hf (engine.core.decode), paged (transformers' continuous batching) or vllm
+    (optional extra, CUDA only)."""
     grade_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -152,9 +153,12 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
     from engine.core.data import load_problems
     from engine.core.grading import grade, grade_sympy
     from engine.core.prompts import prompt_ids
-    from engine.recipes.rollouts import problem_seed
+    from engine.core.backends import resolve_backend
+    from engine.recipes.rollouts import in_calls, problem_seed
 
     emit = emit or (lambda event: None)
+    # The resolved name is what the run records: a resume on this machine picks the same backend.
+    spec = replace(spec, backend=resolve_backend(spec.backend, model))
     suites = {name: load_problems(name, limit=spec.limit, offset=spec.offset) for name in spec.benchmarks}
     empty = [name for name, problems in suites.items() if not problems]
     if empty:
@@ -184,13 +188,11 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         averaged = name in spec.avg_benchmarks
         n = samples_of(name)
         items = {p.id: done_items[(name, p.id)] for p in problems if (name, p.id) in done_items}
-        todo = [p for p in problems if p.id not in items]
         # Greedy prompts share a batch where the backend allows it; sampled ones keep a seed each.
         per_call = current.problems_per_call if averaged else current.greedy_batch
-        for start in range(0, len(todo), per_call):
+        for batch in in_calls(problems, set(items), per_call):
             if should_stop is not None and should_stop():
                 raise RmxError("evaluation stopped before it finished: resume it to go on")
-            batch = todo[start:start + per_call]
             requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, spec.template)), n,
                                       problem_seed(spec.seed, p.id), greedy=not averaged) for p in batch]
             for problem, samples in zip(batch, current.sample(requests)):

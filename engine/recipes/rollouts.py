@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
@@ -32,8 +32,9 @@ class RolloutSpec:
     """Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw, or auto (chat when the tokenizer has one)."""
     seed: int = 0
     """Each problem's samples are drawn with a seed derived from this and its id, so a resume redraws them."""
-    backend: str = "hf"
-    """hf (engine.core.decode's batched KV-cache sampling) or vllm (optional extra, CUDA only)."""
+    backend: str = "auto"
+    """auto (paged on CUDA, else hf), hf (engine.core.decode's batched KV-cache sampling), paged (transformers'
+    continuous batching over a paged KV cache) or vllm (optional extra, CUDA only)."""
     grade_timeout_s: float = 5.0
     """Per-answer grading timeout."""
 
@@ -81,6 +82,13 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:4], "big") >> 1
 
 
+def in_calls(problems: Sequence, done: set[str], size: int) -> list[list]:
+    """The problems still to do, grouped by fixed slots of `size` over the whole list: a resumed run groups (and so
+    seeds) the problems it redoes as the uninterrupted run did, whatever was finished before."""
+    slots = (problems[start:start + size] for start in range(0, len(problems), size))
+    return [todo for todo in ([p for p in slot if p.id not in done] for slot in slots) if todo]
+
+
 def _meta(model: ModelSpec, spec: RolloutSpec) -> dict[str, Any]:
     return {"model": asdict(model), "spec": asdict(spec)}
 
@@ -117,7 +125,11 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     from engine.core.grading import grade
     from engine.core.prompts import prompt_ids
 
+    from engine.core.backends import resolve_backend
+
     emit = emit or (lambda event: None)
+    # The resolved name is what the run records: a resume on this machine picks the same backend.
+    spec = replace(spec, backend=resolve_backend(spec.backend, model))
     path = Path(out)
     meta_path = path.with_name(path.name + ".meta.json")
     problems = load_problems(spec.dataset, limit=spec.limit)
@@ -129,16 +141,15 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
     tokenizer = sampler.tokenizer
-    todo = [p for p in problems if p.id not in done]
+    calls = in_calls(problems, done, sampler.problems_per_call)
     started, tokens = time.perf_counter(), 0
-    finished = len(problems) - len(todo)
+    finished = len(problems) - sum(len(batch) for batch in calls)
     if progress is not None:
         progress(finished, len(problems))
     with path.open("a", encoding="utf-8") as handle:
-        for start in range(0, len(todo), sampler.problems_per_call):
+        for batch in calls:
             if should_stop is not None and should_stop():
                 break
-            batch = todo[start:start + sampler.problems_per_call]
             requests = [SampleRequest(tuple(prompt_ids(tokenizer, p.problem, spec.template)), spec.k,
                                       problem_seed(spec.seed, p.id)) for p in batch]
             t0 = time.perf_counter()

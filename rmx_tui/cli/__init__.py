@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -56,9 +57,19 @@ def _register_commands() -> None:
 _register_commands()
 
 
+class _WarningLine(logging.Handler):
+    """The engine's warnings (logger `rmx`) as one `rmx: warning:` line each, on whatever stderr is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"rmx: warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    engine_log = logging.getLogger("rmx")
+    engine_log.addHandler(_WarningLine(logging.WARNING))
+    engine_log.propagate = False
     if not os.environ.get("RMX_DEBUG"):
         # Library deprecation notices (transformers, peft) are for rmx's developers, not its users.
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -40,7 +40,7 @@ CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="K
 AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
 AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
 Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
-Backend = Annotated[str, typer.Option("--backend", help="hf (engine.core.decode, default) or vllm (pip install 'rmx[vllm]', CUDA only).")]
+Backend = Annotated[str, typer.Option("--backend", help="auto (default: paged on CUDA, else hf), hf (engine.core.decode's step decoder), paged (transformers' continuous batching, paged KV cache) or vllm (pip install 'rmx[vllm]', CUDA only).")]
 
 
 def _model(base: str, adapter: str | None, dtype: str, device: str, revision: str | None, trust: bool):
@@ -111,7 +111,7 @@ def rollouts(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 8192,
     template: Template = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Base seed; each problem draws from its own derived seed.")] = 0,
-    backend: Backend = "hf",
+    backend: Backend = "auto",
     grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for the grader.")] = 5.0,
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
@@ -369,7 +369,7 @@ def eval_run(
     temperature: Annotated[float, typer.Option("--temperature", help="Temperature of the avg@k samples.")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass of the avg@k samples.")] = 0.95,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the avg@k samples.")] = 0,
-    backend: Backend = "hf",
+    backend: Backend = "auto",
     grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for each grader.")] = 5.0,
     out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
     dtype: opt.Dtype = "auto",

@@ -37,6 +37,7 @@ from rmx_tui.widgets.inspector import Inspector
 from rmx_tui.widgets.legend import Legend
 from rmx_tui.widgets.outcome_bars import OutcomeBars
 from rmx_tui.widgets.problem_list import ProblemList
+from rmx_tui.widgets.problem_pane import ProblemPane
 from rmx_tui.widgets.search_bar import SearchBar
 from rmx_tui.widgets.status_bar import StatusBar
 from rmx_tui.widgets.token_view import TokenView
@@ -44,8 +45,10 @@ from rmx_tui.widgets.token_view import TokenView
 if TYPE_CHECKING:
     from rmx_tui.app import RmxApp
 
-NARROW = 80
-"""Below this many columns the problem list hides and the inspector moves under the heatmap."""
+NARROW = 120
+"""Below this many columns the problem list becomes a drawer (ctrl+b) and the inspector moves under the heatmap."""
+MIN_SIZE = (60, 20)
+"""Below this the layout cannot work: one line says so instead."""
 TYPED_ID = re.compile(r"^#(\d+)$")
 
 
@@ -55,6 +58,9 @@ class BrowserScreen(Screen):
     app: "RmxApp"
 
     BINDINGS = [
+        # The app's own keys first, so a narrow footer keeps them; the key map lists them under the app.
+        Binding("J", "app.jobs", "jobs", tooltip="Jobs: runs with live progress, plots, cancel and resume"),
+        Binding("question_mark", "app.help", "keys", tooltip="rmx's help: every key, the colours, τ and the classes"),
         Binding("n", "decision(1)", "decision", tooltip="Next decision point: base entropy above τ"),
         Binding("N", "decision(-1)", "previous decision point", show=False),
         Binding("d", "disagreement(1)", "disagree",
@@ -83,10 +89,10 @@ class BrowserScreen(Screen):
         Binding("slash", "search", "search", show=False),
         Binding("t", "compare", "Table 2"),
         Binding("ctrl+b", "toggle_problems", "show or hide the problem list", show=False),
+        Binding("p", "toggle_problem", "show or hide the problem statement", show=False),
         Binding("S", "export_svg", "export SVG", show=False),
         Binding("X", "export_json", "export JSON", show=False),
         Binding("L", "load_models", "load models", show=False),
-        Binding("question_mark", "help", "keys", tooltip="Show or hide every key"),
     ]
 
     def __init__(self) -> None:
@@ -102,18 +108,21 @@ class BrowserScreen(Screen):
     # --- layout -------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
+        yield Static(id="too-small")
         with Horizontal(id="body"):
             yield ProblemList(id="problems")
-            with Vertical(id="centre"):
-                yield Static(id="notice")
-                with Horizontal(id="columns"):
-                    yield BranchColumn("parent", id="parent-column")
-                    yield BranchColumn("branch", id="branch-column")
-                yield Legend()
-                yield SearchBar(id="search")
-            with VerticalScroll(id="side"):
-                yield Inspector(id="inspector")
-                yield OutcomeBars(id="outcomes")
+            with Horizontal(id="work"):
+                with Vertical(id="centre"):
+                    yield ProblemPane(id="problem")
+                    yield Static(id="notice")
+                    with Horizontal(id="columns"):
+                        yield BranchColumn("parent", id="parent-column")
+                        yield BranchColumn("branch", id="branch-column")
+                    yield Legend()
+                    yield SearchBar(id="search")
+                with VerticalScroll(id="side"):
+                    yield Inspector(id="inspector")
+                    yield OutcomeBars(id="outcomes")
         yield StatusBar(id="status")
         yield Footer()
 
@@ -130,7 +139,17 @@ class BrowserScreen(Screen):
                                       settings.teacher))
 
     def on_resize(self) -> None:
-        self.set_class(self.size.width < NARROW, "-narrow")
+        width, height = self.size
+        narrow = width < NARROW
+        if narrow != self.has_class("-narrow"):
+            # Crossing the line opens or closes the drawer once; ctrl+b still toggles it either way.
+            self.query_one(ProblemList).display = not narrow
+        self.set_class(narrow, "-narrow")
+        too_small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
+        self.set_class(too_small, "-too-small")
+        if too_small:
+            self.query_one("#too-small", Static).update(
+                f"terminal too small ({width}×{height}); need {MIN_SIZE[0]}×{MIN_SIZE[1]}")
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -223,6 +242,7 @@ class BrowserScreen(Screen):
     def activate(self, branch: Branch, cursor: int | None = None) -> None:
         """Show a branch; a fork shows beside its parent, both with the cursor on the fork."""
         self.active = branch
+        self.query_one(ProblemPane).show(branch, self.app.settings.template)
         split = branch.parent is not None
         parent_column = self.query_one("#parent-column", BranchColumn)
         notice = self.query_one("#notice", Static)
@@ -423,6 +443,8 @@ class BrowserScreen(Screen):
         self.app.session.record_outcome(branch, message.outcome)
         self._end_blocking()
         self._inspect(self.current_view())
+        if self.has_class("-narrow"):
+            self.query_one(OutcomeBars).scroll_visible(animate=False)
 
     def on_intervention_ran(self, message: InterventionRan) -> None:
         self._end_blocking()
@@ -448,6 +470,9 @@ class BrowserScreen(Screen):
     @on(Tree.NodeSelected, "#problems")
     def _node_selected(self, event: Tree.NodeSelected) -> None:
         item = event.node.data
+        if self.has_class("-narrow"):
+            # The drawer closes once a problem or branch is chosen: the heatmap gets the width back.
+            self.query_one(ProblemList).display = False
         if isinstance(item, Branch):
             self.activate(item)
         elif isinstance(item, Entry):
@@ -678,10 +703,19 @@ class BrowserScreen(Screen):
         self.app.gate = self.app.gate.toggled(self._ordered_entropies())
 
     def action_search(self) -> None:
-        self.query_one(SearchBar).open()
+        problems = self.query_one(ProblemList)
+        self.query_one(SearchBar).open(problems=problems.display and (problems.has_focus or self.active is None))
+
+    def _problems_matching(self, query: str) -> list[Entry]:
+        needle = query.lower().strip()
+        return [entry for entry in self.app.session.entries.values()
+                if needle in entry.problem.problem.lower() or needle in entry.problem.id.lower()]
 
     @on(Input.Changed, "#search")
     def _search_changed(self, event: Input.Changed) -> None:
+        if self.query_one(SearchBar).problems:
+            self.query_one(ProblemList).set_entries(self._problems_matching(event.value))
+            return
         view = self.current_view()
         view.set_matches(_matches(view.branch, event.value))
         if view.matches and not view.jump_to_match(1):
@@ -689,6 +723,16 @@ class BrowserScreen(Screen):
 
     @on(Input.Submitted, "#search")
     def _search_next(self, event: Input.Submitted) -> None:
+        search = self.query_one(SearchBar)
+        if search.problems:
+            found = self._problems_matching(event.value)
+            if not found:
+                self.notify(f"no problem mentions '{event.value}'", timeout=3)
+                return
+            search.action_close()
+            entry = found[0]
+            self.activate(entry.roots[-1]) if entry.roots else self.generate(entry)
+            return
         view = self.current_view()
         if not view.matches:
             self.notify(f"'{event.value}' is not in this completion", timeout=3)
@@ -696,6 +740,11 @@ class BrowserScreen(Screen):
             view.move_to(view.matches[0])
 
     def on_search_bar_closed(self) -> None:
+        if self.query_one(SearchBar).problems:
+            problems = self.query_one(ProblemList)
+            problems.set_entries(list(self.app.session.entries.values()))
+            if self.active is not None:
+                problems.select_branch(self.active)
         for column in self._columns():
             column.view.set_matches([])
         self.main_view.focus()
@@ -709,11 +758,8 @@ class BrowserScreen(Screen):
         problems = self.query_one(ProblemList)
         problems.display = not problems.display
 
-    def action_help(self) -> None:
-        if self.query("HelpPanel"):
-            self.app.action_hide_help_panel()
-        else:
-            self.app.action_show_help_panel()
+    def action_toggle_problem(self) -> None:
+        self.query_one(ProblemPane).toggle()
 
     # --- actions: export and models -----------------------------------------------------------
 

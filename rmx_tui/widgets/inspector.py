@@ -19,6 +19,8 @@ FORK_KEYS = Content.from_markup(
     "[b $accent]e[/] type a token  [b $accent]c[/] estimate P(correct)"
 )
 """The same on every token: parsed once."""
+SIDE_BY_SIDE = 64
+"""From this width (under the heatmap on a narrow terminal) the facts and the top-5 sit side by side."""
 SOURCES = {"base": "the base model", "forced": "you (forced)", "teacher": "the teacher", "random": "random control"}
 
 
@@ -67,9 +69,24 @@ class Inspector(Widget):
         if branch is None or not 0 <= self.index < len(branch.tokens):
             return Content.from_markup("[$foreground-muted]No token under the cursor.\n\n"
                                        "Pick a problem on the left, or wait for the rollout to stream in.")
+        width = max(self.size.width, 20)
+        if width >= SIDE_BY_SIDE:
+            # Under the heatmap on a narrow terminal: facts on the left, the top-5 on the right, no key hints
+            # (the footer and ? have them), so it fits in a few lines without cutting a word.
+            half = (width - 1) // 2
+            left, right = self._facts(branch), self._top(branch, half)
+            rows = max(len(left), len(right))
+            left += [Content()] * (rows - len(left))
+            right += [Content()] * (rows - len(right))
+            cells = [fact.truncate(half, ellipsis=True) for fact in left]
+            return Content("\n").join([Content.assemble(cell.pad_right(half - cell.cell_length), " ", top)
+                                        for cell, top in zip(cells, right)])
+        return Content("\n").join([*self._facts(branch), *self._top(branch, width), FORK_KEYS])
+
+    def _facts(self, branch: Branch) -> list[Content]:
+        """Position, text, entropy against τ, logprob and rank, who chose it, and the teacher's view."""
         token = branch.tokens[self.index]
         source = branch.sources[self.index]
-        width = max(self.size.width, 20)
         lines: list[Content] = []
         add = lines.append
         add(Content.assemble((f"token {token.pos}", "bold"), f" of {len(branch.tokens)}  ",
@@ -81,7 +98,7 @@ class Inspector(Widget):
         elif token.entropy > tau:
             add(Content.styled("▲ a decision point: entropy above τ", "bold $warning"))
         else:
-            add(Content.styled("not a decision point: entropy at or below τ", "$foreground-muted"))
+            add(Content.styled("at or below τ: not a decision point", "$foreground-muted"))
         exact = branch.scored or token.rank <= len(token.top)
         rank = str(token.rank) if exact else f">{len(token.top)}"
         add(Content.assemble(("logprob ", "$foreground-muted"), f"{token.logprob:.3f}",
@@ -91,32 +108,33 @@ class Inspector(Widget):
                                                                     "bold" if source != "base" else "")))
         if source in STEERING and token.top:
             add(self._substitution(token.top[0], token.id, token.text))
-        add(Content.styled("base top-5", "bold $primary"))
-        teacher_id = token.teacher.id if token.teacher is not None else None
-        label_width = min(max((len(quoted(alt.text)) for alt in token.top[:5]), default=4), 14)
-        bar_width = max(width - label_width - 14, 4)
-        for rank_index, alt in enumerate(token.top[:5], start=1):
-            p = math.exp(alt.logprob)
-            marks = ("●" if alt.id == token.id else " ") + ("T" if alt.id == teacher_id else " ")
-            label = quoted(alt.text)
-            label = label if len(label) <= label_width else label[: label_width - 1] + "…"
-            add(Content.assemble((f"{rank_index} ", "bold $accent"), (marks, "bold $secondary"),
-                                 f"{label:<{label_width}} ", (f"{p:6.1%} ", ""),
-                                 (bar(p, bar_width), "$primary")))
-        add(Content.styled("● this token   T the teacher's pick", "$foreground-muted"))
         if token.teacher is not None:
             pick = token.teacher
             text = branch.text_of(self.index, pick.id)
             shown = quoted(text) if text is not None else f"id {pick.id}"
-            add(Content.styled("teacher", "bold $primary"))
-            add(Content.assemble(("pick ", "$foreground-muted"), (shown, "bold"),
+            add(Content.assemble(("teacher ", "bold $primary"), ("pick ", "$foreground-muted"), (shown, "bold"),
                                  ("  rank in base ", "$foreground-muted"), str(pick.rank_in_base)))
             add(Content.assemble(("class ", "$foreground-muted"), (token.cls or "—", "bold"),
                                  ("  teacher H ", "$foreground-muted"), f"{pick.entropy:.2f}"))
         elif not branch.scored and branch.busy:
             add(Content.styled("teacher: after scoring", "$foreground-muted"))
-        add(FORK_KEYS)
-        return Content("\n").join(lines)
+        return lines
+
+    def _top(self, branch: Branch, width: int) -> list[Content]:
+        """The base's top-5 as bars, the token and the teacher's pick marked; labels are never cut mid-token."""
+        token = branch.tokens[self.index]
+        lines = [Content.styled("base top-5", "bold $primary")]
+        teacher_id = token.teacher.id if token.teacher is not None else None
+        label_width = max((len(quoted(alt.text)) for alt in token.top[:5]), default=4)
+        bar_width = max(width - label_width - 14, 0)
+        for rank_index, alt in enumerate(token.top[:5], start=1):
+            p = math.exp(alt.logprob)
+            marks = ("●" if alt.id == token.id else " ") + ("T" if alt.id == teacher_id else " ")
+            lines.append(Content.assemble((f"{rank_index} ", "bold $accent"), (marks, "bold $secondary"),
+                                          f"{quoted(alt.text):<{label_width}} ", (f"{p:6.1%} ", ""),
+                                          (bar(p, bar_width), "$primary")))
+        lines.append(Content.styled("● this token   T the teacher's pick", "$foreground-muted"))
+        return lines
 
     @staticmethod
     def _substitution(argmax: TopToken, token: int, text: str) -> Content:

@@ -12,6 +12,26 @@ from rmx_tui.ui_state import Branch, Entry
 Item = Entry | Branch
 
 
+def short_id(problem_id: str) -> str:
+    """A problem id to show whole: `test/precalculus/807.json` → `precalculus/807`."""
+    parts = problem_id.removesuffix(".json").split("/")
+    return "/".join(parts[-2:]) if len(parts) > 2 else "/".join(parts)
+
+
+def title(statement: str, width: int) -> str:
+    """The statement's first words that fit in `width` cells, cut at a word with an ellipsis."""
+    words = statement.split()
+    if width < 2 or not words:
+        return ""
+    text = ""
+    for word in words:
+        candidate = f"{text} {word}" if text else word
+        if len(candidate) > width - 1:
+            return (text or word[: width - 1]) + "…"
+        text = candidate
+    return text
+
+
 class ProblemList(Tree[Item]):
     """Problems → root rollouts → forks; ✓/✗ marks and labels are drawn from the live model on every paint."""
 
@@ -60,6 +80,10 @@ class ProblemList(Tree[Item]):
             # A node added this frame has no line yet; its line exists after the next refresh.
             self.call_after_refresh(self.move_cursor, node, animate=False)
 
+    def on_resize(self) -> None:
+        # Problem titles are cut to the width: a new width lays them out again.
+        self.changed()
+
     def changed(self) -> None:
         """Labels read the live model; repaint them."""
         self._invalidate()
@@ -69,7 +93,10 @@ class ProblemList(Tree[Item]):
         item = node.data
         if item is None:
             return super().render_label(node, base_style, style)
-        mark, rest, muted = self._describe(item)
+        if isinstance(item, Entry):
+            mark, rest, muted = self._describe_problem(item, self.size.width - 4)
+        else:
+            mark, rest, muted = self._describe(item)
         mark_style = {"✓": "problem-list--correct", "✗": "problem-list--wrong"}.get(mark, "problem-list--pending")
         text = Text.assemble(
             (mark + " ", self.get_component_rich_style(mark_style, partial=True)) if mark else "",
@@ -83,12 +110,17 @@ class ProblemList(Tree[Item]):
         return text
 
     @staticmethod
-    def _describe(item: Item) -> tuple[str, str, str]:
+    def _describe_problem(entry: Entry, width: int) -> tuple[str, str, str]:
+        """(mark, the statement's first words, the id and pass rate dimmed): the id whole, the title cut at a word."""
+        graded = entry.graded
+        mark = ("✓" if any(v.correct for v in graded) else "✗") if graded else ""
+        muted = f" {short_id(entry.problem.id)}" + (f" {entry.pass_rate}" if graded else "")
+        room = width - len(mark) - (1 if mark else 0) - len(muted)
+        return mark, title(entry.problem.problem, room), muted
+
+    @staticmethod
+    def _describe(item: Branch) -> tuple[str, str, str]:
         """(mark, label, muted detail) for a problem or a branch."""
-        if isinstance(item, Entry):
-            graded = item.graded
-            mark = ("✓" if any(v.correct for v in graded) else "✗") if graded else ""
-            return mark, item.problem.id, f"  {item.pass_rate}" if graded else ""
         answer = ""
         if item.verdict is not None:
             answer = f" → {item.verdict.answer if item.verdict.answer is not None else 'no answer'}"

@@ -1,10 +1,13 @@
-"""The search bar: `/` opens it under the heatmap; typing highlights matches, enter jumps to the next, esc closes."""
+"""The search bar: `/` searches the completion (or, from the problem list, the problems); esc closes it."""
 
 from __future__ import annotations
 
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Input
+
+TEXT_HINT = "search the completion text (enter: next match, esc: close)"
+PROBLEMS_HINT = "search the problems by their text or id (enter: open the first, esc: close)"
 
 
 class SearchBar(Input):
@@ -21,9 +24,15 @@ class SearchBar(Input):
         """The user closed the search bar."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(placeholder="search the completion text (enter: next match, esc: close)", id=id)
+        super().__init__(placeholder=TEXT_HINT, id=id)
+        self.problems = False
+        """Searching the problem list rather than the completion."""
 
-    def open(self) -> None:
+    def open(self, problems: bool = False) -> None:
+        """Open on the completion text, or (`problems`) on the problem statements and ids."""
+        self.problems = problems
+        self.placeholder = (PROBLEMS_HINT if problems else TEXT_HINT)
+        self.value = ""
         self.add_class("-open")
         self.focus()
 

@@ -1,6 +1,8 @@
-"""Snapshots at 120x36 of the browser, the inspector, the branch view and the compare view (greedy, seeded, fp32)."""
+"""Snapshots at 120x36 (and the browser at 80x24, 120x40, 200x60) of the browser, the inspector, the branch view and the compare view (greedy, seeded, fp32)."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.tui.harness import SIZE, rollout_ready, until
 
@@ -10,6 +12,16 @@ def test_browser(snap_compare, make_app):
         await rollout_ready(pilot)
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=opened)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 60)], ids=["80x24", "120x40", "200x60"])
+def test_browser_at_terminal_size(snap_compare, make_app, size):
+    """80×24: the drawer closed, the inspector under a full-width heatmap; 120×40 and 200×60: three panes."""
+
+    async def opened(pilot):
+        await rollout_ready(pilot)
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=opened)
 
 
 def test_inspector_at_a_teacher_disagreement_with_outcomes(snap_compare, make_app):

@@ -1,4 +1,4 @@
-"""Sampling backends for rollouts: one interface, HF (default, via engine.core.decode) and vLLM (optional)."""
+"""Sampling backends for rollouts and eval: one interface; the step decoder (hf), paged continuous batching, vLLM."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Protocol, Sequence
 
 from engine.core.errors import RmxError
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("auto", "hf", "paged", "vllm")
+"""auto: paged on CUDA (where transformers has it), hf elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class Sampler(Protocol):
 def make_sampler(name: str, spec, *, temperature: float, top_p: float, max_new_tokens: int) -> Sampler:
     """Load `spec` (an `engine.core.config.ModelSpec`, adapter included) into the sampler of backend `name`."""
     settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    name = resolve_backend(name, spec)
+    if name == "paged":
+        from engine.core.backends.paged import PagedSampler
+
+        return PagedSampler(spec, **settings)
     if name == "hf":
         from engine.core.backends.hf import HFSampler
 
@@ -56,3 +62,20 @@ def make_sampler(name: str, spec, *, temperature: float, top_p: float, max_new_t
 
         return VLLMSampler(spec, **settings)
     raise RmxError(f"unknown backend '{name}': use one of {', '.join(BACKENDS)}")
+
+
+def resolve_backend(name: str, spec) -> str:
+    """The backend `auto` stands for on this machine: paged on CUDA when transformers has it, else the step decoder."""
+    if name != "auto":
+        return name
+    from engine.core.models import resolve_device
+
+    if not resolve_device(spec.device).startswith("cuda"):
+        return "hf"
+    from engine.core.backends.paged import continuous_batching_config_class
+
+    try:
+        continuous_batching_config_class()
+    except RmxError:
+        return "hf"
+    return "paged"
