@@ -242,18 +242,20 @@ def test_tail_skips_damaged_lines_and_counts_them(tmp_path):
     assert tail.skipped == 2
 
 
-def test_a_writer_cuts_the_partial_line_a_killed_writer_left(tmp_path):
+def test_a_writer_closes_a_torn_last_line_and_counts_it(tmp_path):
     log = tmp_path / "events.jsonl"
     log.write_bytes(b'{"a/b": 1}\n{"a/b": 2, "cut')
     writer = EventWriter(log)
     writer.write({"a/b": 3})
+    assert writer.dropped == 1
+    with log.open("ab") as handle:  # cut again while the writer runs (a hand edit, a short write)
+        handle.write(b'{"a/b": 4, "cu')
+    writer.write({"a/b": 5})
     writer.close()
-    assert log.read_bytes() == b'{"a/b": 1}\n{"a/b": 3}\n'
-    long_partial = tmp_path / "long" / "events.jsonl"
-    long_partial.parent.mkdir()
-    long_partial.write_bytes(b"x" * 200_000)
-    EventWriter(long_partial).close()
-    assert long_partial.read_bytes() == b""
+    assert log.read_bytes() == b'{"a/b": 1}\n{"a/b": 2, "cut\n{"a/b": 3}\n{"a/b": 4, "cu\n{"a/b": 5}\n'
+    assert writer.dropped == 2
+    tail = EventTail(tmp_path)
+    assert tail.read() == [{"a/b": 1}, {"a/b": 3}, {"a/b": 5}] and tail.skipped == 2
 
 
 def test_follow_replays_then_streams_until_the_job_ends():

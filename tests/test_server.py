@@ -245,7 +245,11 @@ def test_non_loopback_addresses_are_refused_without_allow_remote(monkeypatch):
             check_host("gpu-node.example", allow_remote=False)
         for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
             check_host(host, allow_remote=False)
-        check_host("0.0.0.0", allow_remote=True)
+        check_host("0.0.0.0", allow_remote=True, tls=True)
+        with pytest.raises(RmxError, match="without --tls-cert and --tls-key"):
+            check_host("0.0.0.0", allow_remote=True)
+        refused = CliRunner().invoke(cli_app, ["engine", "start", "--host", "0.0.0.0", "--port", "0", "--allow-remote"])
+        assert "SSH tunnel" in str(refused.exception) and daemon_status() is None
         sock = bind_tcp("127.0.0.1", 0)
         assert sock.proto == socket.IPPROTO_TCP  # else asyncio leaves Nagle on: +40 ms per keep-alive request
         sock.close()

@@ -420,7 +420,9 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_llama, tmp_pa
     monkeypatch.setattr(train_module, "_write_trainer_state", full_disk)
     out = tmp_path / "out"
     rollouts = make_rollouts(tmp_path / "r.jsonl")
-    with pytest.raises(RmxError, match=r"checkpoint step 4 \(No space left on device\).*step-000002 is intact"):
+    with pytest.raises(RmxError, match=r"^no space left on .* while writing \S*step-000004 \(\S+ MB needed, \S+ MB "
+                                       r"free\); the last good checkpoint is step-000002; free space and rerun with "
+                                       r"--resume$"):
         train_module.train(ModelSpec(str(tiny_llama), dtype="float32"), _spec(rollouts, checkpoint_every=2), out)
     kept = out / "checkpoints" / "step-000002"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]  # no temp dir left

@@ -50,6 +50,7 @@ def selftest(config: dict[str, Any], run: RunContext) -> None:
             raise Diverged(f"selftest diverged at step {value}, as configured")
         run.emit({"selftest/value": value})
         write_json_atomic(checkpoint, {"next": value + 1})
+        run.checkpoint = f"step-{value + 1}"
         run.set_progress(value + 1, count)
     run.emit({"selftest/done": count})
 

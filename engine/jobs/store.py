@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import importlib
 import json
 import math
@@ -21,7 +22,8 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 from engine.core.errors import RmxError
 from engine.core.io import atomic_write
 
-STATES = ("queued", "running", "done", "failed", "cancelled", "diverged")
+STATES = ("queued", "running", "done", "failed", "cancelled", "diverged", "damaged")
+"""`damaged` is never written: it is what a reader reports for a run folder whose files it cannot trust."""
 ACTIVE_STATES = frozenset({"queued", "running"})
 DEFAULT_HEARTBEAT_S = 2.0
 STALE_HEARTBEATS = 3
@@ -54,6 +56,64 @@ class JobNotFound(RmxError):
 
 class JobConflict(RmxError):
     """The job is in a state that forbids the request (cancel a finished job, resume a running one)."""
+
+
+class RunDamaged(RmxError):
+    """A run folder file is missing or does not match its schema; the message names the file and the fault."""
+
+
+_NUMBER = (int, float)
+_STATUS_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": ((str,), True), "kind": ((str,), True), "state": ((str,), True), "created": (_NUMBER, True),
+    "pid": ((int, type(None)), False), "host": ((str, type(None)), False), "attempt": ((int,), False),
+    "started": (_NUMBER + (type(None),), False), "ended": (_NUMBER + (type(None),), False),
+    "heartbeat": (_NUMBER + (type(None),), False), "heartbeat_s": (_NUMBER, False), "step": ((int,), False),
+    "total": ((int, type(None)), False), "last_event": ((dict, type(None)), False),
+    "error": ((str, type(None)), False), "pid_started": (_NUMBER + (type(None),), False),
+}
+"""status.json's fields: the JSON types each may hold, and whether it must be there."""
+_SPEC_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "kind": ((str,), True), "entry": ((str,), True), "config": ((dict, type(None)), False),
+    "rmx_version": ((str,), False), "created": (_NUMBER, True),
+}
+"""config.json's fields, as _STATUS_SCHEMA."""
+
+
+def _check_schema(data: Any, schema: dict[str, tuple[tuple[type, ...], bool]], name: str) -> dict[str, Any]:
+    """`data` if it is an object whose fields have the schema's types; else RunDamaged saying which field is wrong."""
+    if not isinstance(data, dict):
+        raise RunDamaged(f"{name}: not an object")
+    for field, (types, required) in schema.items():
+        if field not in data:
+            if required:
+                raise RunDamaged(f"{name}: no '{field}'")
+            continue
+        value = data[field]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise RunDamaged(f"{name}: '{field}' is {type(value).__name__}, not {' or '.join(t.__name__ for t in types)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RunDamaged(f"{name}: '{field}' is not a finite number")
+    return data
+
+
+def read_json_file(path: Path) -> Any:
+    """A run folder's JSON file, or RunDamaged naming the file and what is wrong with it (one line)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RunDamaged(f"{path.name}: missing") from None
+    except PermissionError:
+        raise RunDamaged(f"{path.name}: unreadable (permission denied)") from None
+    except IsADirectoryError:
+        raise RunDamaged(f"{path.name}: a folder, not a file") from None
+    except OSError as error:
+        raise RunDamaged(f"{path.name}: unreadable ({error.strerror or error})") from None
+    if not raw.strip():
+        raise RunDamaged(f"{path.name}: empty")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RunDamaged(f"{path.name}: not valid JSON (cut short?)") from None
 
 
 def data_dir() -> Path:
@@ -161,6 +221,7 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobSpec":
+        _check_schema(data, _SPEC_SCHEMA, "config.json")
         return cls(kind=data["kind"], entry=data["entry"], config=dict(data.get("config") or {}),
                    rmx_version=data.get("rmx_version", "0+unknown"), created=float(data["created"]))
 
@@ -197,7 +258,9 @@ class JobStatus:
     last_event: dict[str, Any] | None = None
     """The latest event (as of the last heartbeat, or the log's last line for a dead job)."""
     error: str | None = None
-    """One line saying why the job failed or diverged."""
+    """One line saying why the job failed or diverged (or, for `damaged`, what is wrong with its folder)."""
+    pid_started: float | None = None
+    """When `pid` started (Unix time, from the process table): a recycled pid has another start time."""
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -214,7 +277,11 @@ class JobStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobStatus":
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        _check_schema(data, _STATUS_SCHEMA, "status.json")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except RmxError as error:
+            raise RunDamaged(f"status.json: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -222,14 +289,16 @@ class JobView:
     """A run's status and spec together: what `rmx jobs show` prints."""
 
     status: JobStatus
-    spec: JobSpec
+    spec: JobSpec | None
+    """None when config.json is missing or damaged (the status then says `damaged` and why)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": self.status.to_json(), "spec": self.spec.to_json()}
+        return {"status": self.status.to_json(), "spec": self.spec.to_json() if self.spec else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobView":
-        return cls(JobStatus.from_json(data["status"]), JobSpec.from_json(data["spec"]))
+        spec = data.get("spec")
+        return cls(JobStatus.from_json(data["status"]), JobSpec.from_json(spec) if spec is not None else None)
 
 
 # --- the job-kind registry -------------------------------------------------------------------------
@@ -299,6 +368,33 @@ def resolve_entry(kind: str, entry: str | None) -> JobKind:
 
 # --- run directories ----------------------------------------------------------------------------
 
+OUTPUT_KEYS = frozenset({"out", "out_dir", "output", "output_dir"})
+"""Job config keys (at any depth) that name where a job writes."""
+
+
+def contained(path: Any, roots: list[Path], what: str = "out") -> Path:
+    """`path` resolved (`..` and symlinks followed) when it lies under one of `roots`; else a one-line refusal."""
+    if not isinstance(path, str) or not path.strip() or "\x00" in path or len(path) > 4096:
+        raise RmxError(f"{what} must be a path, got {str(path)[:80]!r}")
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved.is_relative_to(Path(root).expanduser().resolve()) for root in roots):
+        return resolved
+    raise RmxError(f"{what} {path!r} lies outside the engine's data folder: a job started over the API writes only "
+                   "under it (or into its run folder when out is left out)")
+
+
+def check_outputs(config: Any, roots: list[Path]) -> None:
+    """Refuse a job config whose output paths (OUTPUT_KEYS, at any depth) escape `roots`."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key in OUTPUT_KEYS and value is not None:
+                contained(value, roots, str(key))
+            else:
+                check_outputs(value, roots)
+    elif isinstance(config, list):
+        for value in config:
+            check_outputs(value, roots)
+
 
 def new_job_id(kind: str, now: float | None = None) -> str:
     """`20261130-071501-train-3f2a`: UTC, so ids sort by time across time zones and DST changes."""
@@ -311,8 +407,8 @@ def find_run(job_id: str) -> Path:
     if not isinstance(job_id, str) or not _ID_RE.match(job_id):
         raise JobNotFound(f"no job '{job_id}': job ids look like 20261130-071501-train-3f2a")
     run_dir = runs_dir() / job_id
-    if not (run_dir / "status.json").is_file():
-        raise JobNotFound(f"no job '{job_id}' in {runs_dir()}")
+    if not run_dir.is_dir():  # a folder without a readable status.json is a damaged run, not a missing one
+        raise JobNotFound(f"no job '{job_id}' on this machine (rmx jobs list shows its runs)")
     return run_dir
 
 
@@ -340,11 +436,68 @@ def create_run(spec: JobSpec) -> Path:
 
 
 def read_spec(run_dir: Path) -> JobSpec:
-    return JobSpec.from_json(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    """config.json, checked against its schema; RunDamaged (one line naming the fault) when it is not usable."""
+    try:
+        return JobSpec.from_json(read_json_file(Path(run_dir) / "config.json"))
+    except RunDamaged:
+        raise
+    except RmxError as error:
+        raise RunDamaged(f"config.json: {error}") from None
 
 
 def _read_raw_status(run_dir: Path) -> JobStatus:
-    return JobStatus.from_json(json.loads((run_dir / "status.json").read_text(encoding="utf-8")))
+    return JobStatus.from_json(read_json_file(Path(run_dir) / "status.json"))
+
+
+def damaged_status(run_dir: Path, reason: str) -> JobStatus:
+    """What a reader reports for a run folder it cannot trust: its id, kind and time come from the folder name."""
+    name = Path(run_dir).name
+    try:
+        created = float(calendar.timegm(time.strptime(name[:15], "%Y%m%d-%H%M%S")))
+    except ValueError:
+        created = 0.0
+    kind = name[16:].rsplit("-", 1)[0] or "unknown"
+    return JobStatus(id=name, kind=kind, state="damaged", created=created, error=reason)
+
+
+def check_events_file(run_dir: Path) -> None:
+    """events.jsonl exists and can be read (a torn last line is no damage: readers stop before it)."""
+    path = Path(run_dir) / "events.jsonl"
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise RunDamaged("events.jsonl: missing") from None
+    except PermissionError:
+        raise RunDamaged("events.jsonl: unreadable (permission denied)") from None
+    except IsADirectoryError:
+        raise RunDamaged("events.jsonl: a folder, not a file") from None
+    except OSError as error:
+        raise RunDamaged(f"events.jsonl: unreadable ({error.strerror or error})") from None
+
+
+def load_run(run_dir: Path) -> tuple[JobStatus, JobSpec | None]:
+    """The one reader of a run folder: status.json, config.json and events.jsonl checked against their schema.
+
+    Never raises for a damaged folder: its status says `damaged` and, in `error`, what is wrong.
+    """
+    run_dir = Path(run_dir)
+    try:
+        status = read_status(run_dir)
+        spec = read_spec(run_dir)
+        check_events_file(run_dir)
+    except RunDamaged as damage:
+        try:
+            spec = read_spec(run_dir)
+        except RunDamaged:
+            spec = None
+        return damaged_status(run_dir, str(damage)), spec
+    return status, spec
+
+
+def refuse_damaged(status: JobStatus) -> None:
+    if status.state == "damaged":
+        raise JobConflict(f"job {status.id} is damaged ({status.error}): run rmx jobs repair {status.id}")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -383,13 +536,42 @@ def last_event(run_dir: Path) -> dict[str, Any] | None:
             window *= 4
 
 
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (Unix time, to the clock tick), None without procfs or once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    except (OSError, StopIteration):
+        return None
+    return int(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def is_job_process(status: JobStatus) -> bool:
+    """`status.pid` is this run's job process: alive, started when recorded, running engine.jobs.runner on it.
+
+    A pid recycled by an unrelated process fails the check, so nothing signals a stranger's process group.
+    """
+    if not pid_alive(status.pid):
+        return False
+    started = process_started(status.pid)
+    if started is None:  # no procfs (macOS): liveness is all we can check
+        return True
+    if status.pid_started is not None and abs(started - status.pid_started) > 1.0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{status.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"engine.jobs.runner" in cmdline and status.id.encode() in cmdline
+
+
 def _known_dead(status: JobStatus) -> bool:
     """The job's process is gone for sure; from another machine we cannot tell (the heartbeat will)."""
-    return status.host in (None, socket.gethostname()) and not pid_alive(status.pid)
+    return status.host in (None, socket.gethostname()) and not is_job_process(status)
 
 
 def _known_alive(status: JobStatus) -> bool:
-    return status.host == socket.gethostname() and pid_alive(status.pid)
+    return status.host == socket.gethostname() and is_job_process(status)
 
 
 def _death(status: JobStatus, now: float) -> str | None:
@@ -422,25 +604,28 @@ def read_status(run_dir: Path) -> JobStatus:
         return status
     if _read_raw_status(run_dir) != status:  # it moved on meanwhile (a job ending as we looked): judge again
         return read_status(run_dir)
-    failed = replace(status, state="failed", ended=now, error=reason,
-                     last_event=last_event(run_dir) or status.last_event)
-    write_json_atomic(run_dir / "status.json", failed.to_json())
+    try:
+        tail = last_event(run_dir)
+    except OSError:
+        tail = None
+    failed = replace(status, state="failed", ended=now, error=reason, last_event=tail or status.last_event)
+    try:
+        write_json_atomic(run_dir / "status.json", failed.to_json())
+    except OSError:  # a full or read-only disk: the verdict stands in this answer, and the next reader judges again
+        pass
     return failed
 
 
 def list_runs() -> list[JobStatus]:
-    """Every run, oldest first. Unreadable run dirs (hand-edited, half-deleted) are skipped, not fatal."""
+    """Every run, oldest first; a damaged run folder is listed as `damaged` with the reason, never skipped."""
     root = runs_dir()
-    if not root.is_dir():
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if _ID_RE.match(entry.name))
+    except FileNotFoundError:
         return []
-    runs = []
-    for run_dir in root.iterdir():
-        if not _ID_RE.match(run_dir.name):
-            continue
-        try:
-            runs.append(read_status(run_dir))
-        except (OSError, ValueError, KeyError, TypeError, RmxError):
-            continue
+    except OSError as error:
+        raise RmxError(f"cannot read {root}: {error.strerror or error}") from None
+    runs = [load_run(root / name)[0] for name in names if (root / name).is_dir()]
     return sorted(runs, key=lambda s: (s.created, s.id))
 
 
@@ -459,42 +644,32 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 
 class EventWriter:
-    """Appends events to events.jsonl, one write(2) per line, so a kill leaves at most one partial line."""
+    """Appends events to events.jsonl, one write(2) per line, so a kill leaves at most one partial line.
+
+    Before each append it makes sure the log ends with a newline: a torn last line (a killed writer, a write cut
+    short by a full disk, a hand edit) is closed there and counted in `dropped`, never glued to the next event.
+    """
 
     def __init__(self, path: Path) -> None:
-        self._repair(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.dropped = 0
+        """Torn lines this writer closed: each is one event lost (readers skip it as a damaged line)."""
 
-    @staticmethod
-    def _repair(path: Path) -> None:
-        """Cut a partial last line left by a killed writer: appending after it would corrupt both lines.
-
-        Readers never consumed it (they stop at the last newline), so nothing they saw changes.
-        """
-        if not path.exists():
-            return
-        with path.open("r+b") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            keep = size
-            while keep > 0:
-                step = min(keep, 1 << 16)
-                handle.seek(keep - step)
-                cut = handle.read(step).rfind(b"\n")
-                if cut >= 0:
-                    keep = keep - step + cut + 1
-                    break
-                keep -= step
-            handle.truncate(keep)
+    def _close_torn_line(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            os.write(self._fd, b"\n")
+            self.dropped += 1
 
     def write(self, event: dict[str, Any]) -> None:
         data = json_bytes(event) + b"\n"
+        self._close_torn_line()
         while data:
             data = data[os.write(self._fd, data):]
+
+    def sync(self) -> None:
+        """fsync the log: called at checkpoints, so the events that led to a checkpoint survive a power loss."""
+        os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -512,8 +687,17 @@ class EventTail:
         self.skipped = 0
         """Complete lines that were not a JSON object (damaged by hand): skipped, counted."""
 
+    def _open(self):
+        try:
+            return self.path.open("rb")
+        except FileNotFoundError:
+            raise RunDamaged(f"job {self.path.parent.name} is damaged (events.jsonl: missing): "
+                             f"run rmx jobs repair {self.path.parent.name}") from None
+        except PermissionError:
+            raise RunDamaged(f"cannot read {self.path}: permission denied") from None
+
     def _take(self) -> tuple[list[bytes], list[dict[str, Any]]]:
-        with self.path.open("rb") as handle:
+        with self._open() as handle:
             handle.seek(self.offset)
             data = handle.read(_READ_CHUNK)
             while data and b"\n" not in data:  # one line longer than a chunk
@@ -584,19 +768,32 @@ class RunContext:
         self.step = status.step
         self.total = status.total
         self.last_event: dict[str, Any] | None = status.last_event
+        self.checkpoint: str | None = None
+        """The last checkpoint this attempt wrote (a `…/checkpoint` event's value), for a disk-full message."""
         self._writer = writer
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
     def emit(self, event: dict[str, Any]) -> None:
-        """Append one event (slash keys like `train/loss`); `t` and the current `step` are added."""
+        """Append one event (slash keys like `train/loss`); `t` and the current `step` are added.
+
+        After a torn line was closed, the event says how many were lost so far (`log/dropped`).
+        """
         bad = [k for k in event if k not in ("t", "step") and "/" not in str(k)]
         if bad:
             raise ValueError(f"event keys need a slash (train/loss), got {bad}")
         with self._lock:
             full = {"t": time.time(), "step": self.step, **event}
+            dropped = self._writer.dropped
             self._writer.write(full)
+            if self._writer.dropped != dropped:
+                self._writer.write({"t": full["t"], "step": self.step, "log/dropped": self._writer.dropped})
             self.last_event = full
+            marks = [v for k, v in event.items() if str(k).endswith("/checkpoint")]
+            if marks:  # a checkpoint is on disk: the events that led to it must survive a power loss too
+                self._writer.sync()
+                self.checkpoint = Path(str(marks[-1])).name
+
 
     def set_progress(self, step: int, total: int | None = None) -> None:
         with self._lock:
@@ -670,11 +867,14 @@ def submit_job(kind: str, config: dict[str, Any], entry: str | None = None) -> J
 def cancel_job(job_id: str) -> JobStatus:
     """Ask a job to stop: a `cancel` file (seen by should_stop) and SIGTERM to its process group."""
     run_dir = find_run(job_id)
-    status = read_status(run_dir)
+    status, _ = load_run(run_dir)
+    refuse_damaged(status)
     if not status.active:
         raise JobConflict(f"job {job_id} is already {status.state}")
     write_json_atomic(run_dir / "cancel", {"requested": time.time()})
-    if _known_alive(status):  # on another machine, the cancel file alone does it
+    # Only a process group that is this run's job (same pid and start time, the runner on this run dir) is
+    # signalled; on another machine, or for a recycled pid, the cancel file alone does it.
+    if _known_alive(status):
         try:
             os.killpg(status.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -685,7 +885,8 @@ def cancel_job(job_id: str) -> JobStatus:
 def resume_job(job_id: str) -> JobStatus:
     """Relaunch a failed, cancelled or diverged job in the same run dir (attempt + 1, `run.resumed`)."""
     run_dir = find_run(job_id)
-    status = read_status(run_dir)
+    status, _ = load_run(run_dir)
+    refuse_damaged(status)
     if status.active:
         raise JobConflict(f"job {job_id} is still {status.state}")
     if status.state == "done":
@@ -697,8 +898,8 @@ def resume_job(job_id: str) -> JobStatus:
         raise JobConflict(f"job {job_id}'s process {status.pid} is still alive: cancel it, or kill it, first")
     (run_dir / "cancel").unlink(missing_ok=True)
     now = time.time()
-    queued = replace(status, state="queued", pid=None, host=socket.gethostname(), attempt=status.attempt + 1,
-                     started=None, ended=None, heartbeat=now, heartbeat_s=heartbeat_interval(), error=None)
+    queued = replace(status, state="queued", pid=None, pid_started=None, host=socket.gethostname(),
+                     attempt=status.attempt + 1, started=None, ended=None, heartbeat=now, heartbeat_s=heartbeat_interval(), error=None)
     write_json_atomic(run_dir / "status.json", queued.to_json())
     launch(run_dir)
     return _read_raw_status(run_dir)
@@ -731,8 +932,7 @@ class LocalJobs:
         return submit_job(kind, config, entry)
 
     def job(self, job_id: str) -> JobView:
-        run_dir = find_run(job_id)
-        return JobView(read_status(run_dir), read_spec(run_dir))
+        return JobView(*load_run(find_run(job_id)))
 
     def job_events(self, job_id: str, follow: bool = False, since: int = 0) -> Iterator[dict[str, Any]]:
         """Events in order; `since` skips that many (what a reconnecting follower has already seen)."""

@@ -224,7 +224,8 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     def checkpoint(at: int) -> None:
         state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        emit({"distill/checkpoint": str(save_checkpoint(model, state, out, at)), "step": at})
+        folder = save_checkpoint(model, state, out, at, warn=lambda text: emit({"distill/warning": text}))
+        emit({"distill/checkpoint": str(folder), "step": at})
 
     emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
     started, last_kl = time.perf_counter(), (history[-1] if history else math.nan)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from engine.core.config import ModelSpec, Tau
+from engine.core.diskfull import check_space, disk_full, is_disk_full, tree_bytes
 from engine.core.errors import RmxError
 from engine.recipes.pool import group_by_problem, is_mixed, require_signal
 from engine.core.io import atomic_write_json, commit_folder
@@ -478,16 +479,31 @@ def _write_checkpoint(model, state: dict, folder: Path) -> None:
     _fsync_tree(folder)
 
 
-def save_checkpoint(model, state: dict, out: Path, at: int) -> Path:
+def save_checkpoint(model, state: dict, out: Path, at: int, warn: Callable[[str], None] | None = None) -> Path:
     """Write checkpoint `at` (adapter + trainer state) atomically under out/checkpoints/; a failed write
-    leaves the previous one intact and says so."""
+    leaves the previous one intact and says so.
+
+    Free space is checked first against the previous checkpoint's size: a write that cannot fit is refused before
+    it starts, and `warn` hears when the one after will not fit.
+    """
     folder = out / CHECKPOINTS / f"step-{at:06d}"
     previous = latest_checkpoint(out)
+    kept = previous.name if previous else None
+    then = "free space and rerun with --resume"
+    needed = tree_bytes(previous) if previous else None
+    if needed:
+        warning = check_space(out, needed, kept, then)
+        if warning and warn is not None:
+            warn(warning)
     try:
         commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
-    except OSError as error:
-        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {kept}; "
+    except Exception as error:
+        if is_disk_full(error):
+            raise disk_full(folder, needed, kept, then) from None
+        if not isinstance(error, OSError):
+            raise
+        intact = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {intact}; "
                        "free space and rerun with --resume") from None
     if previous is not None and previous != folder:
         # Only the newest checkpoint keeps optimizer state; older ones stay as adapters to pick from.
@@ -736,7 +752,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     def checkpoint(at: int) -> Path:
         state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        folder = save_checkpoint(model, state, out, at)
+        folder = save_checkpoint(model, state, out, at, warn=lambda text: emit({"train/warning": text}))
         emit({"train/checkpoint": str(folder), "step": at})
         return folder
 
@@ -803,7 +819,13 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     adapter = None
     if state == "done":
         final = out / "adapter"
-        commit_folder(lambda tmp: _write_adapter(model, tmp), final)
+        try:
+            commit_folder(lambda tmp: _write_adapter(model, tmp), final)
+        except Exception as error:
+            if is_disk_full(error):
+                raise disk_full(final, tree_bytes(last) if last else None, last.name if last else None,
+                                "free space and rerun with --resume") from None
+            raise
         adapter = str(final)
     result = TrainResult(
         state=state, adapter=adapter, last_checkpoint=str(last) if last else None, step=step, total=total,

@@ -38,6 +38,8 @@ class DaemonInfo:
     """Unix time it started."""
     version: str
     """The rmx version it runs."""
+    tls_cert: str | None = None
+    """The certificate it serves HTTPS with (clients trust it), None for plain HTTP or the socket."""
 
     def __post_init__(self) -> None:
         if self.pid <= 0 or (self.socket is None) == (self.url is None):
@@ -53,7 +55,8 @@ class DaemonInfo:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "DaemonInfo":
         return cls(pid=int(data["pid"]), socket=data.get("socket"), url=data.get("url"),
-                   started=float(data["started"]), version=str(data.get("version", "")))
+                   started=float(data["started"]), version=str(data.get("version", "")),
+                   tls_cert=data.get("tls_cert"))
 
 
 def runtime_dir() -> Path:
@@ -144,11 +147,55 @@ def _last_log_line() -> str:
     return lines[-1] if lines else "no log"
 
 
-def _spawn(host: str | None, port: int | None, allow_remote: bool, timeout: float) -> DaemonInfo:
+@dataclass(frozen=True)
+class DaemonOptions:
+    """How the daemon listens and what it allows; `rmx engine start`'s flags map one to one onto it."""
+
+    host: str | None = None
+    """TCP address to listen on (needs `port`); None: the Unix socket."""
+    port: int | None = None
+    """TCP port (0: any free one); None: the Unix socket."""
+    allow_remote: bool = False
+    """Allow a non-loopback `host` (only with TLS)."""
+    allow_remote_code: bool = False
+    """Let API callers load models with trust_remote_code."""
+    max_body_mb: float = 8.0
+    """The largest request body the API reads, in MB (413 above)."""
+    tls_cert: str | None = None
+    """PEM certificate to serve HTTPS with (with `tls_key`)."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert`."""
+
+    def __post_init__(self) -> None:
+        from engine.service.server import ServerPolicy, check_host, check_tls
+
+        if self.port is None and self.host is not None:
+            raise RmxError("--host needs --port")
+        tls = check_tls(self.tls_cert, self.tls_key)
+        if tls and self.port is None:
+            raise RmxError("--tls-cert/--tls-key need --port: the Unix socket is not on the network")
+        if self.port is not None:
+            check_host(self.host or "127.0.0.1", self.allow_remote, tls)
+        ServerPolicy(self.allow_remote_code, self.max_body_mb)  # checks the limit
+
+    def argv(self) -> list[str]:
+        args: list[str] = []
+        if self.port is not None:
+            args += ["--host", self.host or "127.0.0.1", "--port", str(self.port)]
+        if self.allow_remote:
+            args.append("--allow-remote")
+        if self.allow_remote_code:
+            args.append("--allow-remote-code")
+        if self.max_body_mb != 8.0:
+            args += ["--max-body-mb", repr(self.max_body_mb)]
+        if self.tls_cert and self.tls_key:
+            args += ["--tls-cert", str(Path(self.tls_cert).resolve()), "--tls-key", str(Path(self.tls_key).resolve())]
+        return args
+
+
+def _spawn(options: DaemonOptions, timeout: float) -> DaemonInfo:
     _remove_files(None)
-    argv = [sys.executable, "-m", "engine.service.daemon"]
-    if port is not None:
-        argv += ["--host", host or "127.0.0.1", "--port", str(port)] + (["--allow-remote"] if allow_remote else [])
+    argv = [sys.executable, "-m", "engine.service.daemon", *options.argv()]
     log_path().write_bytes(b"")
     process = spawn_detached(argv, log_path())
     deadline = time.monotonic() + timeout
@@ -166,19 +213,15 @@ def _spawn(host: str | None, port: int | None, allow_remote: bool, timeout: floa
 
 
 def start_daemon(host: str | None = None, port: int | None = None, allow_remote: bool = False,
-                 timeout: float = START_TIMEOUT_S) -> DaemonInfo:
-    """Start a detached daemon: on the Unix socket, or on TCP `host:port` (loopback unless `allow_remote`)."""
-    if port is None and host is not None:
-        raise RmxError("--host needs --port")
-    if port is not None:
-        from engine.service.server import check_host
-
-        check_host(host or "127.0.0.1", allow_remote)
+                 timeout: float = START_TIMEOUT_S, options: DaemonOptions | None = None) -> DaemonInfo:
+    """Start a detached daemon: on the Unix socket, or on TCP `host:port` (loopback unless `allow_remote`, and
+    then only with TLS); `options` gives every setting at once."""
+    options = options or DaemonOptions(host, port, allow_remote)
     with _start_lock():
         running = daemon_status()
         if running is not None:
             raise RmxError(f"the engine is already running (pid {running.pid}) at {running.address}")
-        return _spawn(host, port, allow_remote, timeout)
+        return _spawn(options, timeout)
 
 
 def stop_daemon(timeout: float = 10.0) -> DaemonInfo | None:
@@ -208,13 +251,26 @@ def stored_token() -> str | None:
 def client_for(card: DaemonInfo) -> RemoteClient:
     if card.socket:
         return RemoteClient(uds=card.socket)
-    return RemoteClient(card.url or "", token=stored_token())
+    return RemoteClient(card.url or "", token=stored_token(), verify=_tls_verify(card.tls_cert))
+
+
+def _tls_verify(cert: str | None) -> Any:
+    """What an HTTPS client trusts: $RMX_TLS_CA, else the daemon's own certificate (self-signed), else the system."""
+    import ssl
+
+    authority = os.environ.get("RMX_TLS_CA") or cert
+    if not authority:
+        return True
+    try:
+        return ssl.create_default_context(cafile=authority)
+    except (OSError, ssl.SSLError) as error:
+        raise RmxError(f"cannot use {authority} as the engine's TLS authority: {error}") from None
 
 
 def ensure_daemon() -> RemoteClient:
     """A client of the running daemon, starting one (detached, on the Unix socket) if none runs."""
     with _start_lock():
-        card = daemon_status() or _spawn(None, None, False, START_TIMEOUT_S)
+        card = daemon_status() or _spawn(DaemonOptions(), START_TIMEOUT_S)
     return client_for(card)
 
 
@@ -224,7 +280,10 @@ def connect(target: str, token: str | None = None) -> RemoteClient:
     Over TCP the token is `token`, else $RMX_TOKEN, else the one stored by a daemon on this machine.
     """
     if target.startswith(("http://", "https://")):
-        client = RemoteClient(target.rstrip("/"), token=token or os.environ.get("RMX_TOKEN") or stored_token())
+        card = _read_card()
+        cert = card.tls_cert if card is not None and card.url == target.rstrip("/") else None
+        client = RemoteClient(target.rstrip("/"), token=token or os.environ.get("RMX_TOKEN") or stored_token(),
+                              verify=_tls_verify(cert))
     else:
         path = Path(target.removeprefix("unix:")).expanduser()
         if not path.exists():
@@ -243,25 +302,28 @@ def _write_token(token: str) -> None:
         handle.write(token + "\n")
 
 
-def _serve(host: str | None, port: int | None, allow_remote: bool) -> None:
-    from engine.service.server import bind_tcp, bind_unix, create_app, serve
+def _serve(options: DaemonOptions) -> None:
+    from engine.service.server import ServerPolicy, bind_tcp, bind_unix, create_app, serve
     from engine.service.workbench import Workbench
 
     token = None
-    if port is not None:
-        host = host or "127.0.0.1"
-        sock = bind_tcp(host, port, allow_remote)
+    tls = options.tls_cert is not None
+    if options.port is not None:
+        host = options.host or "127.0.0.1"
+        sock = bind_tcp(host, options.port, options.allow_remote, tls)
         token = secrets.token_urlsafe(32)
         _write_token(token)
         shown = f"[{host}]" if ":" in host else host
-        card = DaemonInfo(os.getpid(), None, f"http://{shown}:{sock.getsockname()[1]}", time.time(), rmx_version())
+        url = f"{'https' if tls else 'http'}://{shown}:{sock.getsockname()[1]}"
+        card = DaemonInfo(os.getpid(), None, url, time.time(), rmx_version(), options.tls_cert)
     else:
         sock = bind_unix(socket_path())
         card = DaemonInfo(os.getpid(), str(socket_path()), None, time.time(), rmx_version())
     sock.listen(128)  # clients that connect before the server loop runs wait in the backlog
     write_json_atomic(_card_path(), card.to_json())
     try:
-        serve(create_app(Workbench(), token), sock)
+        policy = ServerPolicy(options.allow_remote_code, options.max_body_mb)
+        serve(create_app(Workbench(), token, policy), sock, options.tls_cert, options.tls_key)
     finally:
         _remove_files(os.getpid())
 
@@ -272,10 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--allow-remote", action="store_true")
+    parser.add_argument("--allow-remote-code", action="store_true")
+    parser.add_argument("--max-body-mb", type=float, default=8.0)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        _serve(args.host, args.port, args.allow_remote)
+        _serve(DaemonOptions(args.host, args.port, args.allow_remote, args.allow_remote_code, args.max_body_mb,
+                             args.tls_cert, args.tls_key))
     except RmxError as error:
         print(f"rmx engine: error: {error}", file=sys.stderr, flush=True)
         return 2

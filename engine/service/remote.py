@@ -108,12 +108,12 @@ class RemoteClient:
     """
 
     def __init__(self, url: str = "http://rmx", *, uds: str | Path | None = None, token: str | None = None,
-                 timeout: float = 300.0, reconnect_s: float = 10.0) -> None:
+                 timeout: float = 300.0, reconnect_s: float = 10.0, verify: Any = True) -> None:
         self.target = str(uds) if uds else url
         self.reconnect_s = reconnect_s
         transport = httpx.HTTPTransport(uds=str(uds)) if uds else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url, transport=transport, headers=headers,
+        self._http = httpx.Client(base_url=url, transport=transport, headers=headers, verify=verify,
                                   timeout=httpx.Timeout(timeout, connect=5.0))
         self._stream_timeout = httpx.Timeout(STREAM_READ_TIMEOUT_S, connect=5.0)
 
@@ -129,8 +129,12 @@ class RemoteClient:
     # --- transport ----------------------------------------------------------------------------
 
     def _send(self, send: Callable[[], httpx.Response], idempotent: bool) -> httpx.Response:
+        """Send, retrying what is safe to repeat: a request that never reached the daemon, with backoff for
+        `reconnect_s`; an idempotent one cut by a connection reset (a stale keep-alive connection), at once, once
+        even when `reconnect_s` is 0. Any answer, 4xx and 5xx included, is returned, never turned into EngineLost."""
         delay = 0.05
         deadline = time.monotonic() + self.reconnect_s
+        retried = False
         while True:
             try:
                 return send()
@@ -143,6 +147,9 @@ class RemoteClient:
                     raise EngineLost(f"lost the engine at {self.target} mid-request ({error}); "
                                      "check `rmx jobs list` before repeating it") from None
                 failure = error
+                if not retried:
+                    retried = True
+                    continue
             if time.monotonic() + delay > deadline:
                 raise EngineLost(f"lost the engine at {self.target}: {str(failure) or type(failure).__name__} "
                                  "(is it running? rmx engine status)") from None
@@ -180,9 +187,8 @@ class RemoteClient:
             return response
         try:
             response.read()
-        except httpx.TransportError as error:
-            reason = str(error) or type(error).__name__
-            raise EngineLost(f"lost the engine at {self.target} mid-answer ({reason})") from None
+        except httpx.TransportError:  # the status line came; a body cut short leaves the status to say what failed
+            raise RmxError(f"the engine answered {response.status_code} {response.reason_phrase}") from None
         finally:
             response.close()
         self._check(response)

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Callable, Iterable, Iterator
 
@@ -27,8 +27,8 @@ from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
 from engine.jobs.store import (
-    POLL_S, EventTail, JobConflict, JobNotFound, JobView, cancel_job, find_run, json_bytes, list_runs, read_spec,
-    read_status, resume_job, rmx_version, submit_job,
+    POLL_S, EventTail, JobConflict, JobNotFound, JobView, RunDamaged, cancel_job, check_outputs, data_dir, find_run,
+    json_bytes, list_runs, load_run, resume_job, rmx_version, submit_job,
 )
 from engine.recipes.pool import DEFAULT_TAUS
 from engine.service.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
@@ -42,6 +42,25 @@ UNIX_PATH_MAX = 104
 """The shortest sun_path limit among the platforms we run on (macOS), less the NUL."""
 MAX_ROWS = 4096
 """The most sequences one decode or fork may ask for."""
+DEFAULT_MAX_BODY_MB = 8
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """What the API lets its callers do beyond the defaults; the daemon's flags map one to one onto it."""
+
+    allow_remote_code: bool = False
+    """`POST /load` may set trust_remote_code (run a checkpoint's own Python in the daemon); off by default."""
+    max_body_mb: float = DEFAULT_MAX_BODY_MB
+    """Larger request bodies are refused with 413 before they are read."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.max_body_mb <= 4096):
+            raise RmxError(f"--max-body-mb must be in (0, 4096], got {self.max_body_mb}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
 
 log = logging.getLogger("rmx.engine")
 
@@ -358,7 +377,7 @@ async def _event_frames(run_dir: Path, follow: bool, since: int) -> AsyncIterato
                 idle_since = time.monotonic()
                 yield None
             await asyncio.sleep(POLL_S)
-    status = await run_in_threadpool(read_status, run_dir)
+    status, _ = await run_in_threadpool(load_run, run_dir)
     yield {"done": True, "state": status.state, "events": seen}
 
 
@@ -384,10 +403,86 @@ class _TokenGate:
         await self.app(scope, receive, send)
 
 
+class _BodyLimit:
+    """Refuse a request body over `limit` bytes with 413: by its Content-Length before reading, or once the
+    bytes streamed in pass the limit (a chunked body)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = _JSON({"detail": f"request body over the {self.limit >> 20} MB limit (rmx engine start "
+                                   "--max-body-mb raises it)"}, status_code=413)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await too_big(scope, receive, send)
+            return
+        if declared is not None:
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length (a chunked body): read it here, counting, and hand the app what was read.
+        messages, received = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                await too_big(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> dict:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+
+class _CatchAll:
+    """An engine bug answers 500 with a line that names no server path or exception; the trace goes to the log.
+
+    Caught here rather than by Starlette's error middleware, which re-raises after answering and so makes the
+    server drop the keep-alive connection the client will reuse for its next request.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            log.exception("request failed: %s %s", scope.get("method"), scope.get("path"))
+            if started:  # half a response is out: only closing the connection can say it failed
+                raise
+            await _JSON({"detail": INTERNAL_ERROR}, status_code=500)(scope, receive, send)
+
+
+INTERNAL_ERROR = "internal error in the engine (its log has the details: rmx engine status shows where)"
+
+
 def _status_code(error: RmxError) -> int:
     if isinstance(error, JobNotFound):
         return 404
-    if isinstance(error, JobConflict):
+    if isinstance(error, (JobConflict, RunDamaged)):
         return 409
     return 400
 
@@ -401,20 +496,17 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
     return _JSON({"detail": jsonable_encoder(error.errors())}, status_code=422)
 
 
-async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-    return _JSON({"detail": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
-
-
-def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
+def create_app(workbench: Workbench, token: str | None = None, policy: ServerPolicy = ServerPolicy()) -> FastAPI:
     """The API over `workbench` and this machine's run dirs; with `token`, every request must present it."""
     version = rmx_version()
     app = FastAPI(title="rmx engine", version=version, default_response_class=_JSON,
                   description="rmx's engine: score tokens, run jobs. Streams are NDJSON ending in a done frame.")
     app.add_exception_handler(RmxError, _rmx_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(_CatchAll)
+    app.add_middleware(_BodyLimit, limit=policy.max_body_bytes)
     if token:
-        app.add_middleware(_TokenGate, token=token)
+        app.add_middleware(_TokenGate, token=token)  # outermost: nothing is read before the token is checked
     started = time.time()
 
     def check_ids(ids: list[int]) -> None:
@@ -433,6 +525,10 @@ def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
 
     @app.post("/load")
     def load(body: LoadBody) -> dict[str, Any]:
+        remote_code = body.base.trust_remote_code or (body.teacher is not None and body.teacher.trust_remote_code)
+        if remote_code and not policy.allow_remote_code:
+            raise RmxError("trust_remote_code is refused over the API: it runs the checkpoint's own code in the "
+                           "engine; start the engine with --allow-remote-code if you trust every caller")
         return info_json(workbench.load(body.base.spec(), body.teacher.spec() if body.teacher else None))
 
     @app.post("/prompt_ids")
@@ -553,12 +649,12 @@ def create_app(workbench: Workbench, token: str | None = None) -> FastAPI:
 
     @app.post("/jobs", status_code=201)
     def submit(body: SubmitBody) -> dict[str, Any]:
+        check_outputs(body.config, [data_dir()])  # an API caller writes under the data folder, nowhere else
         return submit_job(body.kind, body.config, body.entry).to_json()
 
     @app.get("/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:
-        run_dir = find_run(job_id)
-        return JobView(read_status(run_dir), read_spec(run_dir)).to_json()
+        return JobView(*load_run(find_run(job_id))).to_json()
 
     @app.get("/jobs/{job_id}/events", response_class=StreamingResponse,
              responses={200: {"content": {"application/x-ndjson": {}}}})
@@ -598,8 +694,9 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-def check_host(host: str, allow_remote: bool) -> None:
-    """Refuse to listen beyond this machine unless asked: whoever reaches the API can run jobs on the node."""
+def check_host(host: str, allow_remote: bool, tls: bool = False) -> None:
+    """Refuse to listen beyond this machine unless asked, and then only over TLS: whoever reaches the API can run
+    jobs on the node, and the token must not cross the network in clear text."""
     if host == "localhost":
         return
     try:
@@ -609,10 +706,13 @@ def check_host(host: str, allow_remote: bool) -> None:
     if not address.is_loopback and not allow_remote:
         raise RmxError(f"refusing to listen on {host}: it is not a loopback address; reach the engine through an "
                        "SSH tunnel to 127.0.0.1, or pass --allow-remote if you really mean it")
+    if not address.is_loopback and not tls:
+        raise RmxError(f"refusing --allow-remote on {host} without --tls-cert and --tls-key: the token would cross "
+                       "the network in clear text; use an SSH tunnel (ssh -L PORT:127.0.0.1:PORT node) instead")
 
 
-def bind_tcp(host: str, port: int, allow_remote: bool = False) -> socket.socket:
-    check_host(host, allow_remote)
+def bind_tcp(host: str, port: int, allow_remote: bool = False, tls: bool = False) -> socket.socket:
+    check_host(host, allow_remote, tls)
     if not 0 <= port <= 65535:
         raise RmxError(f"--port must be in 0..65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -628,8 +728,27 @@ def bind_tcp(host: str, port: int, allow_remote: bool = False) -> socket.socket:
     return sock
 
 
-def serve(app: FastAPI, sock: socket.socket) -> None:
+def check_tls(cert: str | None, key: str | None) -> bool:
+    """Whether TLS is asked for; both files or neither, and both readable PEM files."""
+    if (cert is None) != (key is None):
+        raise RmxError("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return False
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except FileNotFoundError as error:
+        raise RmxError(f"cannot read {error.filename}: no such file") from None
+    except PermissionError as error:
+        raise RmxError(f"cannot read {error.filename}: permission denied") from None
+    except (ssl.SSLError, OSError) as error:
+        raise RmxError(f"--tls-cert/--tls-key: not a matching PEM certificate and key ({error})") from None
+    return True
+
+
+def serve(app: FastAPI, sock: socket.socket, tls_cert: str | None = None, tls_key: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT; open streams get 2 s to finish, so `rmx engine stop` never hangs on a follower."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=2, ssl_certfile=tls_cert, ssl_keyfile=tls_key)
     uvicorn.Server(config).run(sockets=[sock])

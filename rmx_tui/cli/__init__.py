@@ -57,6 +57,44 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _command_of(args: list[str]):
+    """The click command `args` invoke (the deepest subcommand named), and its name path."""
+    command, path = typer.main.get_command(app), ["rmx"]
+    for arg in args:
+        commands = getattr(command, "commands", None)
+        if not isinstance(commands, dict):
+            break
+        if arg in commands:
+            command, path = commands[arg], path + [arg]
+    return command, path
+
+
+def _resume_hint(args: list[str]) -> str | None:
+    """The command line that continues an interrupted run, when the command has --resume and an --out to resume."""
+    import shlex
+
+    command, _ = _command_of(args)
+    options = {opt for param in getattr(command, "params", []) for opt in getattr(param, "opts", [])}
+    if "--resume" not in options or not any(a == "--out" or a.startswith("--out=") for a in args):
+        return None
+    return shlex.join(["rmx", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def _os_error_line(error: OSError) -> str | None:
+    """One line for a file the user pointed at that cannot be used, None for anything else."""
+    from engine.core.diskfull import disk_full, is_disk_full
+
+    path = error.filename
+    if is_disk_full(error):
+        return str(disk_full(path or os.getcwd()))
+    if isinstance(error, PermissionError) and path:
+        verb = "use" if os.path.isdir(path) else "read" if os.path.exists(path) else "write"
+        return f"cannot {verb} {path}: permission denied"
+    if isinstance(error, IsADirectoryError) and path:
+        return f"cannot read {path}: it is a folder, not a file"
+    return None
+
+
 class _WarningLine(logging.Handler):
     """The engine's warnings (logger `rmx`) as one `rmx: warning:` line each, on whatever stderr is now."""
 
@@ -66,6 +104,10 @@ class _WarningLine(logging.Handler):
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click, not the click package
+
+    from engine.core.diskfull import DiskFull
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     engine_log = logging.getLogger("rmx")
     engine_log.addHandler(_WarningLine(logging.WARNING))
@@ -74,17 +116,47 @@ def main() -> None:
         # Library deprecation notices (transformers, peft) are for rmx's developers, not its users.
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = sys.argv[1:]
     try:
-        app()
+        code = app(args=args, standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        print(error.ctx.get_help() if error.ctx else "try rmx --help", file=sys.stderr)
+        sys.exit(2)
+    except UsageError as error:  # a bad option value, an unknown option: one line and where to look
+        where = " ".join(_command_of(args)[1])
+        print(f"rmx: error: {' '.join(error.format_message().split()).rstrip('.')}; try {where} --help", file=sys.stderr)
+        sys.exit(2)
+    except DiskFull as error:
+        print(f"rmx: {error}", file=sys.stderr)
+        sys.exit(2)
     except RmxError as error:
         print(f"rmx: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("rmx: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except OSError as error:
+        line = _os_error_line(error)
+        if line is None or os.environ.get("RMX_DEBUG"):
+            _internal(error)
+        print(f"rmx: {line}" if line.startswith("no space") else f"rmx: error: {line}", file=sys.stderr)
+        sys.exit(2)
     except Exception as error:  # an rmx bug: keep the one-line promise, keep the trace on request
-        if os.environ.get("RMX_DEBUG"):
-            raise
-        print(f"rmx: internal error: {type(error).__name__}: {error} (set RMX_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        sys.exit(1)
+        _internal(error)
+        code = 1
+    if code == 130:  # typer turns Ctrl-C into exit code 130 on its own
+        hint = _resume_hint(args)
+        print(f"rmx: interrupted; resume with {hint}" if hint else "rmx: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal(error: Exception) -> None:
+    from engine.core.diskfull import disk_full, is_disk_full
+
+    if os.environ.get("RMX_DEBUG"):
+        raise error
+    if is_disk_full(error):  # a library (torch, safetensors) that dropped the errno
+        print(f"rmx: {disk_full(getattr(error, 'filename', None) or os.getcwd())}", file=sys.stderr)
+        sys.exit(2)
+    print(f"rmx: internal error: {type(error).__name__}: {error} (set RMX_DEBUG=1 for the traceback)",
+          file=sys.stderr)
+    sys.exit(1)

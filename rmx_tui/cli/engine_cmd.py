@@ -13,13 +13,20 @@ from rmx_tui.cli.options import Json, print_json
 def _start(
     host: Annotated[Optional[str], typer.Option("--host", help="Listen on TCP at this address (needs --port).")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="Listen on TCP at this port (0: any free one).")] = None,
-    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a non-loopback --host.")] = False,
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="Allow a non-loopback --host (needs --tls-cert/--tls-key; prefer an SSH tunnel).")] = False,
+    allow_remote_code: Annotated[bool, typer.Option(
+        "--allow-remote-code", help="Let API callers load models with trust_remote_code (runs checkpoint code).")] = False,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body the API reads (MB).")] = 8.0,
+    tls_cert: Annotated[Optional[str], typer.Option("--tls-cert", help="PEM certificate: serve HTTPS.")] = None,
+    tls_key: Annotated[Optional[str], typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
     json: Json = False,
 ) -> None:
     """Start the engine daemon, detached: on a 0600 Unix socket, or on loopback TCP with a token."""
-    from engine.service.daemon import start_daemon, stored_token, token_path
+    from engine.service.daemon import DaemonOptions, start_daemon, stored_token, token_path
 
-    card = start_daemon(host, port, allow_remote)
+    card = start_daemon(options=DaemonOptions(host, port, allow_remote, allow_remote_code, max_body_mb, tls_cert,
+                                              tls_key))
     token = stored_token() if card.url else None
     if json:
         print_json({**card.to_json(), "token": token, "token_file": str(token_path()) if token else None})
@@ -28,9 +35,8 @@ def _start(
     if token:
         typer.echo(f"token: {token}")
         typer.echo(f"  shown once; stored 0600 in {token_path()}. Clients send it as 'Authorization: Bearer <token>'.")
-        if allow_remote:
-            typer.echo("  warning: plain HTTP: the token and your data cross the network unencrypted; "
-                       "prefer an SSH tunnel.")
+        if card.url and card.url.startswith("https"):
+            typer.echo(f"  HTTPS with {tls_cert}; clients elsewhere trust it with RMX_TLS_CA={tls_cert}.")
 
 
 def _stop(json: Json = False) -> None:

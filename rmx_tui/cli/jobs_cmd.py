@@ -1,4 +1,4 @@
-"""`rmx jobs list|show|logs|cancel|resume`: the runs on this machine, read from their run dirs."""
+"""`rmx jobs list|show|logs|cancel|resume|repair`: the runs on this machine, read from their run dirs."""
 
 from __future__ import annotations
 
@@ -70,8 +70,13 @@ def _show(job_id: JobId, json: Json = False) -> None:
         typer.echo(f"  error:      {s.error}")
     if s.last_event:
         typer.echo(f"  last event: {_event_text(s.last_event)}")
+    if spec is None:
+        typer.echo(f"  config:     unreadable; try rmx jobs repair {s.id}")
+        return
     typer.echo(f"  entry:      {spec.entry}  (rmx {spec.rmx_version})")
     typer.echo(f"  config:     {spec.config}")
+    if s.state == "damaged":
+        typer.echo(f"  repair:     rmx jobs repair {s.id}")
 
 
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")]
@@ -104,6 +109,25 @@ def _resume(job_id: JobId, json: Json = False) -> None:
         typer.echo(f"{job_id}: resumed (attempt {status.attempt})")
 
 
+def _repair(job_id: JobId, json: Json = False) -> None:
+    """Rebuild a damaged run's status.json from its events.jsonl and the process table; say what is lost."""
+    from engine.jobs.repair import repair_run
+
+    report = repair_run(job_id)
+    if json:
+        print_json(report.to_json())
+        return
+    if not report.repaired and not report.lost:
+        typer.echo(f"{job_id}: not damaged ({report.status.state}); nothing to repair")
+        return
+    for line in report.repaired:
+        typer.echo(f"repaired: {line}")
+    for line in report.lost:
+        typer.echo(f"lost:     {line}")
+    state = report.status.state
+    typer.echo(f"{job_id}: {state}" + (f" ({report.status.error})" if state == "damaged" else ""))
+
+
 def register(app: typer.Typer) -> None:
     jobs = typer.Typer(help="Long work (sampling, training, sweeps, evals) runs as detached jobs; inspect them here.",
                        no_args_is_help=True)
@@ -112,4 +136,5 @@ def register(app: typer.Typer) -> None:
     jobs.command("logs")(_logs)
     jobs.command("cancel")(_cancel)
     jobs.command("resume")(_resume)
+    jobs.command("repair")(_repair)
     app.add_typer(jobs, name="jobs")
