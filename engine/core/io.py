@@ -39,10 +39,16 @@ def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = False) -> It
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) -> None:
+def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Replace `path` with `data` (text is written as UTF-8) through tmp + rename."""
-    with atomic_open(path, "wb" if isinstance(data, bytes) else "w", fsync=fsync) as handle:
-        handle.write(data)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(target)
+    try:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> None:
