@@ -19,7 +19,8 @@ def test_generate_json_shape_and_forcing(tiny_llama, capsys, monkeypatch):
     code, out, err = run_cli(base_args, capsys, monkeypatch)
     assert code == 0, err
     (plain,) = _lines(out)
-    assert set(plain) == {"tokens", "text", "touched", "touched_frac", "answer"}
+    assert set(plain) == {"tokens", "text", "touched", "touched_frac", "answer", "template", "template_reason"}
+    assert plain["template"] == "raw" and "llama" in plain["template_reason"]  # a tiny Llama base: raw text
     assert set(plain["tokens"][0]) == {"pos", "id", "text", "source", "entropy"}
     assert plain["touched"] == [] and plain["touched_frac"] == 0.0
     forced_id = (plain["tokens"][2]["id"] + 1) % 300

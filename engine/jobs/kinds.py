@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.jobs.foreground import output_of
 from engine.jobs.store import RunContext, register_job_kind
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
@@ -54,7 +55,7 @@ def _check_pipeline_job(config: dict[str, Any]) -> None:
 def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "rollouts")
     with Meter("rollouts", run.artifacts):
-        result = sample_rollouts(model, spec, run.artifacts / "rollouts.jsonl", resume=run.resumed,
+        result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
                                  emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
@@ -62,14 +63,14 @@ def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
 def pool_job(config: dict[str, Any], run: RunContext) -> None:
     (spec,) = _job_config(config, "pool")
     with Meter("pool", run.artifacts):
-        result = write_pool(spec, run.artifacts / "pool.jsonl")
+        result = write_pool(spec, output_of(config, run, "pool.jsonl"))
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def train_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "train")
     with Meter("train", run.artifacts):
-        result = train(model, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+        result = train(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, progress=run.set_progress)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
     if result.state == "diverged":
@@ -79,7 +80,7 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
 def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec, sweep_spec = _job_config(config, "model", "train", "sweep")
     with Meter("sweep", run.artifacts):
-        result = sweep(model, spec, sweep_spec, run.artifacts, resume=run.resumed, emit=run.emit,
+        result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
@@ -87,21 +88,21 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
-        evaluate(model, spec, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
-                 progress=run.set_progress)
+        evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
+                 should_stop=run.should_stop, progress=run.set_progress)
 
 
 def distill_job(config: dict[str, Any], run: RunContext) -> None:
     model, teacher, spec = _job_config(config, "model", "teacher", "distill")
     with Meter("distill", run.artifacts):
-        result = distill(model, teacher, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+        result = distill(model, teacher, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                          should_stop=run.should_stop, progress=run.set_progress)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
     checked = check_pipeline(config.get("pipeline") or {}, "job config")
-    run_pipeline(checked, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
+    run_pipeline(checked, output_of(config, run), resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
 
 
 register_job_kind("rollouts", rollouts_job, _validator("model", "rollouts"))

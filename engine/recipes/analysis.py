@@ -10,7 +10,7 @@ from engine.core.data import Problem
 from engine.core.decode import SamplingSpec, decode_batch
 from engine.core.grading import grade
 from engine.core.models import LoadedModel
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 from engine.core.records import ScoredRollout, Table2
 from engine.core.scoring import GateQuality, gate_quality, score, summarize
 
@@ -34,10 +34,13 @@ class Analysis:
     gate: GateQuality | None
     pass_at_1: float
     problems: tuple[AnalyzedProblem, ...]
+    template: TemplateChoice | None = None
+    """The prompt template the problems were posed with, and why."""
 
     def to_json(self) -> dict:
         gate = self.gate
         return {
+            **(self.template.to_json() if self.template is not None else {}),
             "summary": self.table.to_json(),
             "gate": None if gate is None else {
                 "tau": gate.tau, "gated": gate.gated, "disagreements": gate.disagreements, "hits": gate.hits,
@@ -75,9 +78,10 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
     """Greedy-decode the base on each problem, score each output against the teacher, and tabulate."""
     analyzed: list[AnalyzedProblem] = []
     total = len(problems)
+    choice = choose_template(template, base.tokenizer, base.template_facts)
     for start in range(0, total, batch_size):
         chunk = problems[start : start + batch_size]
-        prompts = [prompt_ids(base.tokenizer, p.problem, template) for p in chunk]
+        prompts = [prompt_ids(base.tokenizer, p.problem, choice.template) for p in chunk]
         for problem, prompt, (completion, finish) in zip(chunk, prompts,
                                                          greedy_rollouts(base, prompts, max_new_tokens, batch_size)):
             text = base.tokenizer.decode(completion, skip_special_tokens=True)
@@ -92,4 +96,4 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
     tokens = [t for r in rollouts for t in r.tokens]
     gate = gate_quality(tokens, table.tau) if teacher is not None and table.tau is not None else None
     pass_at_1 = sum(p.correct for p in analyzed) / total if total else 0.0
-    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed))
+    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed), template=choice)

@@ -107,6 +107,10 @@ class EvalResult:
     scores: list[BenchmarkScore]
     seconds: float
     tokens: int
+    template: str | None = None
+    """The prompt template the problems were posed with (`auto` resolved); None in results from before it was kept."""
+    template_reason: str | None = None
+    """Why that template: the `auto` rule that picked it, or `asked for`."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +120,13 @@ class EvalResult:
         scores = [BenchmarkScore(**{**s, "disagreements": [Disagreement(**d) for d in s["disagreements"]]})
                   for s in data["scores"]]
         return cls(model=data["model"], adapter=data.get("adapter"), grader=data["grader"], scores=scores,
-                   seconds=data["seconds"], tokens=data["tokens"])
+                   seconds=data["seconds"], tokens=data["tokens"], template=data.get("template"),
+                   template_reason=data.get("template_reason"))
+
+
+def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta file's settings, without the template it recorded (checked on its own, after the model loads)."""
+    return {key: value for key, value in meta.items() if key != "template"}
 
 
 def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[[str], int],
@@ -126,7 +136,7 @@ def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[
         return {}
     if not resume:
         raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
-    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+    if meta_path.exists() and _settings(json.loads(meta_path.read_text())) != meta:
         raise RmxError(f"{path} was evaluated with other settings (see {meta_path.name}): choose another --out")
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -152,9 +162,9 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
     from engine.core.backends import SampleRequest, make_sampler
     from engine.core.data import load_problems
     from engine.core.grading import grade, grade_sympy
-    from engine.core.prompts import prompt_ids
     from engine.core.backends import resolve_backend
-    from engine.recipes.rollouts import in_calls, problem_seed
+    from engine.core.prompts import choose_template, prompt_ids
+    from engine.recipes.rollouts import in_calls, problem_seed, record_template
 
     emit = emit or (lambda event: None)
     # The resolved name is what the run records: a resume on this machine picks the same backend.
@@ -175,11 +185,17 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         meta_path = items_out.with_name("eval.meta.json")
         meta = json.loads(json.dumps({"model": asdict(model), "spec": asdict(spec)}))  # tuples read back as lists
         done_items = _resume_items(items_out, meta_path, meta, samples_of, resume)
+        if done_items and meta_path.exists():
+            # Keep the template the items on file were posed with: this run must resolve to the same one.
+            meta = {**meta, **{k: v for k, v in json.loads(meta_path.read_text()).items() if k == "template"}}
         if not items_out.exists():
             items_out.write_text("")
         atomic_write_json(meta_path, meta)
     current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
+    choice = choose_template(spec.template, current.tokenizer, current.template_facts)
+    if items_out is not None:
+        record_template(items_out.with_name("eval.meta.json"), choice, out)
     started, tokens, done = time.perf_counter(), 0, len(done_items)
     if progress is not None:
         progress(done, total)
@@ -193,7 +209,7 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         for batch in in_calls(problems, set(items), per_call):
             if should_stop is not None and should_stop():
                 raise RmxError("evaluation stopped before it finished: resume it to go on")
-            requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, spec.template)), n,
+            requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, choice.template)), n,
                                       problem_seed(spec.seed, p.id), greedy=not averaged) for p in batch]
             for problem, samples in zip(batch, current.sample(requests)):
                 lines = []
@@ -219,7 +235,8 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         emit({"eval/benchmark": name, "eval/metric": score.metric, "eval/score": score.score,
               "eval/score_sympy": score.score_sympy, "eval/disagreements": len(score.disagreements)})
     result = EvalResult(model=model.label, adapter=model.adapter, grader="math-verify", scores=scores,
-                        seconds=time.perf_counter() - started, tokens=tokens)
+                        seconds=time.perf_counter() - started, tokens=tokens, template=choice.template,
+                        template_reason=choice.reason)
     if out is not None:
         atomic_write_json(Path(out) / RESULT_FILE, result.to_json())
         atomic_write(Path(out) / TABLE_FILE, markdown_table(result))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +13,7 @@ from engine.core.decode import DecodeSession, SamplingSpec
 from engine.core.errors import RmxError
 from engine.core.interventions import InterventionResult, oracle_positions, run_mode
 from engine.core.models import LoadedModel
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 
 FIGURE2_MODES = ("base", "teacher", "oracle", "random", "gated")
 """The bars of the paper's Figure 2, in the order they run (base first: a τ quantile reuses its entropies)."""
@@ -60,6 +60,8 @@ class Figure2:
     """The JSON-lines file holding the per-problem results."""
     touches: tuple[dict[str, Any], ...] = ()
     """Per counted problem with a random run: {"id", "oracle", "random"}, the two touch counts (always equal)."""
+    template: TemplateChoice | None = None
+    """The prompt template this run posed its problems with, and why; None when no run resolved one."""
 
     def __post_init__(self) -> None:
         if len({m.mode for m in self.modes}) != len(self.modes):
@@ -73,7 +75,8 @@ class Figure2:
 
     def to_json(self) -> dict[str, Any]:
         return {"problems": self.problems, "tau": self.tau, "path": self.path,
-                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches]}
+                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches],
+                **(self.template.to_json() if self.template is not None else {})}
 
 
 def _check_modes(modes: Sequence[str], teacher: LoadedModel | None, tau: Tau | None) -> tuple[str, ...]:
@@ -215,9 +218,14 @@ def run_figure2(
     records = read_results(path)
     session = DecodeSession(base, teacher)
     emit = on_event or (lambda event: None)
+    choice = choose_template(template, base.tokenizer, base.template_facts)
+    other = next((r for r in records.values() if r.get("template", choice.template) != choice.template), None)
+    if other is not None:
+        raise RmxError(f"{path} holds results posed with template '{other['template']}', and this run resolves to "
+                       f"'{choice.template}' ({choice.reason}): pass --template {other['template']} or another --out")
 
     def progress(problem_id: str | None) -> Figure2:
-        figure = summarize(records, ids, order, tau, path)
+        figure = replace(summarize(records, ids, order, tau, path), template=choice)
         event: dict[str, Any] = {"intervene/done": figure.problems, "intervene/total": len(ids)}
         if problem_id is not None:
             event["intervene/problem"] = problem_id
@@ -238,8 +246,8 @@ def run_figure2(
             if should_stop is not None and should_stop():
                 break
             oracle = known["modes"].get("oracle") if "oracle" not in missing else None
-            record = {"id": problem.id, "gold": problem.answer,
-                      "modes": _run_problem(session, problem, missing, sampling, tau, template, oracle)}
+            record = {"id": problem.id, "gold": problem.answer, "template": choice.template,
+                      "modes": _run_problem(session, problem, missing, sampling, tau, choice.template, oracle)}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
             _merge(records, record)

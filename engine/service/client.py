@@ -9,6 +9,7 @@ from engine.core.data import Problem
 from engine.core.decode import SamplingSpec, Step
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, ShouldStop
+from engine.core.prompts import TemplateChoice
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.service.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
@@ -23,6 +24,8 @@ class EngineClient(Protocol):
     def info(self) -> WorkbenchInfo: ...
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]: ...
+
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice: ...
 
     def tokenize(self, text: str) -> list[int]: ...
 
@@ -71,6 +74,9 @@ class LocalClient:
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
         return self.workbench.prompt_ids(problem, template)
+
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
+        return self.workbench.template_choice(template)
 
     def tokenize(self, text: str) -> list[int]:
         return self.workbench.tokenize(text)

@@ -13,6 +13,7 @@ import httpx
 
 from engine.core.config import ModelSpec, Tau
 from engine.core.data import Problem
+from engine.core.prompts import TemplateChoice
 from engine.core.decode import SamplingSpec, Step
 from engine.core.errors import RmxError
 from engine.core.grading import GradeResult
@@ -247,6 +248,10 @@ class RemoteClient:
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
         return self._call("POST", "/prompt_ids", {"problem": problem, "template": template})["ids"]
+
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
+        data = self._call("POST", "/template", {"template": template})
+        return TemplateChoice(data["template"], data["template_reason"])
 
     def tokenize(self, text: str) -> list[int]:
         return self._call("POST", "/tokenize", {"text": text})["ids"]

@@ -124,6 +124,10 @@ class PromptBody(BaseModel):
     template: Text | None = "raw"
 
 
+class TemplateBody(BaseModel):
+    template: Text | None = "auto"
+
+
 class TextBody(BaseModel):
     text: Text
 
@@ -533,7 +537,12 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/prompt_ids")
     def prompt_ids(body: PromptBody) -> dict[str, Any]:
-        return {"ids": workbench.prompt_ids(body.problem, body.template)}
+        return {"ids": workbench.prompt_ids(body.problem, body.template),
+                **workbench.template_choice(body.template).to_json()}
+
+    @app.post("/template")
+    def template(body: TemplateBody) -> dict[str, Any]:
+        return workbench.template_choice(body.template).to_json()
 
     @app.post("/tokenize")
     def tokenize(body: TextBody) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from engine.core.grading import GradeResult, grade
 from engine.core.interventions import RUN_MODES, ForkEstimate, InterventionResult, ShouldStop, fork, run_mode
 from engine.core.models import LoadedModel, load_pair
 from engine.recipes.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
-from engine.core.prompts import completion_ids, prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, completion_ids, prompt_ids
 from engine.core.records import ModelInfo, ScoredRollout
 from engine.core.scoring import score
 
@@ -87,7 +87,11 @@ class Workbench:
         return self._teacher
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
-        return prompt_ids(self.base.tokenizer, problem, template)
+        return prompt_ids(self.base.tokenizer, problem, template, self.base.template_facts)
+
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
+        """The template `template` resolves to for the loaded base (`auto` by Appendix C's rule), and why."""
+        return choose_template(template, self.base.tokenizer, self.base.template_facts)
 
     def tokenize(self, text: str) -> list[int]:
         return completion_ids(self.base.tokenizer, text)

@@ -42,7 +42,7 @@ SampleTopK = Annotated[int, typer.Option("--top-k", help="Sample among the k mos
 Seed = Annotated[int, typer.Option("--seed", help="Seed for sampling and the random control.")]
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", help="Most new tokens per completion.")]
 Stop = Annotated[list[str], typer.Option("--stop", help="Stop when the completion contains this string (repeatable).")]
-Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto (default: raw for text, auto for --dataset).")]
+Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto (default auto: the model's own, see the README).")]
 
 
 def generate(
@@ -50,7 +50,7 @@ def generate(
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
     teacher_adapter: opt.TeacherAdapter = None,
-    prompt_text: Annotated[Optional[str], typer.Option("--prompt-text", help="The prompt (or problem, with --template).")] = None,
+    prompt_text: Annotated[Optional[str], typer.Option("--prompt-text", help="The prompt: a problem, posed with the --template (raw text with --template raw).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Take the prompt and gold answer from this dataset.")] = None,
     index: Annotated[int, typer.Option("--index", help="Problem index in --dataset.")] = 0,
     template: Template = None,
@@ -97,17 +97,18 @@ def generate(
     if prompt_text is None:
         raise RmxError("no prompt: give --prompt-text or --dataset")
     from engine.core.models import load_pair
-    from engine.core.prompts import prompt_ids
+    from engine.core.prompts import choose_template, prompt_ids
 
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
     base_model, teacher_model = load_pair(base_spec, teacher_spec)
-    prompt = prompt_ids(base_model.tokenizer, prompt_text, template or "raw")
+    choice = choose_template(template or "auto", base_model.tokenizer, base_model.template_facts)
+    prompt = prompt_ids(base_model.tokenizer, prompt_text, choice.template)
     results = run_generate(base_model, teacher_model, prompt, sampling, force=forced, intervene=intervene,
                            tau=gate, n=n, gold=gold)
     if json_output:
         for result in results:  # one object per completion: exactly one line when n = 1
-            opt.print_json(result.to_json())
+            opt.print_json({**result.to_json(), **choice.to_json()})
         return
     from rmx_tui.render import print_generation
 

@@ -505,10 +505,12 @@ class BrowserScreen(Screen):
     def _decode_prompt(self, entry: Entry, label: str, sampling: SamplingSpec) -> None:
         """Build the prompt (an engine call, so on this thread) and decode; the branch is made on the UI thread."""
         try:
-            prompt = tuple(self.app.client.prompt_ids(entry.problem.problem, self.app.settings.template))
+            choice = self.app.client.template_choice(self.app.settings.template)
+            prompt = tuple(self.app.client.prompt_ids(entry.problem.problem, choice.template))
         except Exception as error:
             self.post_message(EngineFailed("prompt", workers.describe(error)))
             return
+        self.app.call_from_thread(self.query_one(StatusBar).set_template, choice.template, choice.reason)
         key = self.app.call_from_thread(self._new_root, entry, prompt, label)
         worker = get_current_worker()
         workers.decode(self.app.client, workers.DecodeJob(key, prompt, entry.problem.answer, sampling), self.post_message,

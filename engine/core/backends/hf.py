@@ -20,12 +20,14 @@ class HFSampler:
     problems_per_call = 1
     greedy_batch = GREEDY_BATCH
 
-    def __init__(self, spec, temperature: float, top_p: float, max_new_tokens: int):
+    def __init__(self, spec, temperature: float, top_p: float, max_new_tokens: int, *, loaded=None):
         from engine.core.decode import DecodeSession
         from engine.core.models import load_model
 
-        self.model = load_model(spec)
+        # `loaded` (an engine.core.models.LoadedModel) is used instead of loading `spec`.
+        self.model = loaded if loaded is not None else load_model(spec)
         self.tokenizer = self.model.tokenizer
+        self.template_facts = self.model.template_facts
         self.session = DecodeSession(self.model)
         self.settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
 

@@ -43,7 +43,9 @@ def _accepted(function, **kwargs) -> dict:
 
 
 class PagedSampler:
-    """Every request of a call goes to one continuous-batching manager: finished rows leave and waiting ones join at
+    """`loaded` (an engine.core.models.LoadedModel) is used instead of loading `spec`.
+
+    Every request of a call goes to one continuous-batching manager: finished rows leave and waiting ones join at
     each step, the K samples of a prompt fork its prefilled pages, and the cache is paged rather than padded. Samples
     are drawn from one seed per call (the first request's), so a call redraws the same samples; greedy rows equal
     engine.core.decode's token for token."""
@@ -52,12 +54,13 @@ class PagedSampler:
     problems_per_call = PROBLEMS_PER_CALL
     greedy_batch = GREEDY_BATCH
 
-    def __init__(self, spec, temperature: float, top_p: float, max_new_tokens: int):
+    def __init__(self, spec, temperature: float, top_p: float, max_new_tokens: int, *, loaded=None):
         from engine.core.models import load_model
 
         continuous_batching_config_class()
-        self.model = load_model(spec)
+        self.model = loaded if loaded is not None else load_model(spec)
         self.tokenizer = self.model.tokenizer
+        self.template_facts = self.model.template_facts
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
 
     def sample(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
