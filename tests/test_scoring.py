@@ -82,6 +82,27 @@ def test_chunk_size_and_batching_do_not_change_results(tiny_llama):
             assert x.rank == y.rank and [t.id for t in x.top] == [t.id for t in y.top]
 
 
+def test_should_stop_is_asked_between_chunks_and_stops_the_scoring(tiny_llama):
+    from engine.core.errors import Interrupted
+
+    model = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
+    tok = model.tokenizer
+    pair = (prompt_ids(tok, PROBLEM, "chat"), completion_ids(tok, COMPLETION))
+    asked: list[int] = []
+
+    def stop_on_third() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    spec = ScoreSpec(chunk_elements=model.vocab_size)  # one position a chunk
+    with pytest.raises(Interrupted, match="scoring stopped"):
+        score(model, [pair], spec=spec, should_stop=stop_on_third)
+    assert len(asked) == 3  # after the forward pass (twice: base, teacher slot) and before the first chunk
+    everything = score(model, [pair], spec=spec, should_stop=lambda: asked.append(1) or False)
+    assert len(asked) == 3 + 2 + len(pair[1])  # then once per chunk
+    assert len(everything[0].tokens) == len(pair[1])
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_teacher_equal_to_base_is_all_unshifted(fixture, request):
     folder = str(request.getfixturevalue(fixture))

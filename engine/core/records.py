@@ -202,7 +202,9 @@ def read_rollouts(path: str | Path) -> list[Rollout]:
         except (json.JSONDecodeError, TypeError, KeyError) as error:
             if number == len(lines):  # no newline after it: the writer died mid-line
                 break
-            raise RmxError(f"{file}:{number}: not a rollout record ({type(error).__name__}: {error})") from None
+            why = ("not JSON" if isinstance(error, json.JSONDecodeError)
+                   else f"missing field {error}" if isinstance(error, KeyError) else "unexpected or missing fields")
+            raise RmxError(f"{file}:{number}: not a rollout record ({why})") from None
     return rollouts
 
 

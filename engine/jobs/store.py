@@ -355,7 +355,8 @@ def resolve_entry(kind: str, entry: str | None) -> JobKind:
         try:
             importlib.import_module(module)
         except Exception as error:  # a broken module is the entry's problem, not the daemon's
-            raise RmxError(f"job entry '{entry}': cannot import {module} ({type(error).__name__}: {error})") from None
+            detail = f"no module named {error.name}" if isinstance(error, ModuleNotFoundError) else "it failed to import"
+            raise RmxError(f"job entry '{entry}': cannot import {module} ({detail})") from None
     known = _KINDS.get(kind)
     if known is None:
         names = ", ".join(sorted(_KINDS)) or "none"

@@ -310,7 +310,8 @@ class BrowserScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
     def _run_score(self, key: str, prompt_ids: tuple[int, ...], ids: tuple[int, ...]) -> None:
-        workers.score(self.app.client, key, prompt_ids, ids, self.post_message)
+        worker = get_current_worker()
+        workers.score(self.app.client, key, prompt_ids, ids, self.post_message, lambda: worker.is_cancelled)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
     def _run_sample(self, job: workers.SampleJob) -> None:

@@ -118,7 +118,8 @@ class JobsScreen(Screen):
         for job_id, since, tau in targets:
             try:
                 if tau is None:
-                    tau = configured_tau(self.client.job(job_id).spec.config)
+                    spec = self.client.job(job_id).spec  # None for a damaged run: no τ to read
+                    tau = configured_tau(spec.config if spec is not None else {})
                 events = list(self.client.job_events(job_id, follow=False, since=since))
                 self.post_message(SweepRead(job_id, tau, since + len(events), sweep_points(events)))
             except Exception as error:

@@ -275,7 +275,7 @@ class RunScreen(Screen):
         status = self.view.status if self.view else None
         if status is not None:
             state_style = {"running": "bold $warning", "done": "$success", "failed": "bold $error",
-                           "diverged": "bold $error", "cancelled": "$secondary"}.get(status.state, "$foreground-muted")
+                           "diverged": "bold $error", "damaged": "bold $error", "cancelled": "$secondary"}.get(status.state, "$foreground-muted")
             progress = f"{status.step}/{status.total}" if status.total else f"step {status.step}"
             parts += [f" · {status.kind} · ", (status.state, state_style), f" · {progress}"]
             if status.attempt > 1:
