@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+from fastapi.testclient import TestClient
 import pytest
 
 import engine.jobs.selftest  # noqa: F401  (registers selftest here, so clients send its entry)
@@ -299,3 +300,28 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(workbench):
                 fuzz()
             except Unsatisfiable:  # nothing to get wrong (GET /health has no input): no invalid request exists
                 assert mode == schemathesis.GenerationMode.NEGATIVE, operation.label
+
+
+def test_token_ids_past_the_vocabulary_and_oversized_counts_are_4xx(workbench):
+    """Every id a request carries is checked against the loaded vocabulary; counts against their maxima."""
+    vocab = workbench.base.vocab_size
+    api = TestClient(create_app(workbench))
+    cases = [
+        ("/score", {"prompt_ids": [1], "completion_ids": [vocab]}),
+        ("/score", {"prompt_ids": [vocab + 3], "completion_ids": [1]}),
+        ("/detokenize", {"ids": [vocab]}),
+        ("/token_texts", {"ids": [vocab]}),
+        ("/decode", {"prompt_ids": [vocab], "sampling": {"max_new_tokens": 2}}),
+        ("/decode", {"prompt_ids": [1], "rollout": [vocab], "sampling": {"max_new_tokens": 2}}),
+        ("/decode", {"prompt_ids": [1], "force": [[0, vocab]], "sampling": {"max_new_tokens": 2}}),
+        ("/decode", {"prompt_ids": [1], "n": 10**6}),
+        ("/intervene", {"prompt_ids": [vocab], "mode": "oracle", "sampling": {"max_new_tokens": 2}}),
+        ("/fork", {"prompt_ids": [1], "rollout": [1, 2], "pos": 0, "token": vocab, "gold": "1", "n": 1}),
+        ("/fork", {"prompt_ids": [1], "rollout": [1, 2], "pos": 2**40, "token": 1, "gold": "1", "n": 1}),
+        ("/problems", {"dataset": "smoke", "limit": -5}),
+        ("/pool_stats", {"rollouts": "x.jsonl", "size": -1}),
+    ]
+    for path, body in cases:
+        response = api.post(path, json=body)
+        assert 400 <= response.status_code < 500, (path, body, response.status_code, response.text[:300])
+        assert "Error" not in response.text, (path, response.text[:300])
