@@ -11,10 +11,12 @@ from engine.jobs.store import RunContext, register_job_kind
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
 from engine.recipes.evaluate import EvalSpec, evaluate
+from engine.core.io import atomic_write_json
 from engine.recipes.lanes import RaySpec, check_ray_installed
-from engine.recipes.pipeline import build_spec, check_trained, write_json, check_pipeline, run_pipeline
+from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
-from engine.recipes.rollouts import RolloutSpec, read_rollouts, sample_rollouts
+from engine.core.records import read_rollouts
+from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainSpec, train
@@ -78,14 +80,14 @@ def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
         else:
             result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
                                      emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def pool_job(config: dict[str, Any], run: RunContext) -> None:
     (spec,) = _job_config(config, "pool")
     with Meter("pool", run.artifacts):
         result = write_pool(spec, output_of(config, run, "pool.jsonl"))
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def train_job(config: dict[str, Any], run: RunContext) -> None:
@@ -93,7 +95,7 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("train", run.artifacts):
         result = train(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
     if result.state == "diverged":
         check_trained(result)
 
@@ -103,7 +105,7 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("sweep", run.artifacts):
         result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, ray=ray_of(config))
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
@@ -123,7 +125,7 @@ def distill_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("distill", run.artifacts):
         result = distill(model, teacher, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                          should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
