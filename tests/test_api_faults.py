@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 import engine.jobs.selftest  # noqa: F401  (registers selftest here, so clients send its entry)
 from engine.core.errors import RmxError

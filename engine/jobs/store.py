@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from engine.core.diskfull import disk_full, is_disk_full
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged", "damaged")
 """`damaged` is never written: it is what a reader reports for a run folder whose files it cannot trust."""
@@ -193,9 +194,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
     No fsync: this guards against a killed process, which is the failure jobs see, not against power loss.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(json_bytes(data) + b"\n")
-    os.replace(tmp, path)
+    atomic_write(path, json_bytes(data) + b"\n")
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[]
     except RmxError as error:
         yield _line({"done": True, "error": str(error)})
         return
-    except Exception as error:  # an engine bug: end the stream cleanly, keep the trace in the daemon log
+    except Exception:  # an engine bug: end the stream cleanly, keep the trace in the daemon log
         log.exception("stream failed")
         yield _line({"done": True, "error": INTERNAL_ERROR})
         return

@@ -18,7 +18,7 @@ from textual.worker import Worker, WorkerState
 
 from rmx_tui.job_messages import JobCallFailed, JobCancelRequested, JobResumed, JobsListed, SweepRead
 from rmx_tui.job_templates import Defaults
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 from rmx_tui.screens.launch import LaunchJob
 from rmx_tui.screens.modals import MODAL_CSS
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of

@@ -10,7 +10,7 @@ import pytest
 from engine.core.decode import SamplingSpec
 from engine.core.interventions import Interrupted
 
-from rmx_tui.model import CANCELLED, DONE, FAILED
+from rmx_tui.ui_state import CANCELLED, DONE, FAILED
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.screens.modals import TokenPrompt
 from rmx_tui.widgets.problem_list import ProblemList
