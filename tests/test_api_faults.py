@@ -245,3 +245,23 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main()
     assert capsys.readouterr().err.strip() == "rmx: interrupted"
+
+
+def test_a_full_disk_on_the_engine_is_507_with_what_to_free(monkeypatch):
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def full(path, *args, **kwargs):
+        if path.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    response = TestClient(create_app(Workbench())).post("/jobs", json={"kind": "selftest", "entry": SELFTEST,
+                                                                      "config": {"count": 1}})
+    assert response.status_code == 507
+    assert response.json()["detail"].startswith("no space left on ")
+    assert response.json()["detail"].endswith("free space and submit the job again")
+    monkeypatch.undo()
+    assert TestClient(create_app(Workbench())).get("/jobs").json() == []  # no half-made run is left

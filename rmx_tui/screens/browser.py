@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec
+from engine.core.errors import RmxError
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -91,7 +92,7 @@ class BrowserScreen(Screen):
         Binding("ctrl+b", "toggle_problems", "show or hide the problem list", show=False),
         Binding("p", "toggle_problem", "show or hide the problem statement", show=False),
         Binding("S", "export_svg", "export SVG", show=False),
-        Binding("X", "export_json", "export JSON", show=False),
+        Binding("X", "export_rollout", "export", show=False),
         Binding("L", "load_models", "load models", show=False),
     ]
 
@@ -770,15 +771,34 @@ class BrowserScreen(Screen):
         path = self.app.save_screenshot(path=str(self.app.settings.export_dir))
         self.notify(f"saved {path}")
 
-    def action_export_json(self) -> None:
+    def action_export_rollout(self) -> None:
+        from rmx_tui.figures.rollout_file import free_path, rollout_from_data
+        from rmx_tui.figures.write import export_rollout
+        from rmx_tui.screens.modals import ExportFormat
+
         branch = self.current_view().branch
-        if branch is None:
+        if branch is None or not branch.tokens:
             self.notify("no branch to export", severity="warning")
             return
-        name = "rmx-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", branch.key) + ".json"
-        path = self.app.settings.export_dir / name
-        path.write_text(json.dumps(branch.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
-        self.notify(f"saved {path}")
+        data = branch.to_json()
+
+        def write(fmt: str | None) -> None:
+            if fmt is None:
+                return
+            name = "rmx-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", branch.key) + "." + fmt
+            try:
+                if fmt == "json":  # the full branch: everything `rmx export` and a reload need
+                    path = free_path(self.app.settings.export_dir / name)
+                    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+                else:
+                    rollout = rollout_from_data(data, branch.key, f"{branch.problem.id} · {branch.label}")
+                    path = export_rollout(rollout, fmt, free_path(self.app.settings.export_dir / name))
+            except (OSError, RmxError) as error:
+                self.notify(f"export failed: {error}", severity="error")
+                return
+            self.notify(f"saved {path}")
+
+        self.app.push_screen(ExportFormat(), write)
 
     def action_load_models(self) -> None:
         settings = self.app.settings
