@@ -556,7 +556,8 @@ def process_started(pid: int) -> float | None:
 
 
 def is_job_process(status: JobStatus) -> bool:
-    """`status.pid` is this run's job process: alive, started when recorded, running engine.jobs.runner on it.
+    """`status.pid` is this run's process: alive and started when recorded (a pid and its start time name one
+    process for good); for a run that recorded no start time, a runner of this very run dir.
 
     A pid recycled by an unrelated process fails the check, so nothing signals a stranger's process group.
     """
@@ -565,8 +566,8 @@ def is_job_process(status: JobStatus) -> bool:
     started = process_started(status.pid)
     if started is None:  # no procfs (macOS): liveness is all we can check
         return True
-    if status.pid_started is not None and abs(started - status.pid_started) > 1.0:
-        return False
+    if status.pid_started is not None:
+        return abs(started - status.pid_started) <= 1.0
     try:
         cmdline = Path(f"/proc/{status.pid}/cmdline").read_bytes()
     except OSError:
