@@ -9,6 +9,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
+from engine.core.diskfull import disk_full, is_disk_full
 from engine.core.errors import RmxError
 from engine.core.io import atomic_write
 
@@ -427,14 +429,20 @@ def create_run(spec: JobSpec) -> Path:
         if not (root / job_id).exists():
             break
     tmp = root / f".{job_id}.tmp"
-    tmp.mkdir()
-    (tmp / "artifacts").mkdir()
-    (tmp / "events.jsonl").touch()
-    write_json_atomic(tmp / "config.json", spec.to_json())
-    status = JobStatus(id=job_id, kind=spec.kind, state="queued", created=spec.created, host=socket.gethostname(),
-                       heartbeat=spec.created, heartbeat_s=heartbeat_interval())
-    write_json_atomic(tmp / "status.json", status.to_json())
-    os.rename(tmp, root / job_id)
+    try:
+        tmp.mkdir()
+        (tmp / "artifacts").mkdir()
+        (tmp / "events.jsonl").touch()
+        write_json_atomic(tmp / "config.json", spec.to_json())
+        status = JobStatus(id=job_id, kind=spec.kind, state="queued", created=spec.created,
+                           host=socket.gethostname(), heartbeat=spec.created, heartbeat_s=heartbeat_interval())
+        write_json_atomic(tmp / "status.json", status.to_json())
+        os.rename(tmp, root / job_id)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(error):
+            raise disk_full(error.filename or root, then="free space and submit the job again") from None
+        raise
     return root / job_id
 
 
@@ -550,7 +558,8 @@ def process_started(pid: int) -> float | None:
 
 
 def is_job_process(status: JobStatus) -> bool:
-    """`status.pid` is this run's job process: alive, started when recorded, running engine.jobs.runner on it.
+    """`status.pid` is this run's process: alive and started when recorded (a pid and its start time name one
+    process for good); for a run that recorded no start time, a runner of this very run dir.
 
     A pid recycled by an unrelated process fails the check, so nothing signals a stranger's process group.
     """
@@ -559,8 +568,8 @@ def is_job_process(status: JobStatus) -> bool:
     started = process_started(status.pid)
     if started is None:  # no procfs (macOS): liveness is all we can check
         return True
-    if status.pid_started is not None and abs(started - status.pid_started) > 1.0:
-        return False
+    if status.pid_started is not None:
+        return abs(started - status.pid_started) <= 1.0
     try:
         cmdline = Path(f"/proc/{status.pid}/cmdline").read_bytes()
     except OSError:
