@@ -104,3 +104,15 @@ def test_intervene_figure2_resumes(tiny_llama, tiny_llama_adapter, tmp_path, cap
     assert code == 0, err
     assert len(out_file.read_text().splitlines()) == 2
     assert json.loads(out)["modes"] == figure["modes"]
+
+
+@pytest.mark.parametrize("size", ["0", "1000000000"])
+def test_intervene_and_analyze_refuse_a_batch_that_does_not_fit(size, tiny_llama, tiny_llama_adapter, tmp_path, capsys,
+                                                                 monkeypatch):
+    common = ["--base", str(tiny_llama), "--teacher-adapter", str(tiny_llama_adapter), "--dtype", "float32",
+              "--dataset", "smoke", "--limit", "2", "--max-new-tokens", "4", "--batch-size", size]
+    for argv in (["intervene", *common, "--out", str(tmp_path / "f.jsonl")], ["analyze", *common]):
+        code, out, err = run_cli(argv, capsys, monkeypatch)
+        assert code == 2, err
+        assert "the largest that fits is" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f.jsonl").exists() or not (tmp_path / "f.jsonl").read_text()

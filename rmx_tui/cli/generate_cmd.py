@@ -139,6 +139,7 @@ def intervene(
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
     detach: Annotated[bool, typer.Option("--detach", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
+    batch_size: opt.BatchSize = None,
     json_output: opt.Json = False,
 ) -> None:
     """Figure 2: pass@1 of base, teacher, oracle, random and gated decoding over a benchmark."""
@@ -157,7 +158,8 @@ def intervene(
     if teacher_spec is None and any(m != "base" for m in chosen):
         raise RmxError("teacher, oracle, random and gated need a teacher: give --teacher and/or --teacher-adapter")
     if detach:
-        _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output)
+        _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
+                          batch_size)
         return
     problems = load_problems(dataset, limit=limit)
     out_path = out or f"intervene-{dataset.replace('/', '_')}-{base_spec.label}.jsonl"
@@ -172,7 +174,7 @@ def intervene(
                           f"({event['intervene/problem']})", highlight=False)
 
     figure = run_figure2(base_model, teacher_model, problems, out_path, modes=chosen, sampling=sampling, tau=gate,
-                         template=template, on_event=on_event)
+                         template=template, on_event=on_event, batch_size=batch_size)
     if json_output:
         opt.print_json(figure.to_json())
         return
@@ -192,7 +194,8 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
-                      template: str | None, sampling, out: str | None, json_output: bool) -> None:
+                      template: str | None, sampling, out: str | None, json_output: bool,
+                      batch_size: int | None = None) -> None:
     """`rmx intervene --detach`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
     from dataclasses import asdict, replace
     from pathlib import Path
@@ -216,6 +219,7 @@ def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, 
         "template": template,
         "sampling": {**asdict(sampling), "stop": list(sampling.stop)},
         "out": str(Path(out).expanduser().resolve()) if out else None,
+        "batch_size": batch_size,
     }
     status = submit_job("intervene", config)
     if json_output:

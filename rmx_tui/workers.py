@@ -11,14 +11,14 @@ from engine.service.client import EngineClient
 from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec, Step
 from engine.core.errors import RmxError
-from engine.recipes.rollouts import read_rollouts
+from engine.core.records import read_rollouts
 from textual.message import Message
 
 from rmx_tui.messages import (
     BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
     OutcomesSampled, ProblemsListed, RolloutScored,
 )
-from rmx_tui.model import Outcome, Verdict
+from rmx_tui.ui_state import Outcome, Verdict
 from rmx_tui.settings import ALTERNATIVES
 
 Post = Callable[[Message], object]
