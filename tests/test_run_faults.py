@@ -347,3 +347,17 @@ def test_a_real_full_tmpfs_fails_the_job_with_the_reason_and_every_run_stays_lis
     finally:
         kill_jobs()
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+
+
+def test_the_event_log_is_fsynced_at_each_checkpoint_and_only_there(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    writer = store.EventWriter(tmp_path / "events.jsonl")
+    status = store.JobStatus(id="20260101-000000-selftest-0000", kind="selftest", state="running", created=0.0)
+    run = store.RunContext(tmp_path, status, writer)
+    run.emit({"train/loss": 1.0})
+    assert synced == []
+    run.emit({"train/checkpoint": str(tmp_path / "checkpoints" / "step-000004")})
+    assert synced == [writer._fd] and run.checkpoint == "step-000004"
+    writer.close()
