@@ -101,3 +101,24 @@ def test_a_failure_inside_the_run_is_recorded(tmp_path):
     (status,) = list_runs()
     assert status.state == "failed" and status.error == "boom"
     assert [e.get("job/state") for e in echoed] == ["running", None, "failed"]
+
+
+def test_jobs_resume_continues_a_failed_foreground_run_in_its_own_output(tmp_path):
+    import time
+
+    import engine.jobs.kinds  # noqa: F401
+    from engine.jobs.foreground import foreground_run
+    from engine.jobs.store import resume_job
+
+    make_rollouts(tmp_path / "r.jsonl")
+    out = tmp_path / "pool.jsonl"
+    with pytest.raises(RmxError):
+        with foreground_run("pool", {"pool": {"rollouts": str(tmp_path / "r.jsonl")}}, out, lambda event: None):
+            raise RmxError("interrupted")
+    (status,) = list_runs()
+    resume_job(status.id)
+    deadline = time.time() + 120
+    while read_status(find_run(status.id)).active and time.time() < deadline:
+        time.sleep(0.1)
+    assert read_status(find_run(status.id)).state == "done"
+    assert out.exists() and len(out.read_text().splitlines()) > 0  # written where the foreground run pointed

@@ -17,6 +17,7 @@ from engine.recipes.pool import PoolSpec, write_pool
 from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainResult, TrainSpec, train
+from engine.recipes.trackers import ReportSpec
 
 STAGE_FILE = "stage.json"
 """Written into a stage's folder when it finishes: a resumed pipeline skips stages that have one."""
@@ -32,7 +33,7 @@ def write_json(path: Path, data: Any) -> None:
 # --- the TOML pipeline -------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type] = {"model": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec, "train": TrainSpec,
-                             "sweep": SweepSpec, "eval": EvalSpec}
+                             "sweep": SweepSpec, "eval": EvalSpec, "report": ReportSpec}
 RUNTIME_FIELDS = {"pool": {"rollouts"}, "train": {"rollouts"}}
 """Fields the pipeline fills in itself: each stage reads the file the one before it wrote."""
 REQUIRED = ("model", "rollouts", "train", "eval")
