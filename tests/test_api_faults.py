@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 import engine.jobs.selftest  # noqa: F401  (registers selftest here, so clients send its entry)
 from engine.core.errors import RmxError
@@ -239,10 +238,30 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as code:
         cli.main()
     assert code.value.code == 130
-    assert capsys.readouterr().err.strip() == (f"rmx: interrupted; resume with rmx rollouts --dataset smoke --base demo "
-                                               f"--out {out} --resume")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rmx: interrupted; resume with rmx rollouts --dataset smoke --base demo --out {out} --resume")
     monkeypatch.setattr(sys, "argv", ["rmx", "jobs", "list"])
     monkeypatch.setattr("engine.jobs.store.LocalJobs.list_jobs", interrupted)
     with pytest.raises(SystemExit):
         cli.main()
     assert capsys.readouterr().err.strip() == "rmx: interrupted"
+
+
+def test_a_full_disk_on_the_engine_is_507_with_what_to_free(monkeypatch):
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def full(path, *args, **kwargs):
+        if path.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    response = TestClient(create_app(Workbench())).post("/jobs", json={"kind": "selftest", "entry": SELFTEST,
+                                                                      "config": {"count": 1}})
+    assert response.status_code == 507
+    assert response.json()["detail"].startswith("no space left on ")
+    assert response.json()["detail"].endswith("free space and submit the job again")
+    monkeypatch.undo()
+    assert TestClient(create_app(Workbench())).get("/jobs").json() == []  # no half-made run is left

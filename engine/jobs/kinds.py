@@ -12,9 +12,11 @@ from engine.jobs.store import RunContext, register_job_kind
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
 from engine.recipes.evaluate import EvalSpec, evaluate
-from engine.recipes.pipeline import build_spec, check_trained, write_json, check_pipeline, run_pipeline
+from engine.core.io import atomic_write_json
+from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
-from engine.recipes.rollouts import RolloutSpec, read_rollouts, sample_rollouts
+from engine.core.records import read_rollouts
+from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainSpec, train
 from engine.recipes.trackers import Mirror, report_spec_of
@@ -89,7 +91,7 @@ def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("rollouts", run.artifacts):
         result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
                                  emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 @_mirrored("pool")
@@ -97,7 +99,7 @@ def pool_job(config: dict[str, Any], run: RunContext) -> None:
     (spec,) = _job_config(config, "pool")
     with Meter("pool", run.artifacts):
         result = write_pool(spec, output_of(config, run, "pool.jsonl"))
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 @_mirrored("train")
@@ -106,7 +108,7 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("train", run.artifacts):
         result = train(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
     if result.state == "diverged":
         check_trained(result)
 
@@ -117,7 +119,7 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("sweep", run.artifacts):
         result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 @_mirrored("eval")
@@ -134,7 +136,7 @@ def distill_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("distill", run.artifacts):
         result = distill(model, teacher, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                          should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 @_mirrored("pipeline")

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
+from engine.core.diskfull import disk_full, is_disk_full
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged", "damaged")
 """`damaged` is never written: it is what a reader reports for a run folder whose files it cannot trust."""
@@ -191,9 +194,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
     No fsync: this guards against a killed process, which is the failure jobs see, not against power loss.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(json_bytes(data) + b"\n")
-    os.replace(tmp, path)
+    atomic_write(path, json_bytes(data) + b"\n")
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,8 @@ def resolve_entry(kind: str, entry: str | None) -> JobKind:
         try:
             importlib.import_module(module)
         except Exception as error:  # a broken module is the entry's problem, not the daemon's
-            raise RmxError(f"job entry '{entry}': cannot import {module} ({type(error).__name__}: {error})") from None
+            detail = f"no module named {error.name}" if isinstance(error, ModuleNotFoundError) else "it failed to import"
+            raise RmxError(f"job entry '{entry}': cannot import {module} ({detail})") from None
     known = _KINDS.get(kind)
     if known is None:
         names = ", ".join(sorted(_KINDS)) or "none"
@@ -425,14 +427,20 @@ def create_run(spec: JobSpec) -> Path:
         if not (root / job_id).exists():
             break
     tmp = root / f".{job_id}.tmp"
-    tmp.mkdir()
-    (tmp / "artifacts").mkdir()
-    (tmp / "events.jsonl").touch()
-    write_json_atomic(tmp / "config.json", spec.to_json())
-    status = JobStatus(id=job_id, kind=spec.kind, state="queued", created=spec.created, host=socket.gethostname(),
-                       heartbeat=spec.created, heartbeat_s=heartbeat_interval())
-    write_json_atomic(tmp / "status.json", status.to_json())
-    os.rename(tmp, root / job_id)
+    try:
+        tmp.mkdir()
+        (tmp / "artifacts").mkdir()
+        (tmp / "events.jsonl").touch()
+        write_json_atomic(tmp / "config.json", spec.to_json())
+        status = JobStatus(id=job_id, kind=spec.kind, state="queued", created=spec.created,
+                           host=socket.gethostname(), heartbeat=spec.created, heartbeat_s=heartbeat_interval())
+        write_json_atomic(tmp / "status.json", status.to_json())
+        os.rename(tmp, root / job_id)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(error):
+            raise disk_full(error.filename or root, then="free space and submit the job again") from None
+        raise
     return root / job_id
 
 

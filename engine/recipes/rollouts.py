@@ -11,26 +11,7 @@ from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
-from engine.core.records import Rollout
-
-
-def read_rollouts(path: str | Path) -> list[Rollout]:
-    """Every rollout in a rollouts.jsonl; a truncated last line (a writer killed mid-line) is skipped."""
-    file = Path(path)
-    if not file.is_file():
-        raise RmxError(f"rollouts file not found: {path}")
-    lines = file.read_text(encoding="utf-8").split("\n")
-    rollouts: list[Rollout] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rollouts.append(Rollout.from_json(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError) as error:
-            if number == len(lines):  # no newline after it: the writer died mid-line
-                break
-            raise RmxError(f"{file}:{number}: not a rollout record ({type(error).__name__}: {error})") from None
-    return rollouts
+from engine.core.records import Rollout, read_rollouts, write_rollouts
 
 
 @dataclass(frozen=True)
@@ -163,8 +144,6 @@ def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool)
     done = {pid for pid, n in counts.items() if n == k}
     kept = [r for r in rollouts if r.problem_id in done]
     if len(kept) != len(rollouts) or not path.read_bytes().endswith(b"\n"):
-        from engine.recipes.pool import write_rollouts
-
         write_rollouts(kept, path)
     return done
 
@@ -239,7 +218,7 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
                 progress(finished, len(problems))
     seconds = time.perf_counter() - started
     everything = read_rollouts(path)
-    from engine.recipes.pool import group_by_problem, is_mixed
+    from engine.recipes.pool import group_by_problem, is_mixed  # pool imports nothing of this module: no cycle
 
     groups = group_by_problem(everything)
     return RolloutResult(

@@ -34,7 +34,9 @@ class EngineClient(Protocol):
     def token_texts(self, ids: Sequence[int]) -> list[str]: ...
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout: ...
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        """`should_stop` is asked while scoring; True ends it early with Interrupted."""
+        ...
 
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]: ...
@@ -88,8 +90,8 @@ class LocalClient:
         return self.workbench.token_texts(ids)
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout:
-        return self.workbench.score(prompt, completion, top_k, with_teacher)
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        return self.workbench.score(prompt, completion, top_k, with_teacher, should_stop=should_stop)
 
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:

@@ -103,11 +103,15 @@ class Workbench:
         return [self.base.token_text(int(i)) for i in ids]
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout:
-        """Score one completion under the base (and the teacher, when loaded and asked for)."""
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        """Score one completion under the base (and the teacher, when loaded and asked for).
+
+        `should_stop`, asked between logit chunks, ends the scoring early with Interrupted.
+        """
         with self._lock:
             teacher = self._teacher if with_teacher else None
-            return score(self.base, [(prompt, completion)], teacher, ScoreSpec(top_k=top_k))[0]
+            return score(self.base, [(prompt, completion)], teacher, ScoreSpec(top_k=top_k),
+                         should_stop=should_stop)[0]
 
     def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
                    with_teacher: bool = True) -> ScoredRollout:

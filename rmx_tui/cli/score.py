@@ -92,7 +92,7 @@ def analyze(
     tau: Annotated[str, typer.Option("--tau", help="Decision threshold: nats (1.4) or a quantile (q0.97).")] = "1.4",
     template: Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")] = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy tokens per problem.")] = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Problems decoded and scored together.")] = 8,
+    batch_size: opt.BatchSize = None,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -108,8 +108,6 @@ def analyze(
     gate = Tau.parse(tau)
     if limit is not None and limit < 1:
         raise RmxError(f"--limit must be ≥ 1, got {limit}")
-    if batch_size < 1:
-        raise RmxError(f"--batch-size must be ≥ 1, got {batch_size}")
     if teacher is None and teacher_adapter is None:
         raise RmxError("analyze compares the base with a teacher: give --teacher and/or --teacher-adapter")
     problems = load_problems(dataset, limit=limit)

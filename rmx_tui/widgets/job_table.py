@@ -47,7 +47,7 @@ class JobTable(DataTable):
 
     COMPONENT_CLASSES = {
         "job-table--queued", "job-table--running", "job-table--done", "job-table--failed", "job-table--cancelled",
-        "job-table--diverged", "job-table--track", "job-table--muted",
+        "job-table--diverged", "job-table--damaged", "job-table--track", "job-table--muted",
     }
 
     DEFAULT_CSS = """
@@ -58,6 +58,7 @@ class JobTable(DataTable):
     JobTable > .job-table--failed { color: $error; text-style: bold; }
     JobTable > .job-table--cancelled { color: $secondary; }
     JobTable > .job-table--diverged { color: $error; text-style: bold italic; }
+    JobTable > .job-table--damaged { color: $error; text-style: reverse; }
     JobTable > .job-table--track { color: $foreground-muted; }
     JobTable > .job-table--muted { color: $foreground-muted; }
     """
