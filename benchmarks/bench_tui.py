@@ -26,15 +26,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TEXTUAL_FPS", "1000")
 
-from engine.service.client import LocalClient  # noqa: E402
-from engine.core.data import Problem  # noqa: E402
-from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken  # noqa: E402
-from textual import events  # noqa: E402
+from engine.service.client import LocalClient
+from engine.core.data import Problem
+from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken
+from textual import events
 
-from rmx_tui.app import RmxApp  # noqa: E402
-from rmx_tui.settings import Settings  # noqa: E402
-from rmx_tui.widgets.inspector import Inspector  # noqa: E402
-from rmx_tui.widgets.status_bar import StatusBar  # noqa: E402
+from rmx_tui.app import RmxApp
+from rmx_tui.settings import Settings
+from rmx_tui.widgets.inspector import Inspector
+from rmx_tui.widgets.status_bar import StatusBar
 
 WORDS = ("the", "answer", "is", "so", "we", "need", "to", "add", "pencils", "Sam", "has", "more", "first", "then",
          "wait", "because", "total", "number", "each", "box", "holds", "eggs", "let", "x", "be", "solve")

@@ -15,7 +15,7 @@ from textual.screen import Screen
 
 from rmx_tui.freezer import Freezer
 from rmx_tui.gate import Gate
-from rmx_tui.model import Session
+from rmx_tui.ui_state import Session
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.settings import Settings
 from themes.workbench import DEFAULT_PALETTE, heat_variables, workbench_themes

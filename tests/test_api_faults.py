@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 import engine.jobs.selftest  # noqa: F401  (registers selftest here, so clients send its entry)
 from engine.core.errors import RmxError
@@ -239,8 +238,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as code:
         cli.main()
     assert code.value.code == 130
-    assert capsys.readouterr().err.strip() == (f"rmx: interrupted; resume with rmx rollouts --dataset smoke --base demo "
-                                               f"--out {out} --resume")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"rmx: interrupted; resume with rmx rollouts --dataset smoke --base demo --out {out} --resume")
     monkeypatch.setattr(sys, "argv", ["rmx", "jobs", "list"])
     monkeypatch.setattr("engine.jobs.store.LocalJobs.list_jobs", interrupted)
     with pytest.raises(SystemExit):

@@ -19,7 +19,8 @@ def test_generate_json_shape_and_forcing(tiny_llama, capsys, monkeypatch):
     code, out, err = run_cli(base_args, capsys, monkeypatch)
     assert code == 0, err
     (plain,) = _lines(out)
-    assert set(plain) == {"tokens", "text", "touched", "touched_frac", "answer"}
+    assert set(plain) == {"tokens", "text", "touched", "touched_frac", "answer", "template", "template_reason"}
+    assert plain["template"] == "raw" and "llama" in plain["template_reason"]  # a tiny Llama base: raw text
     assert set(plain["tokens"][0]) == {"pos", "id", "text", "source", "entropy"}
     assert plain["touched"] == [] and plain["touched_frac"] == 0.0
     forced_id = (plain["tokens"][2]["id"] + 1) % 300
@@ -29,6 +30,22 @@ def test_generate_json_shape_and_forcing(tiny_llama, capsys, monkeypatch):
     assert [t["id"] for t in forced["tokens"][:2]] == [t["id"] for t in plain["tokens"][:2]]
     assert forced["tokens"][2]["id"] == forced_id and forced["tokens"][2]["source"] == "forced"
     assert forced["touched"] == [2]
+
+
+def test_a_forced_position_past_the_end_is_an_error_unless_eos_is_ignored(tiny_llama, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(tiny_llama).eos_token_id
+    args = ["generate", "--base", str(tiny_llama), "--dtype", "float32", "--prompt-text", "What is 2+3?",
+            "--max-new-tokens", "6", "--json", "--force", f"0:{eos}", "--force", "3:7"]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and out == ""
+    assert "forced position 3 is past the end: the model stopped at 0; use --ignore-eos" in err
+    assert "Traceback" not in err
+    code, out, err = run_cli(args + ["--ignore-eos"], capsys, monkeypatch)
+    assert code == 0, err
+    (result,) = _lines(out)
+    assert result["touched"] == [0, 3] and result["tokens"][3]["id"] == 7 and len(result["tokens"]) == 6
 
 
 def test_generate_oracle_with_teacher_equal_to_base_touches_nothing(tiny_gpt2, capsys, monkeypatch):
@@ -87,3 +104,15 @@ def test_intervene_figure2_resumes(tiny_llama, tiny_llama_adapter, tmp_path, cap
     assert code == 0, err
     assert len(out_file.read_text().splitlines()) == 2
     assert json.loads(out)["modes"] == figure["modes"]
+
+
+@pytest.mark.parametrize("size", ["0", "1000000000"])
+def test_intervene_and_analyze_refuse_a_batch_that_does_not_fit(size, tiny_llama, tiny_llama_adapter, tmp_path, capsys,
+                                                                 monkeypatch):
+    common = ["--base", str(tiny_llama), "--teacher-adapter", str(tiny_llama_adapter), "--dtype", "float32",
+              "--dataset", "smoke", "--limit", "2", "--max-new-tokens", "4", "--batch-size", size]
+    for argv in (["intervene", *common, "--out", str(tmp_path / "f.jsonl")], ["analyze", *common]):
+        code, out, err = run_cli(argv, capsys, monkeypatch)
+        assert code == 2, err
+        assert "the largest that fits is" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f.jsonl").exists() or not (tmp_path / "f.jsonl").read_text()

@@ -29,7 +29,8 @@ def test_score_json_shape(tiny_llama, tiny_llama_adapter, capsys, monkeypatch):
     )
     assert code == 0, err
     data = json.loads(out)
-    assert set(data) == {"prompt_tokens", "tokens", "summary"}
+    assert set(data) == {"prompt_tokens", "tokens", "summary", "template", "template_reason"}
+    assert data["template"] == "raw"
     assert data["prompt_tokens"] > 0
     token = data["tokens"][0]
     assert set(token) == {"pos", "id", "text", "logprob", "entropy", "rank", "top", "teacher", "class"}

@@ -10,6 +10,7 @@ import pytest
 import engine.jobs.intervene  # noqa: F401  (registers the kind in this process)
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.recipes.experiments import read_results
 from engine.jobs.store import LocalJobs, cancel_job, find_run, list_runs, resume_job, submit_job, tail_events
 from tests.test_cli_score import run_cli
 from tests.test_jobs import finished, kill_jobs, wait_for
@@ -43,6 +44,12 @@ def results(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "artifacts" / "figure2.jsonl").read_text().splitlines()]
 
 
+def complete(run_dir) -> list[str]:
+    """Problems with every mode on file (a cancelled run leaves the finished modes of others as partial lines)."""
+    merged = read_results(run_dir / "artifacts" / "figure2.jsonl")
+    return [i for i, record in merged.items() if set(record["modes"]) == set(MODES)]
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -53,7 +60,7 @@ def results(run_dir) -> list[dict]:
         (dict(tau="warm"), "neither a number"),
         (dict(limit=0), "limit must be"),
         (dict(dataset="no-such-benchmark"), "no-such-benchmark"),
-        (dict(sampling={"temperature": 0}), "--temperature must be > 0"),
+        (dict(sampling={"temperature": 0}), "--temperature must be a finite number > 0"),
         (dict(sampling={"temp": 1}), "unknown sampling fields"),
         (dict(base={"source": "/nonexistent/model"}), "not found"),
         (dict(base={"source": "demo", "dtype": "float8"}), "unknown dtype"),
@@ -75,7 +82,7 @@ def test_rmx_intervene_detach_streams_events_cancels_and_resumes_to_done(tiny_ll
     total = 3
     argv = ["intervene", "--base", str(tiny_llama), "--teacher-adapter", str(tiny_llama_adapter), "--dtype", "float32",
             "--device", "cpu", "--dataset", "smoke", "--limit", str(total), "--max-new-tokens", "16", "--tau", "q0.9",
-            "--detach", "--json"]
+            "--batch-size", "1", "--detach", "--json"]
     code, out, err = run_cli(argv, capsys, monkeypatch)
     assert code == 0, err
     submitted = json.loads(out)
@@ -84,14 +91,15 @@ def test_rmx_intervene_detach_streams_events_cancels_and_resumes_to_done(tiny_ll
     spec = LocalJobs().job(submitted["id"]).spec
     assert spec.kind == "intervene" and spec.config["sampling"]["max_new_tokens"] == 16
     assert spec.config["base"]["source"] == str(tiny_llama.resolve()) and spec.config["out"] is None
+    assert spec.config["batch_size"] == 1  # one row at a time, so that a cancel lands mid-run
 
-    # Cancelled after its first problem: it finishes the problem in progress, then stops.
+    # Cancelled after its first problem: it stops after the step in progress, keeping what finished.
     wait_for(lambda: any(e["intervene/done"] >= 1 for e in intervene_events(run_dir)), timeout=90,
              what="the first problem")
     cancel_job(submitted["id"])
     stopped = finished(submitted["id"], timeout=60)
     assert stopped.state == "cancelled"
-    kept = results(run_dir)
+    kept = complete(run_dir)
     assert 1 <= len(kept) <= total and stopped.step == len(kept) and stopped.total == total
     partial = json.loads((run_dir / "artifacts" / "summary.json").read_text())  # written on a cancel too
     assert partial["problems"] == len(kept) and partial["complete"] is (len(kept) == total)
@@ -100,8 +108,10 @@ def test_rmx_intervene_detach_streams_events_cancels_and_resumes_to_done(tiny_ll
     done = finished(submitted["id"], timeout=90)
     assert done.state == "done", done.error
     assert (done.step, done.total) == (total, total)
-    assert [r["id"] for r in results(run_dir)] == [f"smoke_{i}" for i in range(total)]  # none twice, none skipped
-    assert all(set(r["modes"]) == set(MODES) for r in results(run_dir))
+    # None skipped, and no mode of any problem run twice (a partial line and its completion share no mode).
+    assert sorted(complete(run_dir)) == [f"smoke_{i}" for i in range(total)]
+    filed = [(r["id"], mode) for r in results(run_dir) for mode in r["modes"]]
+    assert len(filed) == len(set(filed)) == total * len(MODES)
     events = list(tail_events(run_dir, follow=False))
     resumed_at = max(i for i, e in enumerate(events) if e.get("job/attempt") == 2)
     first = [e["intervene/done"] for e in events[:resumed_at] if "intervene/done" in e]

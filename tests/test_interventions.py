@@ -400,7 +400,10 @@ def test_figure2_runner_streams_resumes_and_summarises(llama_pair, tmp_path):
     assert ids == ["p0", "p1", "p2"]
     assert [e["intervene/done"] for e in events] == [1, 2, 3]
     assert again.problems == 3
-    assert json.loads(out.read_text().splitlines()[1]) == json.loads(lines[1])
+    # p1 ran again, now batched with p2: the same record, its resolved τ up to float noise of batch shapes.
+    rerun, first = json.loads(out.read_text().splitlines()[1]), json.loads(lines[1])
+    assert rerun["modes"]["gated"].pop("tau") == pytest.approx(first["modes"]["gated"].pop("tau"), abs=1e-5)
+    assert rerun == first
 
     # Everything on file: nothing runs, the summary is read back.
     before = out.read_text()

@@ -147,7 +147,7 @@ def test_rows_put_while_the_batch_runs_join_it(pair):
     for prompt in prompts:
         batch.put(ModeRow("oracle", tuple(prompt), tag="first"))
     seen = []
-    for number, row, result in batch.run():
+    for number, row, _result in batch.run():
         seen.append((row.mode, row.tag))
         if row.tag == "first" and number == 0:
             batch.put(ModeRow("base", tuple(prompts[0]), tag="later"))
@@ -219,3 +219,103 @@ def test_a_row_may_bring_its_own_sampling(base):
     assert [s.id for s in rows[0]] == [s.id for s in DecodeSession(base).decode(prompts[0], sampled)]
     assert [s.id for s in rows[1]] == [s.id for s in DecodeSession(base).decode(prompts[1], greedy)]
     assert rows[1][-1].end == "length" and len(rows[1]) == 4
+
+
+PROBLEM_TEXTS = TEXTS[:4]
+
+
+def figure2_by_hand(base, teacher, prompt, spec, tau):
+    """Today's one-at-a-time Figure 2 for one problem: each mode through run_mode, in its order."""
+    from engine.core.config import Tau
+    from engine.core.interventions import oracle_positions
+
+    session = DecodeSession(base, teacher)
+    results = {m: run_mode(session, m, prompt, spec, gold="7")[0] for m in ("base", "teacher", "oracle")}
+    results["random"] = run_mode(session, "random", prompt, spec, gold="7",
+                                 budget=[oracle_positions(results["oracle"])])[0]
+    reference = results["base"] if spec.greedy else run_mode(session, "base", prompt,
+                                                              SamplingSpec(max_new_tokens=spec.max_new_tokens))[0]
+    results["gated"] = run_mode(session, "gated", prompt, spec, gold="7", tau=Tau(tau.resolve(reference.entropies)))[0]
+    return results
+
+
+@pytest.mark.parametrize("spec", [SamplingSpec(max_new_tokens=7),
+                                  SamplingSpec(greedy=False, temperature=0.9, seed=4, max_new_tokens=6)],
+                         ids=["greedy", "sampled"])
+def test_figure2_rows_equal_one_at_a_time_runs_at_any_batch_size(pair, spec, tmp_path):
+    """Every mode's row of every problem, batched 3 at a time, is the one-at-a-time run; lines stay in problem order."""
+    import json
+
+    from engine.core.config import Tau
+    from engine.core.data import Problem
+    from engine.recipes.experiments import FIGURE2_MODES, read_results, run_figure2
+
+    base, teacher = pair
+    problems = [Problem(id=f"p{i}", problem=text, answer="7", source="test") for i, text in enumerate(PROBLEM_TEXTS)]
+    tau = Tau.parse("q0.6")
+    out = tmp_path / "fig2.jsonl"
+    events = []
+    run_figure2(base, teacher, problems, out, sampling=spec, tau=tau, template="raw", batch_size=3,
+                on_event=events.append)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [p.id for p in problems]
+    assert [e["intervene/done"] for e in events] == [0, 1, 2, 3, 4]
+    records = read_results(out)
+    for problem in problems:
+        expected = figure2_by_hand(base, teacher, base.tokenizer(problem.problem)["input_ids"], spec, tau)
+        for mode in FIGURE2_MODES:
+            got, want = records[problem.id]["modes"][mode], expected[mode]
+            assert (got["text"], got["touched"], got["tokens"], got["end"], got["correct"]) == (
+                want.text, list(want.touched), len(want.steps), want.steps[-1].end, want.correct), (problem.id, mode)
+            if mode == "gated":
+                assert got["tau"] == pytest.approx(want.tau, abs=1e-5)
+
+
+def test_figure2_a_stop_keeps_what_finished_and_a_resume_completes_it(pair, tmp_path):
+    from engine.core.config import Tau
+    from engine.core.data import Problem
+    from engine.recipes.experiments import read_results, run_figure2
+
+    base, teacher = pair
+    problems = [Problem(id=f"p{i}", problem=text, answer="7", source="test") for i, text in enumerate(TEXTS)]
+    out = tmp_path / "fig2.jsonl"
+    modes = ("base", "oracle", "random")
+    run = dict(modes=modes, sampling=SamplingSpec(max_new_tokens=5), tau=Tau(1.2), template="raw", batch_size=2)
+    figure = run_figure2(base, teacher, problems, out, should_stop=lambda: True, **run)
+    assert figure.problems == 0 and read_results(out) == {}  # stopped before the first problem started
+    asked = []
+    figure = run_figure2(base, teacher, problems, out, should_stop=lambda: asked.append(1) or len(asked) > 25, **run)
+    records = read_results(out)
+    complete = [r for r in records.values() if set(r["modes"]) == set(modes)]
+    assert 1 <= figure.problems == len(complete) < len(problems)
+    assert len(records) > len(complete), "a problem in flight should have left a partial line"
+    whole = run_figure2(base, teacher, problems, out, **run)
+    merged = read_results(out)
+    assert whole.problems == len(problems) and all(set(r["modes"]) == set(modes) for r in merged.values())
+    fresh = tmp_path / "fresh.jsonl"
+    run_figure2(base, teacher, problems, fresh, **run)
+    assert {i: {m: r["modes"][m]["text"] for m in modes} for i, r in merged.items()} == {
+        i: {m: r["modes"][m]["text"] for m in modes} for i, r in read_results(fresh).items()}
+
+
+def test_batch_memory_formula_and_choice(base):
+    from engine.core import batch_memory
+    from engine.core.batch_memory import BatchFit, choose_batch_size, kv_bytes_per_token, measure_fit
+
+    config = base.core.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    assert kv_bytes_per_token(base) == 2 * config.num_hidden_layers * kv_heads * (config.hidden_size // heads) * 4
+    fit = measure_fit([base, base], longest_prompt=10, max_new_tokens=20)
+    assert fit.tokens == 30 and fit.row_bytes == 2 * (kv_bytes_per_token(base) * 30 + 32 * base.vocab_size)
+    assert fit.where == "available RAM" and fit.free_bytes > 0
+    small = BatchFit(row_bytes=1000, free_bytes=10_000, where="available RAM", tokens=30)
+    assert small.fits == 8
+    assert choose_batch_size(None, small, rows=100) == 8 and choose_batch_size(None, small, rows=3) == 3
+    assert choose_batch_size(5, small, rows=100) == 5
+    big = BatchFit(row_bytes=1, free_bytes=10**9, where="available RAM", tokens=30)
+    assert choose_batch_size(None, big, rows=1000) == batch_memory.DEFAULT_CAP
+    for bad in (0, 9):
+        with pytest.raises(RmxError, match="the largest that fits is 8 "):
+            choose_batch_size(bad, small, rows=100)
+    with pytest.raises(RmxError, match="not even one row fits"):
+        choose_batch_size(None, BatchFit(row_bytes=10**6, free_bytes=10, where="available RAM", tokens=30), rows=1)

@@ -87,7 +87,7 @@ def test_pool_stats_histogram_and_decision_rates():
 
 def test_write_pool_writes_jsonl_and_stats(tmp_path):
     from engine.recipes.pool import PoolSpec, write_pool
-    from engine.recipes.rollouts import read_rollouts
+    from engine.core.records import read_rollouts
 
     source = tmp_path / "rollouts.jsonl"
     source.write_text("".join(json.dumps(r.to_json()) + "\n" for r in _rollouts(PATTERN)))
@@ -143,7 +143,7 @@ def test_workbench_pool_stats_match_the_cli_and_score_under_the_loaded_base(tiny
 
     from engine.core.models import load_model
     from engine.recipes.pool import PoolSpec, PoolStats, base_entropies, entropy_cache, pool_stats, select_pool
-    from engine.recipes.rollouts import read_rollouts
+    from engine.core.records import read_rollouts
     from engine.service.workbench import Workbench
     from rmx_tui.cli import app as cli_app
     from tests.test_train import make_rollouts

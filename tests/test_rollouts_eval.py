@@ -29,10 +29,11 @@ def _spec(**overrides):
 
 
 def test_rollouts_write_k_graded_samples_per_problem(tiny_llama, tmp_path):
-    from engine.recipes.rollouts import read_rollouts, sample_rollouts
+    from engine.core.records import read_rollouts
+    from engine.recipes.rollouts import sample_rollouts
 
     events: list[dict] = []
-    result = sample_rollouts(ModelSpec(str(tiny_llama), dtype="float32"), _spec(), tmp_path / "r.jsonl",
+    result = sample_rollouts(ModelSpec(str(tiny_llama), dtype="float32"), _spec(template="auto"), tmp_path / "r.jsonl",
                              emit=events.append)
     rollouts = read_rollouts(result.path)
     assert (result.problems, result.samples, len(rollouts)) == (3, 9, 9)
@@ -43,7 +44,26 @@ def test_rollouts_write_k_graded_samples_per_problem(tiny_llama, tmp_path):
     assert first.prompt_ids and first.correct is False  # a random-weight model does not do arithmetic
     assert len({r.completion_ids for r in rollouts[:3]}) > 1  # K samples, not one repeated
     assert result.tok_s > 0 and any("rollouts/tok_s" in e for e in events)
-    assert json.loads((tmp_path / "r.jsonl.meta.json").read_text())["spec"]["k"] == 3
+    meta = json.loads((tmp_path / "r.jsonl.meta.json").read_text())
+    assert meta["spec"]["k"] == 3
+    # auto on a tiny Llama base (its tokenizer has a chat template): raw text, recorded with the reason.
+    assert meta["template"]["template"] == result.template == "raw" and "llama" in result.template_reason
+
+
+def test_rollouts_refuse_to_resume_a_file_posed_with_another_template(tiny_llama, tmp_path):
+    from engine.recipes.rollouts import sample_rollouts
+
+    model = ModelSpec(str(tiny_llama), dtype="float32")
+    out = tmp_path / "chat.jsonl"
+    sample_rollouts(model, _spec(template="chat", limit=1), out)
+    meta = tmp_path / "chat.jsonl.meta.json"
+    # A file from before templates were recorded: its settings said auto, which then meant the chat template.
+    old = json.loads(meta.read_text())
+    old["spec"]["template"] = "auto"
+    del old["template"]
+    meta.write_text(json.dumps(old))
+    with pytest.raises(RmxError, match="another template than 'raw'"):
+        sample_rollouts(model, _spec(template="auto", limit=1), out, resume=True)
 
 
 def test_rollouts_resume_after_a_cut_redraws_the_same_samples(tiny_llama, tmp_path):

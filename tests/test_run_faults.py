@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import engine.jobs.runner as runner
-import engine.jobs.selftest  # noqa: F401  (registers the selftest kind in this process)
+import engine.jobs.selftest
 import engine.jobs.store as store
 from engine.core.diskfull import DiskFull, check_space, disk_full, is_disk_full
 from engine.jobs.repair import repair_run

@@ -11,7 +11,7 @@ from engine.core.config import ModelSpec, ScoreSpec, Tau
 from engine.core.models import load_model, load_pair
 from engine.core.prompts import completion_ids, prompt_ids
 from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken
-from engine.core.scoring import _lse_entropy, classify, gate_quality, score, summarize
+from engine.core.scoring import lse_entropy, classify, gate_quality, score, summarize
 
 PROBLEM = "What is 12 + 30?"
 COMPLETION = "12 + 30 = 42, so the answer is \\boxed{42}."
@@ -61,7 +61,7 @@ def test_entropy_logprob_rank_topk_match_float64_reference(fixture, request):
 def test_known_entropies_in_bits():
     for probs, bits in (([0.94, 0.04, 0.01, 0.01], 0.4025), ([0.28, 0.27, 0.25, 0.15, 0.05], 2.1509)):
         logits = torch.log(torch.tensor([probs], dtype=torch.float32)) + 3.0  # shift: entropy is shift-invariant
-        _, entropy = _lse_entropy(logits)
+        _, entropy = lse_entropy(logits)
         assert entropy.item() / math.log(2) == pytest.approx(bits, abs=5e-4)
 
 
@@ -80,6 +80,27 @@ def test_chunk_size_and_batching_do_not_change_results(tiny_llama):
         for x, y in zip(a.tokens, b.tokens):
             assert x.entropy == pytest.approx(y.entropy, abs=1e-5)
             assert x.rank == y.rank and [t.id for t in x.top] == [t.id for t in y.top]
+
+
+def test_should_stop_is_asked_between_chunks_and_stops_the_scoring(tiny_llama):
+    from engine.core.errors import Interrupted
+
+    model = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
+    tok = model.tokenizer
+    pair = (prompt_ids(tok, PROBLEM, "chat"), completion_ids(tok, COMPLETION))
+    asked: list[int] = []
+
+    def stop_on_third() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    spec = ScoreSpec(chunk_elements=model.vocab_size)  # one position a chunk
+    with pytest.raises(Interrupted, match="scoring stopped"):
+        score(model, [pair], spec=spec, should_stop=stop_on_third)
+    assert len(asked) == 3  # after the forward pass (twice: base, teacher slot) and before the first chunk
+    everything = score(model, [pair], spec=spec, should_stop=lambda: asked.append(1) or False)
+    assert len(asked) == 3 + 2 + len(pair[1])  # then once per chunk
+    assert len(everything[0].tokens) == len(pair[1])
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])

@@ -30,7 +30,7 @@ from engine.service.workbench import Workbench
 from rmx_tui.cli import app as cli_app
 from tests.test_jobs import kill_jobs
 
-ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids",
+ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids", "/template",
              "/token_texts", "/decode", "/intervene", "/fork", "/intervene/stream", "/fork/stream", "/grade",
              "/problems", "/pool_stats", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
              "/jobs/{job_id}/resume"}
@@ -97,8 +97,10 @@ def test_remote_answers_match_the_local_client(daemon, local):
     assert remote.tokenize(text) == ids
     assert remote.detokenize(ids) == local.detokenize(ids) == text
     assert remote.token_texts(ids) == local.token_texts(ids)
-    for template in ("raw", "qwen", "chat"):
+    for template in ("raw", "qwen", "chat", "auto"):
         assert remote.prompt_ids("What is 12 + 30?", template) == local.prompt_ids("What is 12 + 30?", template)
+        assert remote.template_choice(template) == local.template_choice(template)
+    assert remote.template_choice("auto").template == "raw"  # a tiny Llama, not named instruct
     prompt = local.prompt_ids("What is 12 + 30?", "qwen")
     assert remote.score(prompt, ids, top_k=3) == local.score(prompt, ids, top_k=3)
     question = "What is 12 + 30?"

@@ -127,7 +127,7 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama):
     import torch
 
     from engine.core.models import load_model
-    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.core.scoring import logit_transform, hidden_states
     from engine.recipes.train import Example, _Sequence, _sequence_backward, lora_model, loss_terms
 
     loaded = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
@@ -138,7 +138,7 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama):
             if "lora_B" in name:
                 param.normal_(0, 0.3)
     core = model.get_base_model()
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     rng = random.Random(1)
     ids = tuple(rng.randrange(4, 380) for _ in range(30))
     ex = Example("p", 0, ids, 10, -1.2, False, tuple(rng.uniform(0, 3) for _ in range(20)))
@@ -335,7 +335,7 @@ def test_orders_and_positive_only(tiny_llama, tmp_path):
     from engine.recipes.train import _order, _prepare, Example
 
     rollouts_path = make_rollouts(tmp_path / "r.jsonl")
-    from engine.recipes.rollouts import read_rollouts
+    from engine.core.records import read_rollouts
 
     rollouts = read_rollouts(rollouts_path)
     chosen, counts = _prepare(rollouts, _spec(rollouts_path, objective="positive-only"), 512)

@@ -23,23 +23,27 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 384):
-    """Train a byte-level BPE tokenizer on a small math corpus and save it as a fast HF tokenizer."""
+def build_tokenizer(folder: Path, vocab_size: int = 384, *, qwen_specials: bool = True, chat: bool = True):
+    """Train a byte-level BPE tokenizer on a small math corpus and save it as a fast HF tokenizer.
+
+    By default it has Qwen's special tokens and a ChatML chat template; `qwen_specials=False` gives
+    Llama-style ones instead (a non-Qwen vocabulary), `chat=False` leaves the chat template out.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    specials = SPECIALS if qwen_specials else ["<unk>", "<s>", "</s>", "<pad>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<pad>",
-        unk_token="<|endoftext|>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    unk, bos, eos, pad = (specials[0], specials[1], specials[2], specials[3])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=bos, pad_token=pad, unk_token=unk)
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     return fast
 

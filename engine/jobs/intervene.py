@@ -10,9 +10,11 @@ Config (JSON):
     template    qwen, qwen3, mistral, r1-distill, chat, raw or auto (default auto)
     sampling    SamplingSpec fields (default: greedy, 512 new tokens)
     out         an absolute path for the per-problem JSON lines (default: the run's artifacts/figure2.jsonl)
+    batch_size  rows decoded together, or null (default) for as many as fit in free memory
 
 Events are the runner's own (`intervene/done`, `intervene/total`, `intervene/pass@1/<mode>`, ...), one per
-problem. A cancel is honoured between problems; a resumed run skips the problems already in the results file.
+problem. A cancel stops decoding after the current step: problems in flight leave their finished modes as
+partial lines, and a resumed run runs only the modes missing from the results file.
 At the end (a cancel included) `artifacts/summary.json` holds Figure 2's bars (Figure2.to_json) over the
 problems finished so far, plus `total` and `complete`.
 """
@@ -31,7 +33,7 @@ from engine.jobs.store import RunContext, register_job_kind, write_json_atomic
 from engine.core.prompts import TEMPLATES
 
 KIND = "intervene"
-KEYS = ("base", "teacher", "dataset", "limit", "modes", "tau", "template", "sampling", "out")
+KEYS = ("base", "teacher", "dataset", "limit", "modes", "tau", "template", "sampling", "out", "batch_size")
 RESULTS = "figure2.jsonl"
 SUMMARY = "summary.json"
 
@@ -49,6 +51,7 @@ class Plan:
     template: str | None
     sampling: SamplingSpec
     out: str | None
+    batch_size: int | None = None
 
 
 def _model(value: Any, name: str) -> ModelSpec:
@@ -128,8 +131,11 @@ def parse(config: dict[str, Any]) -> Plan:
     out = config.get("out")
     if out is not None and (not isinstance(out, str) or not Path(out).expanduser().is_absolute()):
         raise RmxError(f"intervene: out must be an absolute path (the job does not run in your folder), got {out!r}")
+    batch_size = config.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise RmxError(f"intervene: batch_size must be an integer ≥ 1 or null (as many as fit), got {batch_size!r}")
     return Plan(base=base, teacher=teacher, dataset=dataset, limit=limit, modes=modes, tau=tau, template=template,
-                sampling=sampling, out=str(Path(out).expanduser()) if out is not None else None)
+                sampling=sampling, out=str(Path(out).expanduser()) if out is not None else None, batch_size=batch_size)
 
 
 def _check_model(spec: ModelSpec, name: str) -> None:
@@ -179,7 +185,8 @@ def intervene_job(config: dict[str, Any], run: RunContext) -> None:
         run.emit(event)
 
     figure = run_figure2(base, teacher, problems, out, modes=plan.modes, sampling=plan.sampling, tau=plan.tau,
-                         template=plan.template, on_event=on_event, should_stop=run.should_stop)
+                         template=plan.template, on_event=on_event, should_stop=run.should_stop,
+                         batch_size=plan.batch_size)
     summary = {**figure.to_json(), "total": total, "complete": figure.problems == total}
     write_json_atomic(run.artifacts / SUMMARY, summary)
     run.emit({"intervene/summary": str(run.artifacts / SUMMARY), "intervene/complete": summary["complete"]})

@@ -6,13 +6,16 @@ from typing import Any, Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.jobs.foreground import output_of
 from engine.jobs.store import RunContext, register_job_kind
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
 from engine.recipes.evaluate import EvalSpec, evaluate
-from engine.recipes.pipeline import build_spec, check_trained, write_json, check_pipeline, run_pipeline
+from engine.core.io import atomic_write_json
+from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
-from engine.recipes.rollouts import RolloutSpec, read_rollouts, sample_rollouts
+from engine.core.records import read_rollouts
+from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainSpec, train
 
@@ -52,24 +55,24 @@ def _check_pipeline_job(config: dict[str, Any]) -> None:
 def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "rollouts")
     with Meter("rollouts", run.artifacts):
-        result = sample_rollouts(model, spec, run.artifacts / "rollouts.jsonl", resume=run.resumed,
+        result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
                                  emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def pool_job(config: dict[str, Any], run: RunContext) -> None:
     (spec,) = _job_config(config, "pool")
     with Meter("pool", run.artifacts):
-        result = write_pool(spec, run.artifacts / "pool.jsonl")
-    write_json(run.artifacts / "result.json", result.to_json())
+        result = write_pool(spec, output_of(config, run, "pool.jsonl"))
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def train_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "train")
     with Meter("train", run.artifacts):
-        result = train(model, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+        result = train(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
     if result.state == "diverged":
         check_trained(result)
 
@@ -77,29 +80,29 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
 def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec, sweep_spec = _job_config(config, "model", "train", "sweep")
     with Meter("sweep", run.artifacts):
-        result = sweep(model, spec, sweep_spec, run.artifacts, resume=run.resumed, emit=run.emit,
+        result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
-        evaluate(model, spec, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
-                 progress=run.set_progress)
+        evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
+                 should_stop=run.should_stop, progress=run.set_progress)
 
 
 def distill_job(config: dict[str, Any], run: RunContext) -> None:
     model, teacher, spec = _job_config(config, "model", "teacher", "distill")
     with Meter("distill", run.artifacts):
-        result = distill(model, teacher, spec, run.artifacts, resume=run.resumed, emit=run.emit,
+        result = distill(model, teacher, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                          should_stop=run.should_stop, progress=run.set_progress)
-    write_json(run.artifacts / "result.json", result.to_json())
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
     checked = check_pipeline(config.get("pipeline") or {}, "job config")
-    run_pipeline(checked, run.artifacts, resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
+    run_pipeline(checked, output_of(config, run), resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
 
 
 register_job_kind("rollouts", rollouts_job, _validator("model", "rollouts"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "diverged", "damaged")
 """`damaged` is never written: it is what a reader reports for a run folder whose files it cannot trust."""
@@ -191,9 +192,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
     No fsync: this guards against a killed process, which is the failure jobs see, not against power loss.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(json_bytes(data) + b"\n")
-    os.replace(tmp, path)
+    atomic_write(path, json_bytes(data) + b"\n")
 
 
 @dataclass(frozen=True)
@@ -356,7 +355,8 @@ def resolve_entry(kind: str, entry: str | None) -> JobKind:
         try:
             importlib.import_module(module)
         except Exception as error:  # a broken module is the entry's problem, not the daemon's
-            raise RmxError(f"job entry '{entry}': cannot import {module} ({type(error).__name__}: {error})") from None
+            detail = f"no module named {error.name}" if isinstance(error, ModuleNotFoundError) else "it failed to import"
+            raise RmxError(f"job entry '{entry}': cannot import {module} ({detail})") from None
     known = _KINDS.get(kind)
     if known is None:
         names = ", ".join(sorted(_KINDS)) or "none"

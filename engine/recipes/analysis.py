@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from engine.core.config import ScoreSpec, Tau
 from engine.core.data import Problem
-from engine.core.decode import SamplingSpec, decode_batch
+from engine.core.batch_memory import choose_batch_size, measure_fit
+from engine.core.decode import SamplingSpec
+from engine.core.lockstep import RowRequest, decode_rows
 from engine.core.grading import grade
 from engine.core.models import LoadedModel
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 from engine.core.records import ScoredRollout, Table2
 from engine.core.scoring import GateQuality, gate_quality, score, summarize
 
@@ -34,10 +36,13 @@ class Analysis:
     gate: GateQuality | None
     pass_at_1: float
     problems: tuple[AnalyzedProblem, ...]
+    template: TemplateChoice | None = None
+    """The prompt template the problems were posed with, and why."""
 
     def to_json(self) -> dict:
         gate = self.gate
         return {
+            **(self.template.to_json() if self.template is not None else {}),
             "summary": self.table.to_json(),
             "gate": None if gate is None else {
                 "tau": gate.tau, "gated": gate.gated, "disagreements": gate.disagreements, "hits": gate.hits,
@@ -53,43 +58,48 @@ class Analysis:
 
 
 def greedy_rollouts(base: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    batch_size: int) -> list[tuple[list[int], str]]:
-    """Greedy completions (ids, why it stopped) for each prompt, decoded `batch_size` at a time."""
+                    batch_size: int) -> Iterator[tuple[int, list[int], str]]:
+    """(prompt index, greedy completion ids, why it stopped) for each prompt as soon as its row ends.
+
+    Up to `batch_size` rows decode together; a finished row's slot goes to the next prompt.
+    """
     sampling = SamplingSpec(greedy=True, max_new_tokens=max_new_tokens)
-    results: list[tuple[list[int], str]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        ids: list[list[int]] = [[] for _ in chunk]
-        ends = ["length"] * len(chunk)
-        for step in decode_batch(base, chunk, sampling, top=1):
-            ids[step.row].append(step.id)
-            if step.end is not None:
-                ends[step.row] = step.end
-        results.extend(zip(ids, ends))
-    return results
+    ids: dict[int, list[int]] = {}
+    for step in decode_rows(base, [RowRequest(prompt=tuple(p)) for p in prompts], sampling, batch_size=batch_size,
+                            top=1):
+        ids.setdefault(step.row, []).append(step.id)
+        if step.end is not None:
+            yield step.row, ids.pop(step.row), step.end
 
 
 def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[Problem], *, tau: Tau,
-            template: str | None = "auto", max_new_tokens: int = 512, batch_size: int = 8,
+            template: str | None = "auto", max_new_tokens: int = 512, batch_size: int | None = None,
             on_progress: Callable[[int, int], None] | None = None) -> Analysis:
-    """Greedy-decode the base on each problem, score each output against the teacher, and tabulate."""
-    analyzed: list[AnalyzedProblem] = []
+    """Greedy-decode the base on each problem, score each output against the teacher, and tabulate.
+
+    `batch_size` rows decode together (None: as many as fit in free memory, engine.core.batch_memory);
+    each rollout is scored as soon as its row ends.
+    """
     total = len(problems)
-    for start in range(0, total, batch_size):
-        chunk = problems[start : start + batch_size]
-        prompts = [prompt_ids(base.tokenizer, p.problem, template) for p in chunk]
-        for problem, prompt, (completion, finish) in zip(chunk, prompts,
-                                                         greedy_rollouts(base, prompts, max_new_tokens, batch_size)):
-            text = base.tokenizer.decode(completion, skip_special_tokens=True)
-            graded = grade(text, problem.answer)
-            rollout = score(base, [(prompt, completion)], teacher, ScoreSpec())[0] if completion else None
-            if rollout is not None:
-                analyzed.append(AnalyzedProblem(problem.id, rollout, graded.extracted, graded.correct, finish))
+    choice = choose_template(template, base.tokenizer, base.template_facts)
+    prompts = [prompt_ids(base.tokenizer, p.problem, choice.template) for p in problems]
+    fit = measure_fit([base], max((len(p) for p in prompts), default=1), max_new_tokens)
+    size = choose_batch_size(batch_size, fit, max(1, total))
+    by_index: dict[int, AnalyzedProblem] = {}
+    done = 0
+    for index, completion, finish in greedy_rollouts(base, prompts, max_new_tokens, size):
+        problem = problems[index]
+        text = base.tokenizer.decode(completion, skip_special_tokens=True)
+        graded = grade(text, problem.answer)
+        rollout = score(base, [(prompts[index], completion)], teacher, ScoreSpec())[0]
+        by_index[index] = AnalyzedProblem(problem.id, rollout, graded.extracted, graded.correct, finish)
+        done += 1
         if on_progress is not None:
-            on_progress(min(start + batch_size, total), total)
+            on_progress(done, total)
+    analyzed = [by_index[i] for i in sorted(by_index)]
     rollouts = [p.rollout for p in analyzed]
     table = summarize(rollouts, tau)
     tokens = [t for r in rollouts for t in r.tokens]
     gate = gate_quality(tokens, table.tau) if teacher is not None and table.tau is not None else None
     pass_at_1 = sum(p.correct for p in analyzed) / total if total else 0.0
-    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed))
+    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed), template=choice)

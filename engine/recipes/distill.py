@@ -6,7 +6,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ from typing import Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.io import atomic_open, atomic_write_json, commit_folder
 from engine.core.models import LoadedModel
 
 TEACHER_FILE = "teacher_topk.npz"
@@ -119,7 +119,7 @@ def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tupl
     import torch
 
     from engine.core.models import align_teacher_vocabulary, load_model
-    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.core.scoring import hidden_states, logit_transform
 
     model = load_model(teacher)
     note = align_teacher_vocabulary(student, model)
@@ -127,7 +127,7 @@ def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tupl
         emit({"distill/warning": note})
     if top_k > model.vocab_size:
         raise RmxError(f"--top-k {top_k} is larger than the teacher's vocabulary ({model.vocab_size})")
-    head, transform = model.core.get_output_embeddings(), _logit_transform(model.core.config)
+    head, transform = model.core.get_output_embeddings(), logit_transform(model.core.config)
     step = max(1, chunk_elements // model.vocab_size)
     ids_out, logits_out = [], []
     with torch.inference_mode(), model.active() as module:
@@ -138,11 +138,9 @@ def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tupl
                 values, top = torch.topk(transform(head(h[a:a + step])).float(), top_k, dim=-1)
                 ids_out.append(top.cpu().numpy().astype(np.int32))
                 logits_out.append(values.cpu().numpy())
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.savez(handle, ids=np.concatenate(ids_out), logits=np.concatenate(logits_out),
                  fingerprint=np.array(fingerprint))
-    os.replace(tmp, path)
     del model
     gc.collect()
 
@@ -159,10 +157,10 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     import torch
 
     from engine.core.models import load_model
-    from engine.recipes.rollouts import read_rollouts
-    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.core.records import read_rollouts
+    from engine.core.scoring import logit_transform, hidden_states
     from engine.recipes.train import (
-        _commit_folder, _rng_state, _schedule, _write_adapter, finished_run, latest_checkpoint, lora_model,
+        _rng_state, _schedule, _write_adapter, finished_run, latest_checkpoint, lora_model,
         restore_run, save_checkpoint,
     )
 
@@ -203,7 +201,7 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     model = lora_model(student.module, spec, base.source)
     model.eval()
     core = model.get_base_model()
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     step_rows = max(1, spec.chunk_elements // int(head.weight.shape[0]))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
@@ -265,9 +263,7 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         if stopping and done < total:
             raise RmxError(f"distillation stopped at step {done} of {total}: resume it to go on")
     final = out / "adapter"
-    _commit_folder(lambda tmp: _write_adapter(model, tmp), final)
+    commit_folder(lambda tmp: _write_adapter(model, tmp), final)
     result = DistillResult(str(final), done, len(sequences), offsets[-1], last_kl, time.perf_counter() - started)
-    tmp = summary_file.with_name(f".{summary_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_json()}, indent=2))
-    os.replace(tmp, summary_file)
+    atomic_write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
     return result

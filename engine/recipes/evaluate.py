@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write, atomic_write_json
 
 AVG_BENCHMARKS = ("aime24", "amc23")
 """Few-problem benchmarks the paper scores as avg@8 (mean pass@1 over 8 sampled generations)."""
@@ -107,6 +107,10 @@ class EvalResult:
     scores: list[BenchmarkScore]
     seconds: float
     tokens: int
+    template: str | None = None
+    """The prompt template the problems were posed with (`auto` resolved); None in results from before it was kept."""
+    template_reason: str | None = None
+    """Why that template: the `auto` rule that picked it, or `asked for`."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +120,13 @@ class EvalResult:
         scores = [BenchmarkScore(**{**s, "disagreements": [Disagreement(**d) for d in s["disagreements"]]})
                   for s in data["scores"]]
         return cls(model=data["model"], adapter=data.get("adapter"), grader=data["grader"], scores=scores,
-                   seconds=data["seconds"], tokens=data["tokens"])
+                   seconds=data["seconds"], tokens=data["tokens"], template=data.get("template"),
+                   template_reason=data.get("template_reason"))
+
+
+def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta file's settings, without the template it recorded (checked on its own, after the model loads)."""
+    return {key: value for key, value in meta.items() if key != "template"}
 
 
 def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[[str], int],
@@ -126,7 +136,7 @@ def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[
         return {}
     if not resume:
         raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
-    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+    if meta_path.exists() and _settings(json.loads(meta_path.read_text())) != meta:
         raise RmxError(f"{path} was evaluated with other settings (see {meta_path.name}): choose another --out")
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -136,7 +146,7 @@ def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[
             continue
         grouped.setdefault((item["benchmark"], item["problem_id"]), []).append(item)
     done = {key: items for key, items in grouped.items() if len(items) == samples_of(key[0])}
-    _write(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for items in done.values() for item in items))
+    atomic_write(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for items in done.values() for item in items))
     return done
 
 
@@ -152,9 +162,9 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
     from engine.core.backends import SampleRequest, make_sampler
     from engine.core.data import load_problems
     from engine.core.grading import grade, grade_sympy
-    from engine.core.prompts import prompt_ids
     from engine.core.backends import resolve_backend
-    from engine.recipes.rollouts import in_calls, problem_seed
+    from engine.core.prompts import choose_template, prompt_ids
+    from engine.recipes.rollouts import in_calls, problem_seed, record_template
 
     emit = emit or (lambda event: None)
     # The resolved name is what the run records: a resume on this machine picks the same backend.
@@ -175,11 +185,17 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         meta_path = items_out.with_name("eval.meta.json")
         meta = json.loads(json.dumps({"model": asdict(model), "spec": asdict(spec)}))  # tuples read back as lists
         done_items = _resume_items(items_out, meta_path, meta, samples_of, resume)
+        if done_items and meta_path.exists():
+            # Keep the template the items on file were posed with: this run must resolve to the same one.
+            meta = {**meta, **{k: v for k, v in json.loads(meta_path.read_text()).items() if k == "template"}}
         if not items_out.exists():
             items_out.write_text("")
-        _write(meta_path, json.dumps(meta, indent=2))
+        atomic_write_json(meta_path, meta)
     current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
+    choice = choose_template(spec.template, current.tokenizer, current.template_facts)
+    if items_out is not None:
+        record_template(items_out.with_name("eval.meta.json"), choice, out)
     started, tokens, done = time.perf_counter(), 0, len(done_items)
     if progress is not None:
         progress(done, total)
@@ -193,7 +209,7 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         for batch in in_calls(problems, set(items), per_call):
             if should_stop is not None and should_stop():
                 raise RmxError("evaluation stopped before it finished: resume it to go on")
-            requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, spec.template)), n,
+            requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, choice.template)), n,
                                       problem_seed(spec.seed, p.id), greedy=not averaged) for p in batch]
             for problem, samples in zip(batch, current.sample(requests)):
                 lines = []
@@ -219,10 +235,11 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         emit({"eval/benchmark": name, "eval/metric": score.metric, "eval/score": score.score,
               "eval/score_sympy": score.score_sympy, "eval/disagreements": len(score.disagreements)})
     result = EvalResult(model=model.label, adapter=model.adapter, grader="math-verify", scores=scores,
-                        seconds=time.perf_counter() - started, tokens=tokens)
+                        seconds=time.perf_counter() - started, tokens=tokens, template=choice.template,
+                        template_reason=choice.reason)
     if out is not None:
-        _write(Path(out) / RESULT_FILE, json.dumps(result.to_json(), indent=2))
-        _write(Path(out) / TABLE_FILE, markdown_table(result))
+        atomic_write_json(Path(out) / RESULT_FILE, result.to_json())
+        atomic_write(Path(out) / TABLE_FILE, markdown_table(result))
     return result
 
 
@@ -235,12 +252,6 @@ def _score(benchmark: str, metric: str, problems: list[list[dict[str, Any]]]) ->
     return BenchmarkScore(benchmark, metric, sum(item["correct"] for item in samples) / len(samples),
                           sum(item["correct_sympy"] for item in samples) / len(samples), len(problems),
                           len(samples), disagreements)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def markdown_table(result: EvalResult) -> str:

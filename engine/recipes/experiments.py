@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.core.config import Tau
 from engine.core.data import Problem
-from engine.core.decode import DecodeSession, SamplingSpec
+from engine.core.batch_memory import choose_batch_size, measure_fit
+from engine.core.batched import ModeBatch, ModeRow
+from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
-from engine.core.interventions import InterventionResult, oracle_positions, run_mode
+from engine.core.interventions import InterventionResult, Interrupted, oracle_positions
 from engine.core.models import LoadedModel
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 
 FIGURE2_MODES = ("base", "teacher", "oracle", "random", "gated")
 """The bars of the paper's Figure 2, in the order they run (base first: a τ quantile reuses its entropies)."""
@@ -60,6 +62,8 @@ class Figure2:
     """The JSON-lines file holding the per-problem results."""
     touches: tuple[dict[str, Any], ...] = ()
     """Per counted problem with a random run: {"id", "oracle", "random"}, the two touch counts (always equal)."""
+    template: TemplateChoice | None = None
+    """The prompt template this run posed its problems with, and why; None when no run resolved one."""
 
     def __post_init__(self) -> None:
         if len({m.mode for m in self.modes}) != len(self.modes):
@@ -73,7 +77,8 @@ class Figure2:
 
     def to_json(self) -> dict[str, Any]:
         return {"problems": self.problems, "tau": self.tau, "path": self.path,
-                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches]}
+                "modes": [asdict(m) for m in self.modes], "touches": [dict(t) for t in self.touches],
+                **(self.template.to_json() if self.template is not None else {})}
 
 
 def _check_modes(modes: Sequence[str], teacher: LoadedModel | None, tau: Tau | None) -> tuple[str, ...]:
@@ -196,15 +201,20 @@ def run_figure2(
     template: str | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    batch_size: int | None = None,
 ) -> Figure2:
     """Run every mode on every problem, one JSON line per problem appended to `out`, and summarise.
 
     Problems whose modes are all in `out` already are skipped; missing modes of a problem are run
-    and appended. A τ quantile is resolved per problem against the base's own greedy-rollout
-    entropies (the base run's, when it is greedy). Events after each problem carry
-    `intervene/done`, `intervene/total` and per mode `intervene/pass@1/<mode>`,
-    `intervene/touched_pct/<mode>` and `intervene/recovered/<mode>`. `should_stop` is asked
-    between problems.
+    and appended. The rows of every mode of every problem decode together, `batch_size` at a
+    time (None: as many as fit in free memory, engine.core.batch_memory), a finished row's slot
+    going to the next one waiting; each row's result is the one-at-a-time run's. A τ quantile
+    is resolved per problem against the base's own greedy-rollout entropies (the base run's,
+    when it is greedy). Lines are written in problem order as problems complete. Events after
+    each problem carry `intervene/done`, `intervene/total` and per mode `intervene/pass@1/<mode>`,
+    `intervene/touched_pct/<mode>` and `intervene/recovered/<mode>`. `should_stop` is asked after
+    every step; once it says True decoding stops there, and the finished modes of problems in
+    flight are written as partial lines that a resumed run completes.
     """
     order = _check_modes(modes, teacher, tau)
     ids = [p.id for p in problems]
@@ -213,11 +223,15 @@ def run_figure2(
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = read_results(path)
-    session = DecodeSession(base, teacher)
     emit = on_event or (lambda event: None)
+    choice = choose_template(template, base.tokenizer, base.template_facts)
+    other = next((r for r in records.values() if r.get("template", choice.template) != choice.template), None)
+    if other is not None:
+        raise RmxError(f"{path} holds results posed with template '{other['template']}', and this run resolves to "
+                       f"'{choice.template}' ({choice.reason}): pass --template {other['template']} or another --out")
 
     def progress(problem_id: str | None) -> Figure2:
-        figure = summarize(records, ids, order, tau, path)
+        figure = replace(summarize(records, ids, order, tau, path), template=choice)
         event: dict[str, Any] = {"intervene/done": figure.problems, "intervene/total": len(ids)}
         if problem_id is not None:
             event["intervene/problem"] = problem_id
@@ -229,48 +243,129 @@ def run_figure2(
         return figure
 
     figure = progress(None)
-    with path.open("a", encoding="utf-8") as handle:
-        for problem in problems:
-            known = records.get(problem.id, {"modes": {}})
-            missing = [m for m in order if not _has(known, m)]
-            if not missing:
-                continue
-            if should_stop is not None and should_stop():
-                break
+    pending = []
+    for problem in problems:
+        known = records.get(problem.id, {"modes": {}})
+        missing = [m for m in order if not _has(known, m)]
+        if missing:
             oracle = known["modes"].get("oracle") if "oracle" not in missing else None
-            record = {"id": problem.id, "gold": problem.answer,
-                      "modes": _run_problem(session, problem, missing, sampling, tau, template, oracle)}
+            pending.append(_Pending(problem, prompt_ids(base.tokenizer, problem.problem, choice.template), missing,
+                                    budget=tuple(oracle["touched"]) if oracle is not None else None))
+    follow = teacher is not None and any(m in NEEDS_TEACHER for p in pending for m in p.missing)
+    fit = measure_fit([base, teacher] if follow else [base], max((len(p.prompt) for p in pending), default=1),
+                      sampling.max_new_tokens)
+    size = choose_batch_size(batch_size, fit, max(1, sum(len(p.missing) for p in pending)))
+    if not pending:
+        return figure
+    batch = ModeBatch(base, teacher, sampling, follow=follow, batch_size=size)
+    rows = _Figure2Rows(batch, pending, sampling, tau)
+    written = 0
+    with path.open("a", encoding="utf-8") as handle:
+
+        def write(state: _Pending) -> None:
+            record = {"id": state.problem.id, "gold": state.problem.answer, "template": choice.template,
+                      "modes": {m: state.results[m] for m in state.missing if m in state.results}}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
+            state.written = True
             _merge(records, record)
-            figure = progress(problem.id)
+
+        try:
+            rows.feed(should_stop)
+            for _, row, result in batch.run(should_stop):
+                rows.finished(row, result)
+                rows.feed(should_stop)
+                while written < len(pending) and pending[written].complete:
+                    write(pending[written])
+                    figure = progress(pending[written].problem.id)
+                    written += 1
+        except Interrupted:
+            pass  # rows in flight are dropped; what they finished is kept below
+        finally:
+            # Nothing finished is lost: complete problems out of order if need be, and the finished modes of
+            # problems in flight as partial lines, which a resumed run completes.
+            for state in pending:
+                if not state.written and (state.complete or state.results):
+                    write(state)
+                    if state.complete:
+                        figure = progress(state.problem.id)
     return figure
 
 
-def _run_problem(session: DecodeSession, problem: Problem, modes: Sequence[str], sampling: SamplingSpec,
-                 tau: Tau | None, template: str | None, oracle: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One problem's missing modes; `oracle` is its oracle record on file, whose positions budget the random control."""
-    prompt = prompt_ids(session.base.tokenizer, problem.problem, template)
-    results: dict[str, Any] = {}
-    base_entropies: list[float] | None = None
-    budget = tuple(oracle["touched"]) if oracle is not None else None
-    for mode in modes:
-        gate = None
-        if mode == "gated":
-            gate = tau
-            if tau.quantile and sampling.greedy and base_entropies is not None:
-                # This problem's base run is its own greedy rollout: resolve against it, not a second decode.
-                gate = Tau(tau.resolve(base_entropies))
-        if mode == "random" and budget is None:
-            # The oracle's positions on this problem set the control's budget, even when the oracle bar is not asked for.
-            budget = oracle_positions(run_mode(session, "oracle", prompt, sampling)[0])
-        result = run_mode(session, mode, prompt, sampling, tau=gate, gold=problem.answer,
-                          budget=[budget] if mode == "random" else None)[0]
-        if mode == "base":
-            base_entropies = result.entropies
-        elif mode == "oracle":
-            budget = oracle_positions(result)
-        results[mode] = _mode_record(result)
-        if mode == "random":
-            results[mode]["oracle_touched"] = len(budget)
-    return results
+@dataclass
+class _Pending:
+    """A problem with modes still to run: its prompt, the results so far, and what later rows wait on."""
+
+    problem: Problem
+    prompt: list[int]
+    missing: list[str]
+    budget: tuple[int, ...] | None = None
+    """The oracle's changed positions on this problem, which budget its random control."""
+    results: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+    written: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.started and all(m in self.results for m in self.missing)
+
+
+class _Figure2Rows:
+    """Puts each problem's rows into the batch, and the rows that wait on another's result once it ends."""
+
+    def __init__(self, batch: ModeBatch, pending: list[_Pending], sampling: SamplingSpec, tau: Tau | None):
+        self.batch = batch
+        self.pending = pending
+        self.sampling = sampling
+        self.tau = tau
+        self.next = 0
+        self.stopped = False
+
+    def feed(self, should_stop: Callable[[], bool] | None) -> None:
+        """Start problems until a batch's worth of rows waits, unless `should_stop` says to start no more."""
+        while self.next < len(self.pending) and self.batch.waiting < self.batch.batch_size:
+            if self.stopped or (should_stop is not None and should_stop()):
+                self.stopped = True
+                return
+            self._start(self.pending[self.next])
+            self.next += 1
+
+    def _put(self, state: _Pending, mode: str, role: str, *, first: bool = False, tau_nats: float | None = None,
+             sampling: SamplingSpec | None = None) -> None:
+        gold = state.problem.answer if role == mode else None
+        self.batch.put(ModeRow(mode, tuple(state.prompt), gold=gold, tau_nats=tau_nats, budget=state.budget
+                               if mode == "random" else None, tag=(state, role)), first=first, sampling=sampling)
+
+    def _start(self, state: _Pending) -> None:
+        state.started = True
+        missing = state.missing
+        for mode in ("base", "teacher", "oracle"):
+            if mode in missing:
+                self._put(state, mode, mode)
+        if "random" in missing:
+            if state.budget is not None:
+                self._put(state, "random", "random")
+            elif "oracle" not in missing:
+                # The oracle's positions set the control's budget, even when the oracle bar is not asked for.
+                self._put(state, "oracle", "budget")
+        if "gated" in missing:
+            if not self.tau.quantile:
+                self._put(state, "gated", "gated", tau_nats=self.tau.value)
+            elif not ("base" in missing and self.sampling.greedy):
+                # The quantile is over the base's own greedy rollout: decode one when the base run is not it.
+                self._put(state, "base", "reference", sampling=replace(self.sampling, greedy=True))
+
+    def finished(self, row: ModeRow, result: InterventionResult) -> None:
+        """File a row's result, and put the rows that waited on it at the front of the queue."""
+        state, role = row.tag
+        if role == row.mode:
+            state.results[role] = _mode_record(result)
+            if role == "random":
+                state.results[role]["oracle_touched"] = len(state.budget)
+        if role in ("oracle", "budget") and "random" in state.missing and state.budget is None:
+            state.budget = oracle_positions(result)
+            self._put(state, "random", "random", first=True)
+        # The τ quantile's reference rollout: the reference row, or the base row itself when it is greedy.
+        if "gated" in state.missing and (role == "reference" or (role == "base" and self.sampling.greedy
+                                                                  and self.tau.quantile)):
+            self._put(state, "gated", "gated", first=True, tau_nats=self.tau.resolve(result.entropies))

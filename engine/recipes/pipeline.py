@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Callable
 from engine.core.config import ModelSpec
 from engine.recipes.costs import Meter
 from engine.core.errors import Diverged, RmxError
+from engine.core.io import atomic_write, atomic_write_json
 from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
 from engine.recipes.pool import PoolSpec, write_pool
 from engine.recipes.rollouts import RolloutSpec, sample_rollouts
@@ -20,13 +20,6 @@ from engine.recipes.train import TrainResult, TrainSpec, train
 
 STAGE_FILE = "stage.json"
 """Written into a stage's folder when it finishes: a resumed pipeline skips stages that have one."""
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the TOML pipeline -------------------------------------------------------------------------------------
@@ -125,7 +118,7 @@ def _stage(name: str, out: Path, resume: bool, run: Callable[[Path], Any], emit:
     with Meter(name, folder):
         result = run(folder)
     data = result.to_json() if hasattr(result, "to_json") else result
-    write_json(marker, data)
+    atomic_write_json(marker, data)
     emit({"pipeline/stage": name, "pipeline/state": "done"})
     return data
 
@@ -175,9 +168,9 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
         comparison = compare([("base", EvalResult.from_json(stages["eval_base"])),
                               ("tuned", EvalResult.from_json(stages["eval_tuned"]))])
     report = out / "report.md"
-    _write_text(report, _report(stages, adapter, comparison))
+    atomic_write(report, _report(stages, adapter, comparison))
     result = PipelineResult(stages, adapter, comparison.to_json() if comparison else None, str(report))
-    write_json(out / "pipeline.json", result.to_json())
+    atomic_write_json(out / "pipeline.json", result.to_json())
     return result
 
 
@@ -188,12 +181,6 @@ def check_trained(result: TrainResult) -> TrainResult:
     if result.state != "done":
         raise RmxError(f"training {result.state} at step {result.step} of {result.total}: resume to finish it")
     return result
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _report(stages: dict[str, Any], adapter: str | None, comparison) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from engine.core.config import Tau
 from engine.core.errors import RmxError
-from engine.core.records import Rollout
-from engine.recipes.rollouts import read_rollouts
+from engine.core.io import atomic_write_json
+from engine.core.records import Rollout, read_rollouts, write_rollouts
 
 if TYPE_CHECKING:
     from engine.core.models import LoadedModel
@@ -100,18 +99,6 @@ def trim_longest(rollouts: Sequence[Rollout], keep: float) -> list[Rollout]:
     return [r for i, r in enumerate(rollouts) if i in kept]
 
 
-def write_rollouts(rollouts: Sequence[Rollout], path: Path) -> None:
-    """Write rollouts as JSONL atomically (tmp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for rollout in rollouts:
-            handle.write(json.dumps(rollout.to_json(), ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 # --- base entropies ---------------------------------------------------------------------------------------
 
 
@@ -151,7 +138,7 @@ def base_entropies(model, rollouts: Sequence[Rollout], chunk_elements: int = 1 <
     """
     import torch
 
-    from engine.core.scoring import _lse_entropy, _logit_transform, hidden_states
+    from engine.core.scoring import lse_entropy, logit_transform, hidden_states
 
     model_key = f"{model.spec.source}|{model.spec.dtype}|{model.spec.revision}"
     if model.spec.adapter:
@@ -168,7 +155,7 @@ def base_entropies(model, rollouts: Sequence[Rollout], chunk_elements: int = 1 <
         elif not cache.read_bytes().endswith(b"\n"):
             handle.write("\n")  # end a line cut short by a kill, so the next record starts clean
     head = model.core.get_output_embeddings()
-    transform = _logit_transform(model.core.config)
+    transform = logit_transform(model.core.config)
     step = max(1, chunk_elements // model.vocab_size)
     results: list[list[float]] = []
     try:
@@ -183,7 +170,7 @@ def base_entropies(model, rollouts: Sequence[Rollout], chunk_elements: int = 1 <
                 with torch.inference_mode(), model.active() as module:
                     h = hidden_states(module, ids, torch.ones_like(ids))[0, start:-1]
                     for a in range(0, h.shape[0], step):
-                        _, entropy = _lse_entropy(transform(head(h[a:a + step]).float()))
+                        _, entropy = lse_entropy(transform(head(h[a:a + step]).float()))
                         values += entropy.tolist()
                 known[key] = values
                 if handle is not None:
@@ -291,7 +278,7 @@ def pool_stats(rollouts: Sequence[Rollout], spec: PoolSpec, entropies: Sequence[
         for text in taus:
             nats = Tau.parse(text).resolve(pooled)
 
-            def share(which: Sequence[Sequence[float]]) -> float | None:
+            def share(which: Sequence[Sequence[float]], nats: float = nats) -> float | None:
                 flat = [h for seq in which for h in seq]
                 return sum(h > nats for h in flat) / len(flat) if flat else None
 
@@ -353,7 +340,5 @@ def write_pool(spec: PoolSpec, out: str | Path) -> PoolResult:
     path = Path(out)
     write_rollouts(pool, path)
     stats = pool_stats(rollouts, spec)
-    tmp = path.with_name(f".{path.stem}_stats.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stats.to_json(), indent=2))
-    os.replace(tmp, path.with_name(f"{path.stem}_stats.json"))
+    atomic_write_json(path.with_name(f"{path.stem}_stats.json"), stats.to_json())
     return PoolResult(str(path), stats)

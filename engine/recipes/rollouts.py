@@ -11,26 +11,7 @@ from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
-from engine.core.records import Rollout
-
-
-def read_rollouts(path: str | Path) -> list[Rollout]:
-    """Every rollout in a rollouts.jsonl; a truncated last line (a writer killed mid-line) is skipped."""
-    file = Path(path)
-    if not file.is_file():
-        raise RmxError(f"rollouts file not found: {path}")
-    lines = file.read_text(encoding="utf-8").split("\n")
-    rollouts: list[Rollout] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rollouts.append(Rollout.from_json(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError) as error:
-            if number == len(lines):  # no newline after it: the writer died mid-line
-                break
-            raise RmxError(f"{file}:{number}: not a rollout record ({type(error).__name__}: {error})") from None
-    return rollouts
+from engine.core.records import Rollout, read_rollouts, write_rollouts
 
 
 @dataclass(frozen=True)
@@ -91,6 +72,10 @@ class RolloutResult:
     seconds: float
     tok_s: float
     backend: str
+    template: str = "raw"
+    """The prompt template the rollouts were sampled with (`auto` resolved)."""
+    template_reason: str = ""
+    """Why that template: the `auto` rule that picked it, or `asked for`."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +84,11 @@ class RolloutResult:
 def problem_seed(seed: int, problem_id: str) -> int:
     """A stable 31-bit seed per problem, independent of the problem's position in the dataset."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:4], "big") >> 1
+
+
+def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta file's settings, without the template it recorded (checked on its own, after the model loads)."""
+    return {key: value for key, value in meta.items() if key != "template"}
 
 
 def in_calls(problems: Sequence, done: set[str], size: int) -> list[list]:
@@ -112,13 +102,40 @@ def _meta(model: ModelSpec, spec: RolloutSpec) -> dict[str, Any]:
     return {"model": asdict(model), "spec": asdict(spec)}
 
 
+def record_template(meta_path: Path, choice, out: Path | str) -> None:
+    """Add the template actually used (and why) to a run's meta file; a resumed run must resolve to the same one.
+
+    Meta files from before templates were recorded hold none: the first resumed run records its own.
+    """
+    meta = json.loads(meta_path.read_text())
+    known = meta.get("template")
+    if known is not None and known.get("template") != choice.template:
+        raise RmxError(f"{out} was sampled with template '{known.get('template')}', and this run resolves to "
+                       f"'{choice.template}' ({choice.reason}): pass --template {known.get('template')} or choose another --out")
+    meta["template"] = choice.to_json()
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+def _check_prompts_on_file(path: Path, problems, tokenizer, choice) -> None:
+    """Refuse to resume a file whose prompts were built with another template than this run's (an older `auto`)."""
+    from engine.core.prompts import prompt_ids
+
+    by_id = {p.id: p for p in problems}
+    on_file = next((r for r in read_rollouts(path) if r.problem_id in by_id), None)
+    if on_file is None:
+        return
+    if list(on_file.prompt_ids) != prompt_ids(tokenizer, by_id[on_file.problem_id].problem, choice.template):
+        raise RmxError(f"{path} holds prompts built with another template than '{choice.template}' "
+                       f"({choice.reason}): pass the --template it was sampled with, or choose another --out")
+
+
 def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool) -> set[str]:
     """Problems already complete in `path`; a partial last problem is cut off so it is sampled again."""
     if not path.exists():
         return set()
     if not resume:
         raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
-    if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+    if meta_path.exists() and _settings(json.loads(meta_path.read_text())) != meta:
         raise RmxError(f"{path} was sampled with other settings (see {meta_path.name}): choose another --out")
     rollouts = read_rollouts(path)
     counts: dict[str, int] = {}
@@ -127,8 +144,6 @@ def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool)
     done = {pid for pid, n in counts.items() if n == k}
     kept = [r for r in rollouts if r.problem_id in done]
     if len(kept) != len(rollouts) or not path.read_bytes().endswith(b"\n"):
-        from engine.recipes.pool import write_rollouts
-
         write_rollouts(kept, path)
     return done
 
@@ -144,7 +159,7 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     from engine.core.backends import SampleRequest, make_sampler
     from engine.core.data import load_problems
     from engine.core.grading import grade
-    from engine.core.prompts import prompt_ids
+    from engine.core.prompts import choose_template, prompt_ids
 
     from engine.core.backends import resolve_backend
 
@@ -162,6 +177,10 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     sampler = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
     tokenizer = sampler.tokenizer
+    choice = choose_template(spec.template, tokenizer, sampler.template_facts)
+    if done:
+        _check_prompts_on_file(path, problems, tokenizer, choice)
+    record_template(meta_path, choice, path)
     calls = in_calls(problems, done, sampler.problems_per_call)
     started, tokens = time.perf_counter(), 0
     finished = len(problems) - sum(len(batch) for batch in calls)
@@ -171,7 +190,7 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
         for batch in calls:
             if should_stop is not None and should_stop():
                 break
-            requests = [SampleRequest(tuple(prompt_ids(tokenizer, p.problem, spec.template)), spec.k,
+            requests = [SampleRequest(tuple(prompt_ids(tokenizer, p.problem, choice.template)), spec.k,
                                       problem_seed(spec.seed, p.id)) for p in batch]
             t0 = time.perf_counter()
             results = sampler.sample(requests)
@@ -199,11 +218,12 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
                 progress(finished, len(problems))
     seconds = time.perf_counter() - started
     everything = read_rollouts(path)
-    from engine.recipes.pool import group_by_problem, is_mixed
+    from engine.recipes.pool import group_by_problem, is_mixed  # pool imports nothing of this module: no cycle
 
     groups = group_by_problem(everything)
     return RolloutResult(
         path=str(path), problems=len(groups), samples=len(everything), correct=sum(r.correct for r in everything),
         mixed=sum(is_mixed(g) for g in groups.values()), tokens=tokens, seconds=seconds,
-        tok_s=tokens / seconds if seconds > 0 else 0.0, backend=spec.backend,
+        tok_s=tokens / seconds if seconds > 0 else 0.0, backend=spec.backend, template=choice.template,
+        template_reason=choice.reason,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import queue as queues
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Any, Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write_json
 from engine.recipes.evaluate import EvalSpec, evaluate, load_result
 from engine.recipes.train import TrainSpec, train
 
@@ -217,12 +216,5 @@ def sweep(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: str | Pa
     result = SweepResult(rows, best.tau if best else None, best.adapter if best else None,
                          f"{sweep_spec.holdout_dataset}[{sweep_spec.holdout_offset}:"
                          f"{sweep_spec.holdout_offset + sweep_spec.holdout}]")
-    _write_json(out / SWEEP_FILE, result.to_json())
+    atomic_write_json(out / SWEEP_FILE, result.to_json())
     return result
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)

@@ -20,8 +20,9 @@ from engine.core.config import ModelSpec, Tau
 from engine.core.diskfull import check_space, disk_full, is_disk_full, tree_bytes
 from engine.core.errors import RmxError
 from engine.recipes.pool import group_by_problem, is_mixed, require_signal
+from engine.core.io import atomic_write_json, commit_folder
 from engine.core.records import Rollout
-from engine.recipes.rollouts import read_rollouts
+from engine.core.records import read_rollouts
 
 OBJECTIVES = ("contrastive", "positive-only")
 NEGATIVES = ("signed", "bounded")
@@ -375,7 +376,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
     import numpy as np
     import torch
 
-    from engine.core.scoring import _lse_entropy, _logit_transform, hidden_states
+    from engine.core.scoring import lse_entropy, logit_transform, hidden_states
 
     spec = loaded.spec
     digest = hashlib.sha256(json.dumps([spec.source, spec.dtype, spec.revision, keep_hidden, chunk_elements,
@@ -386,7 +387,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
             return _BaseStore(final)
         shutil.rmtree(final)
     head = loaded.core.get_output_embeddings()
-    transform = _logit_transform(loaded.core.config)
+    transform = logit_transform(loaded.core.config)
     width = int(head.weight.shape[1])
     step = max(1, chunk_elements // int(head.weight.shape[0]))
     rows = [0]
@@ -411,7 +412,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
                 values = []
                 completion = h[prompt_len - 1:]
                 for a in range(0, completion.shape[0], step):
-                    values.append(_lse_entropy(transform(head(completion[a:a + step]).float()))[1])
+                    values.append(lse_entropy(transform(head(completion[a:a + step]).float()))[1])
                 entropy[entropy_rows[index]:entropy_rows[index + 1]] = torch.cat(values).cpu().numpy()
                 if hidden is not None:
                     block = h.cpu() if dtype == torch.float32 else h.cpu().view(torch.int16)
@@ -423,7 +424,7 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
                  "dtype": str(dtype).replace("torch.", "") if keep_hidden else None}
         (tmp / "index.json").write_text(json.dumps(index))
 
-    _commit_folder(write, final)
+    commit_folder(write, final)
     return _BaseStore(final)
 
 
@@ -478,21 +479,6 @@ def _write_checkpoint(model, state: dict, folder: Path) -> None:
     _fsync_tree(folder)
 
 
-def _commit_folder(write: Callable[[Path], None], final: Path) -> None:
-    """Write into a temporary sibling, then rename it into place: a reader sees all of it or none of it."""
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(model, state: dict, out: Path, at: int, warn: Callable[[str], None] | None = None) -> Path:
     """Write checkpoint `at` (adapter + trainer state) atomically under out/checkpoints/; a failed write
     leaves the previous one intact and says so.
@@ -510,7 +496,7 @@ def save_checkpoint(model, state: dict, out: Path, at: int, warn: Callable[[str]
         if warning and warn is not None:
             warn(warning)
     try:
-        _commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
+        commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
     except Exception as error:
         if is_disk_full(error):
             raise disk_full(folder, needed, kept, then) from None
@@ -590,10 +576,6 @@ def _fingerprint(base: ModelSpec, spec: TrainSpec) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
@@ -756,9 +738,9 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     model = lora_model(loaded.module, spec, base.source)
     model.eval()  # the base's own dropout stays off: policy = base + adapter, and KL starts at exactly 0
     core = model.get_base_model()
-    from engine.core.scoring import _logit_transform
+    from engine.core.scoring import logit_transform
 
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
@@ -838,7 +820,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     if state == "done":
         final = out / "adapter"
         try:
-            _commit_folder(lambda tmp: _write_adapter(model, tmp), final)
+            commit_folder(lambda tmp: _write_adapter(model, tmp), final)
         except Exception as error:
             if is_disk_full(error):
                 raise disk_full(final, tree_bytes(last) if last else None, last.name if last else None,
@@ -852,7 +834,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
         tok_s=trained_tokens / seconds if seconds > 0 else 0.0, reason=reason,
     )
     if state == "done":
-        _write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
+        atomic_write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
     return result
 
 

@@ -9,6 +9,7 @@ from engine.core.data import Problem
 from engine.core.decode import SamplingSpec, Step
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, ShouldStop
+from engine.core.prompts import TemplateChoice
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.service.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
@@ -24,6 +25,8 @@ class EngineClient(Protocol):
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]: ...
 
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice: ...
+
     def tokenize(self, text: str) -> list[int]: ...
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
@@ -31,7 +34,9 @@ class EngineClient(Protocol):
     def token_texts(self, ids: Sequence[int]) -> list[str]: ...
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout: ...
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        """`should_stop` is asked while scoring; True ends it early with Interrupted."""
+        ...
 
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]: ...
@@ -72,6 +77,9 @@ class LocalClient:
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
         return self.workbench.prompt_ids(problem, template)
 
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
+        return self.workbench.template_choice(template)
+
     def tokenize(self, text: str) -> list[int]:
         return self.workbench.tokenize(text)
 
@@ -82,8 +90,8 @@ class LocalClient:
         return self.workbench.token_texts(ids)
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout:
-        return self.workbench.score(prompt, completion, top_k, with_teacher)
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        return self.workbench.score(prompt, completion, top_k, with_teacher, should_stop=should_stop)
 
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:

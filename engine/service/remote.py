@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 
 from engine.core.config import ModelSpec, Tau
 from engine.core.data import Problem
+from engine.core.prompts import TemplateChoice
 from engine.core.decode import SamplingSpec, Step
 from engine.core.errors import RmxError
 from engine.core.grading import GradeResult
@@ -22,6 +24,8 @@ from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
+STOP_POLL_S = 0.05
+"""How often a stoppable one-shot call (a score) asks its should_stop while it waits."""
 STREAM_READ_TIMEOUT_S = 30.0
 """A stream idle longer than this is dead: the daemon sends a keepalive line every few seconds."""
 
@@ -248,6 +252,10 @@ class RemoteClient:
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
         return self._call("POST", "/prompt_ids", {"problem": problem, "template": template})["ids"]
 
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
+        data = self._call("POST", "/template", {"template": template})
+        return TemplateChoice(data["template"], data["template_reason"])
+
     def tokenize(self, text: str) -> list[int]:
         return self._call("POST", "/tokenize", {"text": text})["ids"]
 
@@ -258,10 +266,32 @@ class RemoteClient:
         return self._call("POST", "/token_texts", {"ids": [int(i) for i in ids]})["texts"]
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout:
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        """With `should_stop`, the call waits on a daemon thread so that True raises Interrupted at once.
+
+        The daemon finishes that score (one call, no stream to drop); only the caller stops waiting for it.
+        """
         body = {"prompt_ids": [int(i) for i in prompt], "completion_ids": [int(i) for i in completion],
                 "top_k": top_k, "with_teacher": with_teacher}
-        return ScoredRollout.from_json(self._call("POST", "/score", body))
+        if should_stop is None:
+            return ScoredRollout.from_json(self._call("POST", "/score", body))
+        outcome: list[Any] = []
+
+        def call() -> None:
+            try:
+                outcome.append(self._call("POST", "/score", body))
+            except BaseException as error:  # handed back to the waiting thread below
+                outcome.append(error)
+
+        waiter = threading.Thread(target=call, name="rmx-score", daemon=True)
+        waiter.start()
+        while waiter.is_alive():
+            if should_stop():
+                raise Interrupted("scoring stopped")
+            waiter.join(STOP_POLL_S)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return ScoredRollout.from_json(outcome[0])
 
     def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
                    with_teacher: bool = True) -> ScoredRollout:

@@ -124,6 +124,10 @@ class PromptBody(BaseModel):
     template: Text | None = "raw"
 
 
+class TemplateBody(BaseModel):
+    template: Text | None = "auto"
+
+
 class TextBody(BaseModel):
     text: Text
 
@@ -286,9 +290,9 @@ async def _ndjson(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[]
     except RmxError as error:
         yield _line({"done": True, "error": str(error)})
         return
-    except Exception as error:  # an engine bug: end the stream cleanly, keep the trace in the daemon log
+    except Exception:  # an engine bug: end the stream cleanly, keep the trace in the daemon log
         log.exception("stream failed")
-        yield _line({"done": True, "error": f"internal error: {type(error).__name__}: {error}"})
+        yield _line({"done": True, "error": INTERNAL_ERROR})
         return
     finally:
         await source.aclose()
@@ -533,7 +537,12 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/prompt_ids")
     def prompt_ids(body: PromptBody) -> dict[str, Any]:
-        return {"ids": workbench.prompt_ids(body.problem, body.template)}
+        return {"ids": workbench.prompt_ids(body.problem, body.template),
+                **workbench.template_choice(body.template).to_json()}
+
+    @app.post("/template")
+    def template(body: TemplateBody) -> dict[str, Any]:
+        return workbench.template_choice(body.template).to_json()
 
     @app.post("/tokenize")
     def tokenize(body: TextBody) -> dict[str, Any]:

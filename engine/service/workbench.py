@@ -14,7 +14,7 @@ from engine.core.grading import GradeResult, grade
 from engine.core.interventions import RUN_MODES, ForkEstimate, InterventionResult, ShouldStop, fork, run_mode
 from engine.core.models import LoadedModel, load_pair
 from engine.recipes.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
-from engine.core.prompts import completion_ids, prompt_ids
+from engine.core.prompts import TemplateChoice, choose_template, completion_ids, prompt_ids
 from engine.core.records import ModelInfo, ScoredRollout
 from engine.core.scoring import score
 
@@ -87,7 +87,11 @@ class Workbench:
         return self._teacher
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
-        return prompt_ids(self.base.tokenizer, problem, template)
+        return prompt_ids(self.base.tokenizer, problem, template, self.base.template_facts)
+
+    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
+        """The template `template` resolves to for the loaded base (`auto` by Appendix C's rule), and why."""
+        return choose_template(template, self.base.tokenizer, self.base.template_facts)
 
     def tokenize(self, text: str) -> list[int]:
         return completion_ids(self.base.tokenizer, text)
@@ -99,11 +103,15 @@ class Workbench:
         return [self.base.token_text(int(i)) for i in ids]
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True) -> ScoredRollout:
-        """Score one completion under the base (and the teacher, when loaded and asked for)."""
+              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
+        """Score one completion under the base (and the teacher, when loaded and asked for).
+
+        `should_stop`, asked between logit chunks, ends the scoring early with Interrupted.
+        """
         with self._lock:
             teacher = self._teacher if with_teacher else None
-            return score(self.base, [(prompt, completion)], teacher, ScoreSpec(top_k=top_k))[0]
+            return score(self.base, [(prompt, completion)], teacher, ScoreSpec(top_k=top_k),
+                         should_stop=should_stop)[0]
 
     def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
                    with_teacher: bool = True) -> ScoredRollout:

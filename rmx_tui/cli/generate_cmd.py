@@ -25,14 +25,14 @@ def parse_force(items: list[str]) -> list[tuple[int, int]]:
 
 
 def sampling_spec(greedy: bool, temperature: float | None, top_p: float, top_k: int, seed: int,
-                  max_new_tokens: int, stop: list[str]):
+                  max_new_tokens: int, stop: list[str], ignore_eos: bool = False):
     """Greedy unless a temperature is given; both at once is a contradiction, not a preference."""
     from engine.core.decode import SamplingSpec
 
     if greedy and temperature is not None:
         raise RmxError("--greedy and --temperature contradict each other: pick one")
     return SamplingSpec(greedy=temperature is None, temperature=temperature or 1.0, top_p=top_p, top_k=top_k,
-                        seed=seed, max_new_tokens=max_new_tokens, stop=tuple(stop))
+                        seed=seed, max_new_tokens=max_new_tokens, stop=tuple(stop), ignore_eos=ignore_eos)
 
 
 Greedy = Annotated[bool, typer.Option("--greedy", help="Take the argmax at every step (the default).")]
@@ -42,7 +42,7 @@ SampleTopK = Annotated[int, typer.Option("--top-k", help="Sample among the k mos
 Seed = Annotated[int, typer.Option("--seed", help="Seed for sampling and the random control.")]
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", help="Most new tokens per completion.")]
 Stop = Annotated[list[str], typer.Option("--stop", help="Stop when the completion contains this string (repeatable).")]
-Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto (default: raw for text, auto for --dataset).")]
+Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto (default auto: the model's own, see the README).")]
 
 
 def generate(
@@ -50,7 +50,7 @@ def generate(
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
     teacher_adapter: opt.TeacherAdapter = None,
-    prompt_text: Annotated[Optional[str], typer.Option("--prompt-text", help="The prompt (or problem, with --template).")] = None,
+    prompt_text: Annotated[Optional[str], typer.Option("--prompt-text", help="The prompt: a problem, posed with the --template (raw text with --template raw).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Take the prompt and gold answer from this dataset.")] = None,
     index: Annotated[int, typer.Option("--index", help="Problem index in --dataset.")] = 0,
     template: Template = None,
@@ -63,6 +63,7 @@ def generate(
     seed: Seed = 0,
     stop: Stop = [],
     force: Annotated[list[str], typer.Option("--force", help="Force token ID at position POS, as POS:ID (repeatable).")] = [],
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep decoding past EOS (to reach a later --force position).")] = False,
     intervene: Annotated[Optional[str], typer.Option("--intervene", help="oracle, random, gated or manual.")] = None,
     tau: Annotated[Optional[str], typer.Option("--tau", help="Gate threshold: nats (1.4) or a quantile of the base's greedy entropies (q0.97).")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of completions (sampled ones differ).")] = 1,
@@ -77,7 +78,7 @@ def generate(
     from engine.core.interventions import MODES, generate as run_generate
 
     forced = parse_force(force)
-    sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop)
+    sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop, ignore_eos)
     gate = Tau.parse(tau) if tau is not None else None
     if n < 1:
         raise RmxError(f"--n must be ≥ 1, got {n}")
@@ -97,17 +98,18 @@ def generate(
     if prompt_text is None:
         raise RmxError("no prompt: give --prompt-text or --dataset")
     from engine.core.models import load_pair
-    from engine.core.prompts import prompt_ids
+    from engine.core.prompts import choose_template, prompt_ids
 
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
     base_model, teacher_model = load_pair(base_spec, teacher_spec)
-    prompt = prompt_ids(base_model.tokenizer, prompt_text, template or "raw")
+    choice = choose_template(template or "auto", base_model.tokenizer, base_model.template_facts)
+    prompt = prompt_ids(base_model.tokenizer, prompt_text, choice.template)
     results = run_generate(base_model, teacher_model, prompt, sampling, force=forced, intervene=intervene,
                            tau=gate, n=n, gold=gold)
     if json_output:
         for result in results:  # one object per completion: exactly one line when n = 1
-            opt.print_json(result.to_json())
+            opt.print_json({**result.to_json(), **choice.to_json()})
         return
     from rmx_tui.render import print_generation
 
@@ -137,6 +139,7 @@ def intervene(
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
     detach: Annotated[bool, typer.Option("--detach", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
+    batch_size: opt.BatchSize = None,
     json_output: opt.Json = False,
 ) -> None:
     """Figure 2: pass@1 of base, teacher, oracle, random and gated decoding over a benchmark."""
@@ -155,7 +158,8 @@ def intervene(
     if teacher_spec is None and any(m != "base" for m in chosen):
         raise RmxError("teacher, oracle, random and gated need a teacher: give --teacher and/or --teacher-adapter")
     if detach:
-        _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output)
+        _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
+                          batch_size)
         return
     problems = load_problems(dataset, limit=limit)
     out_path = out or f"intervene-{dataset.replace('/', '_')}-{base_spec.label}.jsonl"
@@ -170,7 +174,7 @@ def intervene(
                           f"({event['intervene/problem']})", highlight=False)
 
     figure = run_figure2(base_model, teacher_model, problems, out_path, modes=chosen, sampling=sampling, tau=gate,
-                         template=template, on_event=on_event)
+                         template=template, on_event=on_event, batch_size=batch_size)
     if json_output:
         opt.print_json(figure.to_json())
         return
@@ -190,7 +194,8 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
-                      template: str | None, sampling, out: str | None, json_output: bool) -> None:
+                      template: str | None, sampling, out: str | None, json_output: bool,
+                      batch_size: int | None = None) -> None:
     """`rmx intervene --detach`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
     from dataclasses import asdict, replace
     from pathlib import Path
@@ -214,6 +219,7 @@ def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, 
         "template": template,
         "sampling": {**asdict(sampling), "stop": list(sampling.stop)},
         "out": str(Path(out).expanduser().resolve()) if out else None,
+        "batch_size": batch_size,
     }
     status = submit_job("intervene", config)
     if json_output:

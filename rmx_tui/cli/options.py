@@ -20,6 +20,9 @@ Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision when the model is a hub id.")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the checkpoint.")]
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size",
+    help="Rows decoded together (default: as many as fit in free memory, at most 64; README, 'Batch size').")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -51,6 +52,8 @@ def _model(base: str, adapter: str | None, dtype: str, device: str, revision: st
 
 def _event_line(event: dict[str, Any]) -> str | None:
     """A one-line progress note for stderr, or None for events not worth a line."""
+    if "job/run" in event:
+        return f"run {event['job/run']}: events and status in its run folder (rmx jobs show {event['job/run']})"
     if "train/step" in event:
         dlp, dln = event.get("train/dlogp_pos"), event.get("train/dlogp_neg")
         return (f"train {event['train/step']}/{event['train/total']}  loss {event['train/loss']:.4f}  "
@@ -78,6 +81,16 @@ def _emit(event: dict[str, Any]) -> None:
     line = _event_line(event)
     if line is not None:
         print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) -> Iterator[Any]:
+    """Run here, in a run folder like a job's; events go to stderr as lines, or to stdout as NDJSON with --json."""
+    import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
+    from engine.jobs.foreground import foreground_run
+
+    with foreground_run(kind, config, out, opt.print_json if json_output else _emit) as run:
+        yield run
 
 
 def _submit(kind: str, config: dict[str, Any], json_output: bool) -> None:
@@ -130,7 +143,9 @@ def rollouts(
     if job:
         _submit("rollouts", {"model": asdict(model), "rollouts": asdict(spec)}, json_output)
         return
-    result = sample_rollouts(model, spec, out, resume=resume, emit=_emit)
+    with _foreground("rollouts", {"model": asdict(model), "rollouts": asdict(spec)}, out, json_output) as run:
+        result = sample_rollouts(model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
+                                 progress=run.set_progress)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -289,7 +304,11 @@ def train(
     if job:
         _submit("train", {"model": asdict(model), "train": asdict(spec)}, json_output)
         return
-    result = run(model, spec, out, resume=resume, emit=_emit)
+    with _foreground("train", {"model": asdict(model), "train": asdict(spec)}, out, json_output) as fg:
+        result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
+                     progress=fg.set_progress)
+        if result.state == "diverged":
+            fg.diverged(result.reason or "diverged")
     _result(result, json_output, f"{result.state} after {result.step}/{result.total} steps on {result.sequences} "
             f"sequences ({100 * result.decision_frac:.1f}% decision points at τ {result.tau_correct:.3g} nats): "
             f"{result.adapter or result.last_checkpoint}")
@@ -341,7 +360,9 @@ def sweep(
     if job:
         _submit("sweep", {"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, json_output)
         return
-    result = run(model, spec, sweep_spec, out, resume=resume, emit=_emit)
+    config = {"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}
+    with _foreground("sweep", config, out, json_output) as fg:
+        result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop)
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -393,7 +414,9 @@ def eval_run(
     if job:
         _submit("eval", {"model": asdict(spec_model), "eval": asdict(spec)}, json_output)
         return
-    result = evaluate(spec_model, spec, out, resume=resume, emit=_emit)
+    with _foreground("eval", {"model": asdict(spec_model), "eval": asdict(spec)}, out, json_output) as run:
+        result = evaluate(spec_model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
+                          progress=run.set_progress)
     _result(result, json_output, markdown_table(result))
 
 
@@ -462,7 +485,10 @@ def distill(
         _submit("distill", {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
                 json_output)
         return
-    result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=_emit)
+    config = {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)}
+    with _foreground("distill", config, out, json_output) as fg:
+        result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
+                     progress=fg.set_progress)
     _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
             f"final KL {result.final_kl:.4f}")
 
@@ -522,7 +548,8 @@ def pipeline(
         _submit("pipeline", {"pipeline": checked}, json_output)
         return
     try:
-        result = run_pipeline(checked, out, resume=resume, emit=_emit)
+        with _foreground("pipeline", {"pipeline": checked}, out, json_output) as run:
+            result = run_pipeline(checked, out, resume=resume, emit=run.emit, should_stop=run.should_stop)
     except Diverged as error:
         print(f"rmx: {error}", file=sys.stderr)
         raise typer.Exit(1) from None

@@ -28,13 +28,13 @@ def score(
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
     teacher_adapter: opt.TeacherAdapter = None,
-    prompt_text: Annotated[Optional[str], typer.Option("--prompt-text", help="The prompt (or problem, with --template).")] = None,
+    prompt_text: Annotated[Optional[str], typer.Option("--prompt-text", help="The prompt: a problem, posed with the --template (raw text with --template raw).")] = None,
     prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", help="Read the prompt from a file.")] = None,
     completion_text: Annotated[Optional[str], typer.Option("--completion-text", help="The completion to score.")] = None,
     completion_file: Annotated[Optional[str], typer.Option("--completion-file", help="Read the completion from a file.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Build the prompt from this dataset's problem.")] = None,
     index: Annotated[int, typer.Option("--index", help="Problem index in --dataset.")] = 0,
-    template: Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto (default: raw for text, auto for --dataset).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto (default auto: the model's own, see the README).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Base alternatives reported per token.")] = 5,
     tau: Annotated[Optional[str], typer.Option("--tau", help="τ for the summary: nats (1.4) or a quantile (q0.97).")] = None,
     dtype: opt.Dtype = "auto",
@@ -69,10 +69,11 @@ def score(
                                               trust_remote_code)
     client = LocalClient()
     client.load(base_spec, teacher_spec)
-    rollout = client.score(client.prompt_ids(prompt, template or "raw"), client.tokenize(completion), top_k=top_k)
+    choice = client.template_choice(template or "auto")
+    rollout = client.score(client.prompt_ids(prompt, choice.template), client.tokenize(completion), top_k=top_k)
     rollout = replace(rollout, summary=summarize([rollout], gate))
     if json_output:
-        opt.print_json(rollout.to_json())
+        opt.print_json({**rollout.to_json(), **choice.to_json()})
         return
     from rmx_tui.render import print_scored
 
@@ -89,9 +90,9 @@ def analyze(
     dataset: Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")] = "smoke",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
     tau: Annotated[str, typer.Option("--tau", help="Decision threshold: nats (1.4) or a quantile (q0.97).")] = "1.4",
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template (auto: chat if the tokenizer has one, else qwen).")] = "auto",
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")] = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy tokens per problem.")] = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Problems decoded and scored together.")] = 8,
+    batch_size: opt.BatchSize = None,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -107,8 +108,6 @@ def analyze(
     gate = Tau.parse(tau)
     if limit is not None and limit < 1:
         raise RmxError(f"--limit must be ≥ 1, got {limit}")
-    if batch_size < 1:
-        raise RmxError(f"--batch-size must be ≥ 1, got {batch_size}")
     if teacher is None and teacher_adapter is None:
         raise RmxError("analyze compares the base with a teacher: give --teacher and/or --teacher-adapter")
     problems = load_problems(dataset, limit=limit)

@@ -93,9 +93,13 @@ def tui(
          template, theme, autostart)
 
 
+DemoTeacher = Annotated[Optional[str], typer.Option(
+    "--teacher", help="Teacher model (same tokenizer), or 'none' for the base alone (default: the shipped demo teacher).")]
+
+
 def demo(
     ctx: typer.Context,
-    teacher: opt.Teacher = None,
+    teacher: DemoTeacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
     dataset: DatasetOpt = "smoke",
     tau: TauOpt = "q0.9",
@@ -107,13 +111,24 @@ def demo(
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
 ) -> None:
-    """Open the workbench on the bundled demo model (SmolLM2-135M-Instruct) and a smoke problem: CPU, no network."""
+    """Open the workbench on the bundled demo model (SmolLM2-135M-Instruct) and a smoke problem: CPU, no network.
+
+    The teacher is the demo model plus the ReasonMaxxer adapter shipped with rmx; `--teacher none` makes the base
+    its own teacher.
+    """
     from engine.core.config import ModelSpec
+    from engine.core.errors import RmxError
+    from engine.core.models import demo_teacher_path
 
     base_spec = ModelSpec("demo", dtype=dtype, device=device)
-    if teacher is None and teacher_adapter is None:
-        # The demo ships one model: it is its own teacher until the user names another.
+    if teacher == "none":
+        if teacher_adapter is not None:
+            raise RmxError("--teacher none and --teacher-adapter contradict each other: give one")
+        # No teacher of its own: the base is its own teacher, and nothing disagrees.
         teacher_spec = base_spec
+    elif teacher is None and teacher_adapter is None:
+        # The shipped ReasonMaxxer adapter (engine/data/demo_teacher) on the same weights.
+        teacher_spec = ModelSpec("demo", adapter=str(demo_teacher_path()), dtype=dtype, device=device)
     else:
         teacher_spec = ModelSpec(teacher or "demo", adapter=teacher_adapter, dtype=dtype, device=device)
     # The demo runs in-process unless `--connect` names a daemon: nothing is left running after it.

@@ -18,7 +18,7 @@ from textual.worker import Worker, WorkerState
 
 from rmx_tui.job_messages import JobCallFailed, JobCancelRequested, JobResumed, JobsListed, SweepRead
 from rmx_tui.job_templates import Defaults
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 from rmx_tui.screens.launch import LaunchJob
 from rmx_tui.screens.modals import MODAL_CSS
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
@@ -118,7 +118,8 @@ class JobsScreen(Screen):
         for job_id, since, tau in targets:
             try:
                 if tau is None:
-                    tau = configured_tau(self.client.job(job_id).spec.config)
+                    spec = self.client.job(job_id).spec  # None for a damaged run: no τ to read
+                    tau = configured_tau(spec.config if spec is not None else {})
                 events = list(self.client.job_events(job_id, follow=False, since=since))
                 self.post_message(SweepRead(job_id, tau, since + len(events), sweep_points(events)))
             except Exception as error:

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 from rmx_tui.widgets.pass_rate_histogram import PassRateHistogram
 
 KEEP_STEP = 0.05

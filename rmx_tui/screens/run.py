@@ -19,7 +19,7 @@ from textual.widgets import Footer, SelectionList, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from rmx_tui.job_messages import EventsArrived, EventsEnded, JobCallFailed, JobProgressed
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 from rmx_tui.widgets.metric_plot import MetricPlot, Series
 
 FLUSH_S = 1 / 30
@@ -275,7 +275,7 @@ class RunScreen(Screen):
         status = self.view.status if self.view else None
         if status is not None:
             state_style = {"running": "bold $warning", "done": "$success", "failed": "bold $error",
-                           "diverged": "bold $error", "cancelled": "$secondary"}.get(status.state, "$foreground-muted")
+                           "diverged": "bold $error", "damaged": "bold $error", "cancelled": "$secondary"}.get(status.state, "$foreground-muted")
             progress = f"{status.step}/{status.total}" if status.total else f"step {status.step}"
             parts += [f" · {status.kind} · ", (status.state, state_style), f" · {progress}"]
             if status.attempt > 1:

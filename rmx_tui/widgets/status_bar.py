@@ -1,4 +1,4 @@
-"""The status bar: τ and the share of tokens above it, the loaded models, and what the engine is doing."""
+"""The status bar: τ and the share of tokens above it, the loaded models and prompt template, and what the engine is doing."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class StatusBar(Widget):
         self.gate = "τ —"
         self.share = ""
         self.models = "no model loaded"
+        self.template = ""
         self.activity = ""
         self.failed = False
 
@@ -38,6 +39,12 @@ class StatusBar(Widget):
             self.models = f"base {base}" + (f" · teacher {teacher}" if teacher else " · no teacher")
         self.refresh()
 
+    def set_template(self, template: str, reason: str) -> None:
+        """The prompt template the last rollout was posed with; hovering shows why it was chosen."""
+        self.template = template
+        self.tooltip = f"prompt template {template}: {reason}"
+        self.refresh()
+
     def set_activity(self, activity: str, failed: bool = False) -> None:
         self.activity, self.failed = activity, failed
         self.refresh()
@@ -47,6 +54,8 @@ class StatusBar(Widget):
         if self.share:
             parts += [" · ", self.share]
         parts += [("  │  ", "$foreground-muted"), self.models]
+        if self.template:
+            parts += [" · prompt ", (self.template, "bold")]
         if self.activity:
             style = "bold $error" if self.failed else "bold $warning"
             parts += [("  │  ", "$foreground-muted"), (self.activity, style)]

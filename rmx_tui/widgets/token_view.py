@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from rmx_tui.model import STEERING, Branch
+from rmx_tui.ui_state import STEERING, Branch
 from rmx_tui.token_layout import TokenLayout
 from themes.palettes import PALETTES, Heatmap
 

@@ -83,3 +83,27 @@ class FailingClient(SlowClient):
                     yield step
 
         return failing()
+
+
+class SlowScoringClient(SlowClient):
+    """The real client, whose scoring first waits (up to `wait` s) asking should_stop, as a long rollout would."""
+
+    def __init__(self, inner: LocalClient, wait: float = 10.0) -> None:
+        super().__init__(inner, delay=0.0)
+        self.wait = wait
+        self.scoring = False
+        self.returned_at: float | None = None
+
+    def score(self, *args, should_stop=None, **kwargs):
+        from engine.core.errors import Interrupted
+
+        self.scoring = True
+        try:
+            deadline = time.monotonic() + self.wait
+            while time.monotonic() < deadline:
+                if should_stop is not None and should_stop():
+                    raise Interrupted("scoring stopped")
+                time.sleep(0.01)
+            return self.inner.score(*args, should_stop=should_stop, **kwargs)
+        finally:
+            self.returned_at = time.monotonic()

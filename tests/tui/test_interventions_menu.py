@@ -11,7 +11,7 @@ from engine.core.errors import RmxError
 from engine.core.interventions import Interrupted
 from textual.widgets import OptionList
 
-from rmx_tui.model import DONE
+from rmx_tui.ui_state import DONE
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.screens.intervene_menu import InterventionMenu
 from rmx_tui.widgets.inspector import Inspector

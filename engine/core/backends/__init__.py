@@ -41,6 +41,8 @@ class Sampler(Protocol):
     """How many sampled requests one `sample` call takes: results are written (and resumable) per call."""
     greedy_batch: int
     """How many greedy single-sample requests one `sample` call takes."""
+    template_facts: object
+    """What `--template auto` reads off the model (an engine.core.prompts.ModelFacts)."""
 
     def sample(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]: ...
 

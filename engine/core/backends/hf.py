@@ -27,6 +27,7 @@ class HFSampler:
         # `loaded` (an engine.core.models.LoadedModel) is used instead of loading `spec`.
         self.model = loaded if loaded is not None else load_model(spec)
         self.tokenizer = self.model.tokenizer
+        self.template_facts = self.model.template_facts
         self.session = DecodeSession(self.model)
         self.settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
 

@@ -60,6 +60,7 @@ class PagedSampler:
         continuous_batching_config_class()
         self.model = loaded if loaded is not None else load_model(spec)
         self.tokenizer = self.model.tokenizer
+        self.template_facts = self.model.template_facts
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
 
     def sample(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:

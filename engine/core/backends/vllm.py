@@ -43,6 +43,11 @@ class VLLMSampler:
         self.llm = LLM(model=str(folder), dtype=dtype, revision=spec.revision,
                        trust_remote_code=spec.trust_remote_code, **extra)
         self.tokenizer = self.llm.get_tokenizer()
+        from engine.core.prompts import ModelFacts
+
+        config = self.llm.llm_engine.model_config.hf_config
+        self.template_facts = ModelFacts(model_type=getattr(config, "model_type", None),
+                                         names=(spec.source, str(folder)))
         self.eos = {self.tokenizer.eos_token_id}
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
 

@@ -11,14 +11,14 @@ from engine.service.client import EngineClient
 from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec, Step
 from engine.core.errors import RmxError
-from engine.recipes.rollouts import read_rollouts
+from engine.core.records import read_rollouts
 from textual.message import Message
 
 from rmx_tui.messages import (
     BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
     OutcomesSampled, ProblemsListed, RolloutScored,
 )
-from rmx_tui.model import Outcome, Verdict
+from rmx_tui.ui_state import Outcome, Verdict
 from rmx_tui.settings import ALTERNATIVES
 
 Post = Callable[[Message], object]
@@ -116,9 +116,10 @@ def _text(client: EngineClient, ids: Sequence[int], ended: str | None) -> str:
     return client.detokenize(shown)
 
 
-def _scored(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequence[int]) -> RolloutScored:
+def _scored(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequence[int],
+            cancelled: Cancelled) -> RolloutScored:
     """Score a completion, and name the teacher's picks that fall outside the top-k (they have no text there)."""
-    rollout = client.score(prompt_ids, ids, top_k=ALTERNATIVES)
+    rollout = client.score(prompt_ids, ids, top_k=ALTERNATIVES, should_stop=cancelled)
     unnamed = sorted({t.teacher.id for t in rollout.tokens
                       if t.teacher is not None and all(alt.id != t.teacher.id for alt in t.top)})
     return RolloutScored(key, rollout, dict(zip(unnamed, client.token_texts(unnamed))))
@@ -167,14 +168,16 @@ def decode(client: EngineClient, job: DecodeJob, post: Post, cancelled: Cancelle
     ended = steps[-1].end if steps else None
     try:
         post(BranchDecoded(job.key, _verdict(client, _text(client, ids, ended), job.gold)))
-        post(_scored(client, job.key, job.prompt_ids, ids))
+        post(_scored(client, job.key, job.prompt_ids, ids, cancelled))
     except Exception as error:
         post(EngineFailed("score", describe(error), job.key))
 
 
-def score(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequence[int], post: Post) -> None:
+def score(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequence[int], post: Post,
+          cancelled: Cancelled) -> None:
+    """Score a completion; a cancel (esc, or quitting) stops the engine between chunks ("scoring stopped")."""
     try:
-        post(_scored(client, key, prompt_ids, ids))
+        post(_scored(client, key, prompt_ids, ids, cancelled))
     except Exception as error:
         post(EngineFailed("score", describe(error), key))
 

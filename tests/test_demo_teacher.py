@@ -1,0 +1,80 @@
+"""The shipped demo teacher: its weights match their recorded hash, it loads on the demo base, and it disagrees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from engine.core.config import ModelSpec
+from engine.core.models import DEMO_TEACHER_SHA256, demo_teacher_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_adapter_matches_the_hash_in_the_code_and_in_the_data_readme():
+    weights = demo_teacher_path() / "adapter_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert digest == DEMO_TEACHER_SHA256
+    readme = (ROOT / "engine" / "data" / "README.md").read_text(encoding="utf-8")
+    assert re.search(rf"sha256[^\n]*{digest}", readme), "the data README records another hash"
+    assert weights.stat().st_size < 4 << 20  # a few MB: bf16 at a small rank
+    config = json.loads((demo_teacher_path() / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "demo"
+    assert "data/demo_teacher/*" in (ROOT / "pyproject.toml").read_text()  # shipped in the wheel too
+
+
+@pytest.mark.slow
+def test_the_demo_teacher_shares_the_base_weights_and_disagrees_on_the_first_smoke_problem():
+    import torch
+
+    from engine.core.data import load_problems
+    from engine.core.models import load_pair
+    from engine.recipes.analysis import analyze
+    from engine.core.config import Tau
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        base, teacher = load_pair(ModelSpec("demo"), ModelSpec("demo", adapter=str(demo_teacher_path())))
+        assert teacher.module is base.module  # one copy of the weights
+        first = load_problems("smoke", limit=1)
+        result = analyze(base, teacher, first, tau=Tau.parse("q0.9"), template="chat", max_new_tokens=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.table.reranked_pct + result.table.shifted_pct > 0
+    assert result.gate is not None and result.gate.disagreements >= 1
+
+
+def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch):
+    """examples/demo-teacher.toml as written (every key it sets), shrunk to a tiny model and a few tokens."""
+    import torch
+
+    import engine.core.grading as grading
+    from engine.recipes.pipeline import check_pipeline, load_pipeline, run_pipeline
+
+    def coin(completion, gold, timeout_s=5.0):  # random weights never solve anything: make success mixed
+        right = len(completion) % 2 == 0
+        return grading.GradeResult("x", gold, right, "match" if right else "mismatch", "math-verify")
+
+    monkeypatch.setattr(grading, "grade", coin)
+    monkeypatch.setattr(grading, "grade_sympy", coin)
+    config = load_pipeline(ROOT / "examples" / "demo-teacher.toml")
+    assert config["model"]["base"] == "demo" and config["train"]["lora_r"] <= 16
+    config["model"] = {"base": str(tiny_llama), "dtype": "float32"}
+    config["rollouts"].update(limit=3, k=4, max_new_tokens=6, template="raw")
+    config["train"].update(max_steps=2)
+    config["eval"].update(limit=2, max_new_tokens=4, template="raw")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_pipeline(check_pipeline(config), tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.stages["train"]["state"] == "done" and result.stages["train"]["step"] == 2
+    assert (Path(result.adapter) / "adapter_model.safetensors").exists()
+    assert tomllib.loads((ROOT / "examples" / "demo-teacher.toml").read_text())["train"]["seed"] == 0
