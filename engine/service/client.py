@@ -57,7 +57,8 @@ class EngineClient(Protocol):
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats: ...
 
-    def grade(self, completion: str, gold: str) -> GradeResult: ...
+    def grade(self, completion: str, gold: str, finish: str | None = None,
+              extract: str = "strict") -> GradeResult: ...
 
     def problems(self, dataset: str, limit: int | None = None) -> list[Problem]: ...
 
@@ -114,8 +115,9 @@ class LocalClient:
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
         return self.workbench.pool_stats(rollouts, size, keep_shortest, taus, with_base)
 
-    def grade(self, completion: str, gold: str) -> GradeResult:
-        return self.workbench.grade(completion, gold)
+    def grade(self, completion: str, gold: str, finish: str | None = None,
+              extract: str = "strict") -> GradeResult:
+        return self.workbench.grade(completion, gold, finish, extract)
 
     def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
         return self.workbench.problems(dataset, limit)

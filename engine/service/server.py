@@ -193,6 +193,8 @@ class ForkBody(BaseModel):
 class GradeBody(BaseModel):
     completion: Text
     gold: Text
+    finish: Text | None = None
+    extract: Text = "strict"
 
 
 class PoolStatsBody(BaseModel):
@@ -652,7 +654,7 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/grade")
     def grade(body: GradeBody) -> dict[str, Any]:
-        return asdict(workbench.grade(body.completion, body.gold))
+        return asdict(workbench.grade(body.completion, body.gold, body.finish, body.extract))
 
     @app.post("/problems")
     def problems(body: ProblemsBody) -> dict[str, Any]:
