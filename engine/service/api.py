@@ -143,6 +143,8 @@ class ForkBody(BaseModel):
 class GradeBody(BaseModel):
     completion: Text
     gold: Text
+    finish: Text | None = None
+    extract: Text = "strict"
 
 
 class PoolStatsBody(BaseModel):

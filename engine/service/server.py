@@ -506,7 +506,7 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/grade")
     def grade(body: GradeBody) -> dict[str, Any]:
-        return asdict(workbench.grade(body.completion, body.gold))
+        return asdict(workbench.grade(body.completion, body.gold, body.finish, body.extract))
 
     @app.post("/problems")
     def problems(body: ProblemsBody) -> dict[str, Any]:
