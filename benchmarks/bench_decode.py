@@ -29,7 +29,7 @@ from engine.core.errors import RmxError  # noqa: E402
 from engine.core.interventions import oracle_rule  # noqa: E402
 from engine.core.models import load_model, load_pair, resolve_source  # noqa: E402
 from engine.core.prompts import prompt_ids  # noqa: E402
-from engine.core.scoring import _lse_entropy  # noqa: E402
+from engine.core.scoring import lse_entropy  # noqa: E402
 
 PROBLEMS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -182,7 +182,7 @@ def naive_oracle(base, teacher, ids: list[int], steps: int):
                 base_logits = module(input_ids=batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
             with teacher.active() as module:
                 teacher_logits = module(input_ids=batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-            _lse_entropy(base_logits)
+            lse_entropy(base_logits)
         sequence.append(int(teacher_logits.argmax()))
         yield sequence[-1]
 

@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.jobs.store import (  # noqa: E402
+from engine.jobs.store import (
     EventWriter, JobSpec, LocalJobs, create_run, read_status, tail_events, write_json_atomic,
 )
-from textual.app import App  # noqa: E402
+from textual.app import App
 
-from rmx_tui.screens.run import RunScreen  # noqa: E402
-from themes.workbench import workbench_themes  # noqa: E402
+from rmx_tui.screens.run import RunScreen
+from themes.workbench import workbench_themes
 
 SAMPLE_S = 0.05
 KEPT_UP_LAG_S = 0.5
@@ -120,7 +120,7 @@ async def phase(shape: str, rate: float, seconds: float) -> dict:
     app = Host(run_dir.name)
     folded: list[tuple[float, int]] = []
     drawn: list[tuple[float, int]] = []
-    async with app.run_test(size=(120, 36)) as pilot:
+    async with app.run_test(size=(120, 36)):
         run = app.screen
         cpu0, wall0 = time.process_time(), time.perf_counter()
         wall_start = time.time()

@@ -83,7 +83,6 @@ def main() -> int:
     from engine.service.daemon import client_for, start_daemon, stop_daemon
     from tests.tiny import build_model
 
-    rows: list[tuple[str, str]] = []
     try:
         model = build_model(root / "tiny-llama", "llama")
         card = start_daemon()

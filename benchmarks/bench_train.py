@@ -37,7 +37,7 @@ def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> d
 
     from engine.core.config import ModelSpec
     from engine.core.models import load_model
-    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.core.scoring import logit_transform, hidden_states
     from engine.recipes.train import Example, TrainSpec, _Sequence, _sequence_backward, lora_model
 
     loaded = load_model(ModelSpec(base))
@@ -52,7 +52,7 @@ def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> d
     model = lora_model(loaded.module, spec, base)
     model.eval()
     core = model.get_base_model()
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     # About 5% decision points, the paper's τ = 1.4 rate on Qwen2.5-1.5B.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from weakref import WeakKeyDictionary
 
-from rmx_tui.model import Branch
+from rmx_tui.ui_state import Branch
 
 FREEZE_AFTER = 4096
 """Newly scored tokens shown that make another gc.freeze() worth its cost (see Freezer)."""

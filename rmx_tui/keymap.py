@@ -93,7 +93,7 @@ GROUP_OF = {
     "force_top": "fork", "force_teacher": "fork", "force_random": "fork", "force_typed": "fork",
     "sample_outcomes": "fork", "interventions": "fork", "new_rollout": "fork", "cancel": "fork",
     "compare": "compare", "jobs": "jobs",
-    "export_svg": "workbench", "export_json": "workbench", "load_models": "workbench", "help": "workbench",
+    "export_svg": "workbench", "export_rollout": "workbench", "load_models": "workbench", "help": "workbench",
 }
 
 WHAT = {
@@ -124,7 +124,8 @@ WHAT = {
     ("BrowserScreen", "cancel"): "stop the running decode, estimate or intervention (what streamed is kept)",
     ("BrowserScreen", "compare"): "the compare view: the paper's Table 2 and the τ gate's precision / recall",
     ("BrowserScreen", "export_svg"): "save the screen as an SVG (in the export directory)",
-    ("BrowserScreen", "export_json"): "save the branch as JSON: tokens, entropies, top-k, teacher picks, answer",
+    ("BrowserScreen", "export_rollout"):
+        "export the branch: HTML page (hover for the top-5), SVG figure, LaTeX snippet or JSON (also `rmx export`)",
     ("BrowserScreen", "load_models"): "load other models (the current ones stay if that fails)",
     ("CompareScreen", "app.pop_screen"): "back to the rollouts",
     ("CompareScreen", "tau"): "raise / lower τ: Table 2 and the gate's precision / recall follow",

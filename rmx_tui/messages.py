@@ -9,7 +9,7 @@ from engine.core.records import Rollout, ScoredRollout
 from engine.service.workbench import WorkbenchInfo
 from textual.message import Message
 
-from rmx_tui.model import Outcome, Verdict
+from rmx_tui.ui_state import Outcome, Verdict
 
 
 class LoadProgressed(Message):

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import engine.jobs.store as jobs
-import engine.jobs.selftest  # noqa: F401  (registers the selftest kind in this process)
+import engine.jobs.selftest
 from engine.core.errors import RmxError
 from engine.jobs.store import (
     EventTail, EventWriter, JobConflict, JobNotFound, JobSpec, JobStatus, LocalJobs, RunContext, create_run,

@@ -147,7 +147,7 @@ def test_rows_put_while_the_batch_runs_join_it(pair):
     for prompt in prompts:
         batch.put(ModeRow("oracle", tuple(prompt), tag="first"))
     seen = []
-    for number, row, result in batch.run():
+    for number, row, _result in batch.run():
         seen.append((row.mode, row.tag))
         if row.tag == "first" and number == 0:
             batch.put(ModeRow("base", tuple(prompts[0]), tag="later"))

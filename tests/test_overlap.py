@@ -56,7 +56,7 @@ def test_counts_match_each_models_own_scoring(tiny_llama, weak_adapters, capsys,
         tokens = 0
         for problem in load_problems("smoke", limit=3):
             prompt = prompt_ids(base.tokenizer, problem.problem, "raw")
-            completion, _ = greedy_rollouts(base, [prompt], 12, 1)[0]
+            [(_, completion, _)] = list(greedy_rollouts(base, [prompt], 12, 1))
             tokens += len(completion)
             for token in score(base, [(prompt, completion)], other, ScoreSpec(top_k=1))[0].tokens:
                 if token.cls != "unshifted":

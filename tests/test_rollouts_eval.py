@@ -29,7 +29,8 @@ def _spec(**overrides):
 
 
 def test_rollouts_write_k_graded_samples_per_problem(tiny_llama, tmp_path):
-    from engine.recipes.rollouts import read_rollouts, sample_rollouts
+    from engine.core.records import read_rollouts
+    from engine.recipes.rollouts import sample_rollouts
 
     events: list[dict] = []
     result = sample_rollouts(ModelSpec(str(tiny_llama), dtype="float32"), _spec(template="auto"), tmp_path / "r.jsonl",

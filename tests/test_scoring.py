@@ -11,7 +11,7 @@ from engine.core.config import ModelSpec, ScoreSpec, Tau
 from engine.core.models import load_model, load_pair
 from engine.core.prompts import completion_ids, prompt_ids
 from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken
-from engine.core.scoring import _lse_entropy, classify, gate_quality, score, summarize
+from engine.core.scoring import lse_entropy, classify, gate_quality, score, summarize
 
 PROBLEM = "What is 12 + 30?"
 COMPLETION = "12 + 30 = 42, so the answer is \\boxed{42}."
@@ -61,7 +61,7 @@ def test_entropy_logprob_rank_topk_match_float64_reference(fixture, request):
 def test_known_entropies_in_bits():
     for probs, bits in (([0.94, 0.04, 0.01, 0.01], 0.4025), ([0.28, 0.27, 0.25, 0.15, 0.05], 2.1509)):
         logits = torch.log(torch.tensor([probs], dtype=torch.float32)) + 3.0  # shift: entropy is shift-invariant
-        _, entropy = _lse_entropy(logits)
+        _, entropy = lse_entropy(logits)
         assert entropy.item() / math.log(2) == pytest.approx(bits, abs=5e-4)
 
 

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 from engine.core.errors import RmxError
 from engine.core.models import LoadedModel
 from engine.core.records import TopToken
-from engine.core.scoring import _lse_entropy
+from engine.core.scoring import lse_entropy
 
 SOURCES = ("base", "teacher", "forced", "random")
 SEED_LIMIT = 1 << 64
@@ -534,7 +534,7 @@ class _Loop:
         import torch
 
         view = self.view
-        lse, entropy = _lse_entropy(logits)
+        lse, entropy = lse_entropy(logits)
         top_values, top_ids = torch.topk(logits, self.top, dim=-1)
         top_logprobs = (top_values - lse[:, None]).tolist()
         top_ids = top_ids.tolist()

@@ -19,7 +19,7 @@ from engine.core.decode import (
 from engine.core.errors import RmxError
 from engine.core.models import LoadedModel
 from engine.core.records import TopToken
-from engine.core.scoring import _lse_entropy
+from engine.core.scoring import lse_entropy
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ class _Lockstep:
             # A copy, so that centring the drivers' logits leaves the teacher's as rules read them.
             logits = logits.clone()
             logits[driven] = teacher[driven]
-        lse, entropy = _lse_entropy(logits)
+        lse, entropy = lse_entropy(logits)
         top_values, top_ids = torch.topk(logits, self.top, dim=-1)
         top_logprobs = (top_values - lse[:, None]).tolist()
         top_ids = top_ids.tolist()

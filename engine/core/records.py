@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from engine.core.errors import RmxError
+from engine.core.io import atomic_open
 
 
 @dataclass(frozen=True)
@@ -179,3 +185,31 @@ class Rollout:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Rollout":
         return cls(**{**data, "prompt_ids": tuple(data["prompt_ids"]), "completion_ids": tuple(data["completion_ids"])})
+
+
+def read_rollouts(path: str | Path) -> list[Rollout]:
+    """Every rollout in a rollouts.jsonl; a truncated last line (a writer killed mid-line) is skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise RmxError(f"rollouts file not found: {path}")
+    lines = file.read_text(encoding="utf-8").split("\n")
+    rollouts: list[Rollout] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rollouts.append(Rollout.from_json(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            if number == len(lines):  # no newline after it: the writer died mid-line
+                break
+            why = ("not JSON" if isinstance(error, json.JSONDecodeError)
+                   else f"missing field {error}" if isinstance(error, KeyError) else "unexpected or missing fields")
+            raise RmxError(f"{file}:{number}: not a rollout record ({why})") from None
+    return rollouts
+
+
+def write_rollouts(rollouts: Sequence[Rollout], path: str | Path) -> None:
+    """Write rollouts as one JSONL file, atomically and fsynced (sampling them is the expensive part)."""
+    with atomic_open(path, "w", fsync=True) as handle:
+        for rollout in rollouts:
+            handle.write(json.dumps(rollout.to_json(), ensure_ascii=False) + "\n")

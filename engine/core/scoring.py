@@ -15,7 +15,7 @@ RERANK_WINDOW = 5
 """A teacher pick inside the base top-5 is a rerank; outside it, a shift (paper §3.1)."""
 
 
-def _logit_transform(config):
+def logit_transform(config):
     """The post-head logit change some architectures apply (Gemma soft-capping, Cohere/Granite scaling)."""
     import torch
 
@@ -161,10 +161,10 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec,
     import torch
 
     head = base.core.get_output_embeddings()
-    transform = _logit_transform(base.core.config)
+    transform = logit_transform(base.core.config)
     if teacher is not None:
         teacher_head = teacher.core.get_output_embeddings()
-        teacher_transform = _logit_transform(teacher.core.config)
+        teacher_transform = logit_transform(teacher.core.config)
     step = min(chunk_positions(base.vocab_size, spec), max(1, base_h.shape[0]))
     blocks = [torch.empty((step, base.vocab_size), dtype=torch.float32, device=base_h.device)
               for _ in range(3 if teacher is not None else 2)]
@@ -180,7 +180,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec,
         logits, scratch = transform(blocks[0][:rows].copy_(raw)), blocks[1][:rows]
         del raw
         target = targets[start:stop, None]
-        lse, entropy = _lse_entropy(logits, scratch)
+        lse, entropy = lse_entropy(logits, scratch)
         target_logit = logits.gather(1, target)
         top_values, top_ids = torch.topk(logits, spec.top_k, dim=-1)
         out["logprob"] += (target_logit[:, 0] - lse).tolist()
@@ -195,7 +195,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec,
             teacher_logits = teacher_transform(blocks[2][:rows].copy_(raw))
             del raw
             teacher_id = teacher_logits.argmax(-1, keepdim=True)
-            _, teacher_entropy = _lse_entropy(teacher_logits, scratch)
+            _, teacher_entropy = lse_entropy(teacher_logits, scratch)
             out["t_id"] += teacher_id[:, 0].tolist()
             out["t_entropy"] += teacher_entropy.tolist()
             out["t_rank"] += _ranks(logits, logits.gather(1, teacher_id), scratch).tolist()
@@ -228,7 +228,7 @@ def _ranks(logits, reference, scratch):
     return counts.long() + 1
 
 
-def _lse_entropy(logits, scratch=None):
+def lse_entropy(logits, scratch=None):
     """log-sum-exp and exact entropy H = lse − Σ p·logit; centres `logits` in place (shift-invariant).
 
     `scratch`, a block shaped like `logits`, takes the exp pass instead of a fresh allocation.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write_json
 
 COST_FILE = "cost.json"
 DEFAULT_PRICES: dict[str, float] = {
@@ -87,9 +87,7 @@ class Meter:
         record = CostRecord(self.stage, name, count, seconds, seconds * count, _peak_memory(), self.started)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / COST_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record.to_json(), indent=2))
-        os.replace(tmp, path)
+        atomic_write_json(path, record.to_json())
 
 
 def load_prices(path: str | Path | None) -> dict[str, float]:

@@ -6,16 +6,16 @@ import gc
 import hashlib
 import json
 import math
-import os
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.io import atomic_open
 from engine.core.models import LoadedModel
+from engine.recipes.loop import Loop, StepMetrics, WindowLoss, finished_run, latest_checkpoint, write_summary
 
 TEACHER_FILE = "teacher_topk.npz"
 SUMMARY_FILE = "distill_summary.json"
@@ -119,7 +119,7 @@ def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tupl
     import torch
 
     from engine.core.models import align_teacher_vocabulary, load_model
-    from engine.core.scoring import _logit_transform, hidden_states
+    from engine.core.scoring import hidden_states, logit_transform
 
     model = load_model(teacher)
     note = align_teacher_vocabulary(student, model)
@@ -127,7 +127,7 @@ def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tupl
         emit({"distill/warning": note})
     if top_k > model.vocab_size:
         raise RmxError(f"--top-k {top_k} is larger than the teacher's vocabulary ({model.vocab_size})")
-    head, transform = model.core.get_output_embeddings(), _logit_transform(model.core.config)
+    head, transform = model.core.get_output_embeddings(), logit_transform(model.core.config)
     step = max(1, chunk_elements // model.vocab_size)
     ids_out, logits_out = [], []
     with torch.inference_mode(), model.active() as module:
@@ -138,11 +138,9 @@ def _teacher_pass(teacher: ModelSpec, student: LoadedModel, sequences: list[tupl
                 values, top = torch.topk(transform(head(h[a:a + step])).float(), top_k, dim=-1)
                 ids_out.append(top.cpu().numpy().astype(np.int32))
                 logits_out.append(values.cpu().numpy())
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.savez(handle, ids=np.concatenate(ids_out), logits=np.concatenate(logits_out),
                  fingerprint=np.array(fingerprint))
-    os.replace(tmp, path)
     del model
     gc.collect()
 
@@ -159,12 +157,9 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     import torch
 
     from engine.core.models import load_model
-    from engine.recipes.rollouts import read_rollouts
-    from engine.core.scoring import _logit_transform, hidden_states
-    from engine.recipes.train import (
-        _commit_folder, _rng_state, _schedule, _write_adapter, finished_run, latest_checkpoint, lora_model,
-        restore_run, save_checkpoint,
-    )
+    from engine.core.records import read_rollouts
+    from engine.core.scoring import logit_transform, hidden_states
+    from engine.recipes.train import lora_model
 
     emit = emit or (lambda event: None)
     out = Path(out)
@@ -203,10 +198,8 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     model = lora_model(student.module, spec, base.source)
     model.eval()
     core = model.get_base_model()
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     step_rows = max(1, spec.chunk_elements // int(head.weight.shape[0]))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
     rng = random.Random(spec.seed)
     order: list[int] = []
     for _ in range(spec.epochs):
@@ -215,23 +208,12 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         order += epoch
     per_step = spec.batch_size * spec.grad_accum
     windows = [order[i:i + per_step] for i in range(0, len(order), per_step)]
-    total = len(windows)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
-    every = spec.checkpoint_every or max(1, round(0.15 * total))
-    done, history, windows = restore_run(model, optimizer, scheduler, out, existing if resume else None, fingerprint,
-                                         spec.seed, windows)
-    if done:
-        emit({"distill/resumed_from": done})
+    loop: Loop[WindowLoss] = Loop(
+        model, windows, out, lr=spec.lr, weight_decay=spec.weight_decay, warmup_ratio=spec.warmup_ratio,
+        seed=spec.seed, fingerprint=fingerprint, checkpoint_every=spec.checkpoint_every, prefix="distill", emit=emit)
+    loop.restore(existing if resume else None)
 
-    def checkpoint(at: int) -> None:
-        state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        folder = save_checkpoint(model, state, out, at, warn=lambda text: emit({"distill/warning": text}))
-        emit({"distill/checkpoint": str(folder), "step": at})
-
-    emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
-    started, last_kl = time.perf_counter(), (history[-1] if history else math.nan)
-    for window in windows[done:]:
+    def backward(window: list[int]) -> WindowLoss:
         kl_sum = 0.0
         for index in window:
             ids, prompt_len = sequences[index]
@@ -246,28 +228,21 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
                 (kl / len(window)).backward()
                 kl_sum += float(kl.detach())
             policy_h.backward(leaf.grad)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done += 1
-        last_kl = kl_sum / len(window)
-        if not math.isfinite(last_kl):
-            raise RmxError(f"distillation went numerically wrong at step {done}: KL is {last_kl}; "
-                           "the last checkpoint is intact")
-        history.append(last_kl)
-        emit({"step": done, "distill/step": done, "distill/total": total, "distill/kl": last_kl, "distill/lr": lr})
-        if progress is not None:
-            progress(done, total)
-        stopping = should_stop is not None and should_stop()
-        if done % every == 0 or done == total or stopping:
-            checkpoint(done)
-        if stopping and done < total:
-            raise RmxError(f"distillation stopped at step {done} of {total}: resume it to go on")
-    final = out / "adapter"
-    _commit_folder(lambda tmp: _write_adapter(model, tmp), final)
-    result = DistillResult(str(final), done, len(sequences), offsets[-1], last_kl, time.perf_counter() - started)
-    tmp = summary_file.with_name(f".{summary_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_json()}, indent=2))
-    os.replace(tmp, summary_file)
+        return WindowLoss(kl_sum / len(window))
+
+    def on_step(m: StepMetrics[WindowLoss]) -> None:
+        emit({"step": m.step, "distill/step": m.step, "distill/total": m.total, "distill/kl": m.loss,
+              "distill/lr": m.lr})
+
+    emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
+    ran = loop.run(backward, on_step, should_stop, progress)
+    if ran.state == "diverged":
+        raise RmxError(f"distillation went numerically wrong at step {ran.step + 1}: {ran.reason}; "
+                       "the last checkpoint is intact")
+    if ran.state == "stopped":
+        raise RmxError(f"distillation stopped at step {ran.step} of {ran.total}: resume it to go on")
+    final = loop.save_adapter(out / "adapter")
+    last_kl = ran.history[-1] if ran.history else math.nan
+    result = DistillResult(str(final), ran.step, len(sequences), offsets[-1], last_kl, ran.seconds)
+    write_summary(summary_file, fingerprint, result.to_json())
     return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.io import atomic_write, atomic_write_json
 
 AVG_BENCHMARKS = ("aime24", "amc23")
 """Few-problem benchmarks the paper scores as avg@8 (mean pass@1 over 8 sampled generations)."""
@@ -146,7 +146,7 @@ def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[
             continue
         grouped.setdefault((item["benchmark"], item["problem_id"]), []).append(item)
     done = {key: items for key, items in grouped.items() if len(items) == samples_of(key[0])}
-    _write(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for items in done.values() for item in items))
+    atomic_write(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for items in done.values() for item in items))
     return done
 
 
@@ -190,7 +190,7 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
             meta = {**meta, **{k: v for k, v in json.loads(meta_path.read_text()).items() if k == "template"}}
         if not items_out.exists():
             items_out.write_text("")
-        _write(meta_path, json.dumps(meta, indent=2))
+        atomic_write_json(meta_path, meta)
     current = make_sampler(spec.backend, model, temperature=spec.temperature, top_p=spec.top_p,
                            max_new_tokens=spec.max_new_tokens)
     choice = choose_template(spec.template, current.tokenizer, current.template_facts)
@@ -215,8 +215,8 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
                 lines = []
                 for index, sample in enumerate(samples):
                     text = current.tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
-                    mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s)
-                    sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s)
+                    mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
+                    sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
                     tokens += len(sample.completion_ids)
                     lines.append({"benchmark": name, "problem_id": problem.id, "sample": index, "text": text,
                                   "extracted": mv.extracted, "gold": problem.answer, "correct": mv.correct,
@@ -238,8 +238,8 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
                         seconds=time.perf_counter() - started, tokens=tokens, template=choice.template,
                         template_reason=choice.reason)
     if out is not None:
-        _write(Path(out) / RESULT_FILE, json.dumps(result.to_json(), indent=2))
-        _write(Path(out) / TABLE_FILE, markdown_table(result))
+        atomic_write_json(Path(out) / RESULT_FILE, result.to_json())
+        atomic_write(Path(out) / TABLE_FILE, markdown_table(result))
     return result
 
 
@@ -252,12 +252,6 @@ def _score(benchmark: str, metric: str, problems: list[list[dict[str, Any]]]) ->
     return BenchmarkScore(benchmark, metric, sum(item["correct"] for item in samples) / len(samples),
                           sum(item["correct_sympy"] for item in samples) / len(samples), len(problems),
                           len(samples), disagreements)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def markdown_table(result: EvalResult) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
+from engine.core.io import commit_folder
 
 SUMMARIES = (("train_summary.json", "adapter"), ("distill_summary.json", "adapter"), ("sweep.json", "best_adapter"),
              ("pipeline.json", "adapter"), ("result.json", "adapter"), ("result.json", "best_adapter"))
@@ -87,22 +87,6 @@ def _declared_base(adapter: Path) -> str:
     return base
 
 
-def _commit(build, target: Path) -> None:
-    """Build `target` in a sibling temporary folder and rename it into place: never a half-written export."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        build(tmp)
-        if target.exists():
-            target.rmdir()  # checked empty by ExportSpec
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _hub_name(source: str, resolved: Path) -> str:
     """The name serving stacks load the base by: the hub id for `demo`, else the source as given or resolved."""
     from engine.core.models import DEMO_NAME
@@ -121,9 +105,9 @@ def export_adapter(spec: ExportSpec) -> ExportResult:
     resolved = resolve_source(ModelSpec(source)).path
     base_name = _hub_name(source, resolved)
     if spec.out:
-        _commit(lambda tmp: _copy_adapter(adapter, tmp, base_name), Path(spec.out))
+        commit_folder(lambda tmp: _copy_adapter(adapter, tmp, base_name), Path(spec.out))
     if spec.merge:
-        _commit(lambda tmp: _merge(adapter, resolved, tmp, spec.dtype), Path(spec.merge))
+        commit_folder(lambda tmp: _merge(adapter, resolved, tmp, spec.dtype), Path(spec.merge))
     return ExportResult(str(adapter), base_name, spec.out, spec.merge)
 
 

@@ -10,7 +10,7 @@ from engine.core.config import ModelSpec, ScoreSpec, Tau
 from engine.core.data import Problem
 from engine.core.errors import RmxError
 from engine.core.models import LoadedModel, load_views
-from engine.core.prompts import prompt_ids
+from engine.core.prompts import choose_template, prompt_ids
 from engine.core.records import TokenScore
 from engine.core.scoring import score
 from engine.recipes.analysis import greedy_rollouts
@@ -147,20 +147,20 @@ def _profile(entropies: list[float], tau: float) -> EntropyProfile:
 def compare_edits(base: LoadedModel, teacher: LoadedModel, adapter: LoadedModel, problems: Sequence[Problem],
                   spec: OverlapSpec, on_progress: Callable[[int, int], None] | None = None) -> Overlap:
     """Greedy-decode the base on each problem and score every token under the teacher and under the adapter."""
-    scored: list[tuple[str, list[TokenScore], list[TokenScore]]] = []
     total = len(problems)
-    for start in range(0, total, spec.batch_size):
-        chunk = problems[start : start + spec.batch_size]
-        prompts = [prompt_ids(base.tokenizer, p.problem, spec.template) for p in chunk]
-        for problem, prompt, (completion, _) in zip(chunk, prompts, greedy_rollouts(
-                base, prompts, spec.max_new_tokens, spec.batch_size)):
-            if not completion:
-                continue
-            by_teacher = score(base, [(prompt, completion)], teacher, ScoreSpec(top_k=1))[0]
-            by_adapter = score(base, [(prompt, completion)], adapter, ScoreSpec(top_k=1))[0]
-            scored.append((problem.id, list(by_teacher.tokens), list(by_adapter.tokens)))
+    template = choose_template(spec.template, base.tokenizer, base.template_facts).template
+    prompts = [prompt_ids(base.tokenizer, p.problem, template) for p in problems]
+    by_index: dict[int, tuple[str, list[TokenScore], list[TokenScore]]] = {}
+    for done, (index, completion, _) in enumerate(greedy_rollouts(base, prompts, spec.max_new_tokens,
+                                                                  spec.batch_size), start=1):
+        if completion:
+            pair = [(prompts[index], completion)]
+            by_teacher = score(base, pair, teacher, ScoreSpec(top_k=1))[0]
+            by_adapter = score(base, pair, adapter, ScoreSpec(top_k=1))[0]
+            by_index[index] = (problems[index].id, list(by_teacher.tokens), list(by_adapter.tokens))
         if on_progress is not None:
-            on_progress(min(start + spec.batch_size, total), total)
+            on_progress(done, total)
+    scored = [by_index[index] for index in sorted(by_index)]
     entropies = [t.entropy for _, tokens, _ in scored for t in tokens]
     if not entropies:
         raise RmxError("the base produced no tokens on these problems: nothing to compare")

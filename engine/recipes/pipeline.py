@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -12,27 +11,24 @@ from typing import Any, Callable
 from engine.core.config import ModelSpec
 from engine.recipes.costs import Meter
 from engine.core.errors import Diverged, RmxError
+from engine.core.io import atomic_write, atomic_write_json
 from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
 from engine.recipes.pool import PoolSpec, write_pool
 from engine.recipes.rollouts import RolloutSpec, sample_rollouts
+from engine.recipes.lanes import RaySpec
+from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainResult, TrainSpec, train
+from engine.recipes.trackers import ReportSpec
 
 STAGE_FILE = "stage.json"
 """Written into a stage's folder when it finishes: a resumed pipeline skips stages that have one."""
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --- the TOML pipeline -------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type] = {"model": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec, "train": TrainSpec,
-                             "sweep": SweepSpec, "eval": EvalSpec}
+                             "sweep": SweepSpec, "eval": EvalSpec, "ray": RaySpec, "report": ReportSpec}
 RUNTIME_FIELDS = {"pool": {"rollouts"}, "train": {"rollouts"}}
 """Fields the pipeline fills in itself: each stage reads the file the one before it wrote."""
 REQUIRED = ("model", "rollouts", "train", "eval")
@@ -125,7 +121,7 @@ def _stage(name: str, out: Path, resume: bool, run: Callable[[Path], Any], emit:
     with Meter(name, folder):
         result = run(folder)
     data = result.to_json() if hasattr(result, "to_json") else result
-    write_json(marker, data)
+    atomic_write_json(marker, data)
     emit({"pipeline/stage": name, "pipeline/state": "done"})
     return data
 
@@ -138,14 +134,24 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_spec(ModelSpec, _model_values(config["model"]))
+    ray = build_spec(RaySpec, config["ray"]) if "ray" in config else None
     stages: dict[str, Any] = {}
+
+    def evaluate_on(spec: ModelSpec, eval_spec: EvalSpec, folder: Path):
+        if ray is not None:
+            return evaluate_sharded(spec, eval_spec, folder, ray, resume=resume, emit=emit, should_stop=should_stop)
+        return evaluate(spec, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop)
 
     def stopped() -> bool:
         return should_stop is not None and should_stop()
 
     def rollouts_stage(folder: Path):
-        return sample_rollouts(model, build_spec(RolloutSpec, config["rollouts"]), folder / "rollouts.jsonl",
-                               resume=resume, emit=emit, should_stop=should_stop)
+        spec = build_spec(RolloutSpec, config["rollouts"])
+        if ray is not None:
+            return sample_rollouts_sharded(model, spec, folder / "rollouts.jsonl", ray, resume=resume, emit=emit,
+                                           should_stop=should_stop)
+        return sample_rollouts(model, spec, folder / "rollouts.jsonl", resume=resume, emit=emit,
+                               should_stop=should_stop)
 
     stages["rollouts"] = _stage("rollouts", out, resume, rollouts_stage, emit)
     if stopped():
@@ -156,7 +162,8 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     if "sweep" in config:
         sweep_spec = build_spec(SweepSpec, config["sweep"])
         stages["sweep"] = _stage("sweep", out, resume, lambda folder: sweep(
-            model, train_spec, sweep_spec, folder, resume=resume, emit=emit, should_stop=should_stop), emit)
+            model, train_spec, sweep_spec, folder, resume=resume, emit=emit, should_stop=should_stop, ray=ray),
+            emit)
         adapter = stages["sweep"]["best_adapter"]
     else:
         stages["train"] = _stage("train", out, resume, lambda folder: check_trained(train(
@@ -165,19 +172,18 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     if stopped():
         raise RmxError("pipeline stopped after training: resume it to go on")
     eval_spec = build_spec(EvalSpec, config["eval"])
-    stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate(
-        model, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop), emit)
+    stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate_on(model, eval_spec, folder),
+                                 emit)
     comparison = None
     if adapter is not None:
-        stages["eval_tuned"] = _stage("eval_tuned", out, resume, lambda folder: evaluate(
-            replace(model, adapter=adapter), eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop),
-            emit)
+        stages["eval_tuned"] = _stage("eval_tuned", out, resume, lambda folder: evaluate_on(
+            replace(model, adapter=adapter), eval_spec, folder), emit)
         comparison = compare([("base", EvalResult.from_json(stages["eval_base"])),
                               ("tuned", EvalResult.from_json(stages["eval_tuned"]))])
     report = out / "report.md"
-    _write_text(report, _report(stages, adapter, comparison))
+    atomic_write(report, _report(stages, adapter, comparison))
     result = PipelineResult(stages, adapter, comparison.to_json() if comparison else None, str(report))
-    write_json(out / "pipeline.json", result.to_json())
+    atomic_write_json(out / "pipeline.json", result.to_json())
     return result
 
 
@@ -188,12 +194,6 @@ def check_trained(result: TrainResult) -> TrainResult:
     if result.state != "done":
         raise RmxError(f"training {result.state} at step {result.step} of {result.total}: resume to finish it")
     return result
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _report(stages: dict[str, Any], adapter: str | None, comparison) -> str:

@@ -9,7 +9,7 @@ import pkgutil
 import sys
 import warnings
 
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -149,7 +149,7 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _internal(error: Exception) -> None:
+def _internal(error: Exception) -> NoReturn:
     from engine.core.diskfull import disk_full, is_disk_full
 
     if os.environ.get("RMX_DEBUG"):

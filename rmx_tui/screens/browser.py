@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec
+from engine.core.errors import RmxError
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,13 +22,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from rmx_tui import jobs
+from rmx_tui import workers
 from rmx_tui.gate import count_above
 from rmx_tui.messages import (
     BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
     OutcomesSampled, ProblemsListed, RolloutScored,
 )
-from rmx_tui.model import CANCELLED, DONE, FAILED, SCORING, UNSCORED, Branch, Entry, Verdict
+from rmx_tui.ui_state import CANCELLED, DONE, FAILED, SCORING, UNSCORED, Branch, Entry, Verdict
 from rmx_tui.screens.intervene_menu import InterventionMenu
 from rmx_tui.screens.modals import LoadModel, TokenPrompt
 from rmx_tui.settings import ALTERNATIVES
@@ -91,7 +92,7 @@ class BrowserScreen(Screen):
         Binding("ctrl+b", "toggle_problems", "show or hide the problem list", show=False),
         Binding("p", "toggle_problem", "show or hide the problem statement", show=False),
         Binding("S", "export_svg", "export SVG", show=False),
-        Binding("X", "export_json", "export JSON", show=False),
+        Binding("X", "export_rollout", "export", show=False),
         Binding("L", "load_models", "load models", show=False),
     ]
 
@@ -135,7 +136,7 @@ class BrowserScreen(Screen):
         self.set_interval(1.0, self._tick)
         self._update_gate()
         settings = self.app.settings
-        self._start_load(jobs.LoadJob(settings.dataset, settings.limit, settings.rollouts, settings.base,
+        self._start_load(workers.LoadJob(settings.dataset, settings.limit, settings.rollouts, settings.base,
                                       settings.teacher))
 
     def on_resize(self) -> None:
@@ -300,28 +301,28 @@ class BrowserScreen(Screen):
     # --- engine workers -------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def _start_load(self, job: jobs.LoadJob) -> None:
-        jobs.load(self.app.client, job, self.post_message)
+    def _start_load(self, job: workers.LoadJob) -> None:
+        workers.load(self.app.client, job, self.post_message)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def _run_decode(self, job: jobs.DecodeJob) -> None:
+    def _run_decode(self, job: workers.DecodeJob) -> None:
         worker = get_current_worker()
-        jobs.decode(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
+        workers.decode(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
     def _run_score(self, key: str, prompt_ids: tuple[int, ...], ids: tuple[int, ...]) -> None:
         worker = get_current_worker()
-        jobs.score(self.app.client, key, prompt_ids, ids, self.post_message, lambda: worker.is_cancelled)
+        workers.score(self.app.client, key, prompt_ids, ids, self.post_message, lambda: worker.is_cancelled)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def _run_sample(self, job: jobs.SampleJob) -> None:
+    def _run_sample(self, job: workers.SampleJob) -> None:
         worker = get_current_worker()
-        jobs.sample(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
+        workers.sample(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def _run_intervention(self, job: jobs.InterventionJob) -> None:
+    def _run_intervention(self, job: workers.InterventionJob) -> None:
         worker = get_current_worker()
-        jobs.intervene(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
+        workers.intervene(self.app.client, job, self.post_message, lambda: worker.is_cancelled)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # Jobs catch their own errors; this is the net for a bug in the job code itself.
@@ -509,12 +510,12 @@ class BrowserScreen(Screen):
             choice = self.app.client.template_choice(self.app.settings.template)
             prompt = tuple(self.app.client.prompt_ids(entry.problem.problem, choice.template))
         except Exception as error:
-            self.post_message(EngineFailed("prompt", jobs.describe(error)))
+            self.post_message(EngineFailed("prompt", workers.describe(error)))
             return
         self.app.call_from_thread(self.query_one(StatusBar).set_template, choice.template, choice.reason)
         key = self.app.call_from_thread(self._new_root, entry, prompt, label)
         worker = get_current_worker()
-        jobs.decode(self.app.client, jobs.DecodeJob(key, prompt, entry.problem.answer, sampling), self.post_message,
+        workers.decode(self.app.client, workers.DecodeJob(key, prompt, entry.problem.answer, sampling), self.post_message,
                     lambda: worker.is_cancelled)
 
     def _new_root(self, entry: Entry, prompt: tuple[int, ...], label: str) -> str:
@@ -550,7 +551,7 @@ class BrowserScreen(Screen):
         child = self.app.session.new_fork(branch, pos, label)
         self.query_one(ProblemList).add_branch(child)
         self.activate(child)
-        job = jobs.DecodeJob(child.key, branch.prompt_ids, branch.problem.answer, self.app.settings.sampling,
+        job = workers.DecodeJob(child.key, branch.prompt_ids, branch.problem.answer, self.app.settings.sampling,
                              rollout=tuple(branch.ids), force=force, typed=typed, at=pos)
         self._run_decode(job)
 
@@ -635,7 +636,7 @@ class BrowserScreen(Screen):
         stage = f"sampling {settings.samples} continuations after {quoted(token.text)}"
         self._begin_blocking(stage, "outcome sampling")
         self.query_one(OutcomeBars).set_progress(f"{stage} · esc cancels")
-        self._run_sample(jobs.SampleJob(
+        self._run_sample(workers.SampleJob(
             key=branch.key, prompt_ids=branch.prompt_ids, rollout=tuple(branch.ids), pos=pos, token=token.id,
             text=token.text, gold=branch.problem.answer,
             sampling=replace(settings.outcome_sampling, seed=settings.seed + pos), n=settings.samples))
@@ -677,7 +678,7 @@ class BrowserScreen(Screen):
         stage = f"running {mode} on {root.problem.id}"
         self._begin_blocking(stage, f"the {mode} run")
         self.notify(f"{stage}: it opens as a branch beside the rollout when done · esc cancels", timeout=4)
-        self._run_intervention(jobs.InterventionJob(root.key, root.prompt_ids, mode, root.problem.answer,
+        self._run_intervention(workers.InterventionJob(root.key, root.prompt_ids, mode, root.problem.answer,
                                                     self.app.settings.sampling, tau))
 
     def action_cancel(self) -> None:
@@ -770,15 +771,34 @@ class BrowserScreen(Screen):
         path = self.app.save_screenshot(path=str(self.app.settings.export_dir))
         self.notify(f"saved {path}")
 
-    def action_export_json(self) -> None:
+    def action_export_rollout(self) -> None:
+        from rmx_tui.figures.rollout_file import free_path, rollout_from_data
+        from rmx_tui.figures.write import export_rollout
+        from rmx_tui.screens.modals import ExportFormat
+
         branch = self.current_view().branch
-        if branch is None:
+        if branch is None or not branch.tokens:
             self.notify("no branch to export", severity="warning")
             return
-        name = "rmx-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", branch.key) + ".json"
-        path = self.app.settings.export_dir / name
-        path.write_text(json.dumps(branch.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
-        self.notify(f"saved {path}")
+        data = branch.to_json()
+
+        def write(fmt: str | None) -> None:
+            if fmt is None:
+                return
+            name = "rmx-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", branch.key) + "." + fmt
+            try:
+                if fmt == "json":  # the full branch: everything `rmx export` and a reload need
+                    path = free_path(self.app.settings.export_dir / name)
+                    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+                else:
+                    rollout = rollout_from_data(data, branch.key, f"{branch.problem.id} · {branch.label}")
+                    path = export_rollout(rollout, fmt, free_path(self.app.settings.export_dir / name))
+            except (OSError, RmxError) as error:
+                self.notify(f"export failed: {error}", severity="error")
+                return
+            self.notify(f"saved {path}")
+
+        self.app.push_screen(ExportFormat(), write)
 
     def action_load_models(self) -> None:
         settings = self.app.settings
@@ -796,7 +816,7 @@ class BrowserScreen(Screen):
             base = replace(template, source=choice[0], adapter=None)
             teacher_spec = replace(template, source=choice[1], adapter=None) if choice[1] else None
             self.loaded = False
-            self._start_load(jobs.LoadJob(None, None, None, base, teacher_spec))
+            self._start_load(workers.LoadJob(None, None, None, base, teacher_spec))
 
         self.app.push_screen(LoadModel(current, teacher), load)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 # Importing these registers their job kinds in this process: LocalJobs validates a config here, and RemoteClient
 # sends the kind's entry so that the daemon can import it.
-import engine.jobs.intervene  # noqa: F401
-import engine.jobs.kinds  # noqa: F401
+import engine.jobs.intervene
+import engine.jobs.kinds
 import engine.jobs.selftest  # noqa: F401
 from engine.core.errors import RmxError
 from engine.jobs.store import JobsClient, JobStatus
@@ -21,7 +21,7 @@ from textual.widgets.option_list import Option
 
 from rmx_tui.job_messages import JobLaunched, LaunchRefused
 from rmx_tui.job_templates import KINDS, Defaults, job_config, template
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 
 
 class LaunchJob(ModalScreen[JobStatus | None]):

@@ -63,3 +63,24 @@ class LoadModel(ModalScreen[tuple[str, str | None] | None]):
         base = self.query_one("#base", Input).value.strip()
         teacher = self.query_one("#teacher", Input).value.strip()
         self.dismiss((base, teacher or None) if base else None)
+
+
+class ExportFormat(ModalScreen[str | None]):
+    """Asks in which format to export the branch under the cursor."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="ExportFormat")
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "cancel"),
+        Binding("h", "dismiss('html')", "HTML"),
+        Binding("s", "dismiss('svg')", "SVG"),
+        Binding("t", "dismiss('tex')", "LaTeX"),
+        Binding("j", "dismiss('json')", "JSON"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Export this branch")
+            yield Label("h  HTML page: heatmap, hover for the top-5, teacher and forced marks\n"
+                        "s  SVG figure\nt  LaTeX snippet (\\colorbox per token)\nj  JSON: every number, to reload")
+            yield Label("The file goes to the export directory; an existing file is never replaced. esc cancels.",
+                        classes="hint")

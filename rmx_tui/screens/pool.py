@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 from rmx_tui.widgets.pass_rate_histogram import PassRateHistogram
 
 KEEP_STEP = 0.05
@@ -198,7 +198,9 @@ class PoolScreen(Screen):
         summary.update(
             f"{stats.problems} problems at K={stats.k}: {stats.mixed} mixed, {stats.all_correct} all correct, "
             f"{stats.all_wrong} all wrong · pool: {stats.selected} problems{chosen}, {stats.rollouts} rollouts "
-            f"after keeping the shortest {stats.keep_shortest:.0%}")
+            f"after keeping the shortest {stats.keep_shortest:.0%}" + (
+                f" of each problem's (the trim removed {stats.trim_removed_problems} problems and "
+                f"{stats.trim_removed_rollouts} rollouts)" if stats.keep_shortest < 1.0 else ""))
 
     def _show_notice(self) -> None:
         notice = self.query_one("#pool-notice", Static)

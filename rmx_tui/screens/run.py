@@ -19,7 +19,7 @@ from textual.widgets import Footer, SelectionList, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from rmx_tui.job_messages import EventsArrived, EventsEnded, JobCallFailed, JobProgressed
-from rmx_tui.jobs import describe
+from rmx_tui.workers import describe
 from rmx_tui.widgets.metric_plot import MetricPlot, Series
 
 FLUSH_S = 1 / 30

@@ -7,7 +7,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Static
 
-from rmx_tui.model import CANCELLED, FAILED, SCORING, STREAMING, Branch
+from rmx_tui.ui_state import CANCELLED, FAILED, SCORING, STREAMING, Branch
 from rmx_tui.widgets.token_view import TokenView
 
 

@@ -8,7 +8,7 @@ from engine.core.records import TopToken
 from textual.content import Content
 from textual.widget import Widget
 
-from rmx_tui.model import STEERING, Branch
+from rmx_tui.ui_state import STEERING, Branch
 from rmx_tui.token_layout import quoted
 
 BLOCKS = " ▏▎▍▌▋▊▉█"

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from rmx_tui.model import Branch, Entry
+from rmx_tui.ui_state import Branch, Entry
 
 Item = Entry | Branch
 

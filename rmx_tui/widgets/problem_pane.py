@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widget import Widget
 
-from rmx_tui.model import Branch
+from rmx_tui.ui_state import Branch
 
 
 class ProblemPane(Widget):

@@ -10,7 +10,7 @@ import pytest
 from engine.core.decode import SamplingSpec
 from engine.core.interventions import Interrupted
 
-from rmx_tui.model import CANCELLED, DONE, FAILED
+from rmx_tui.ui_state import CANCELLED, DONE, FAILED
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.screens.modals import TokenPrompt
 from rmx_tui.widgets.problem_list import ProblemList
@@ -238,15 +238,29 @@ async def test_escape_during_an_estimate_lets_a_fork_run_at_once(make_app, clien
         assert engine.stopped == 1 and engine.returned == 0 and not app.session.outcomes
 
 
-async def test_exports_write_json_and_svg(make_app, tmp_path):
+async def test_exports_write_json_html_and_svg_and_never_replace_a_file(make_app, tmp_path):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await rollout_ready(pilot)
-        await pilot.press("X", "S")
+        await pilot.press("X", "j")
         await pilot.pause()
         [exported] = tmp_path.glob("rmx-*.json")
         data = json.loads(exported.read_text())
         assert data["completion_ids"] == app.screen.active.ids and data["tokens"][0]["entropy"] >= 0
+        await pilot.press("X", "h")
+        await pilot.pause()
+        [page] = tmp_path.glob("rmx-*.html")
+        html = page.read_text()
+        assert html.startswith("<!doctype html>") and html.count('class="tok') == len(app.screen.active.tokens)
+        await pilot.press("X", "h")  # a second export of the same branch goes next to the first
+        await pilot.pause()
+        assert {p.name for p in tmp_path.glob("rmx-*.html")} == {page.name, page.stem + "-1.html"}
+        assert page.read_text() == html
+        await pilot.press("X", "escape")
+        await pilot.pause()
+        assert len(list(tmp_path.glob("rmx-*"))) == 3
+        await pilot.press("S")
+        await pilot.pause()
         assert list(tmp_path.glob("*.svg"))
 
 

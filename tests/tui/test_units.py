@@ -12,7 +12,7 @@ from engine.core.decode import Step
 from engine.core.records import TopToken
 
 from rmx_tui.gate import Gate, count_above
-from rmx_tui.model import Branch, Outcome, Session, Verdict
+from rmx_tui.ui_state import Branch, Outcome, Session, Verdict
 from rmx_tui.token_layout import TokenLayout, glyphs, quoted
 from rmx_tui import freezer as freezing
 
