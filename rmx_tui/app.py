@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
-from engine.service.client import EngineClient, LocalClient
+from engine.service.client import EngineClient
 from engine.core.errors import RmxError
-from engine.service.workbench import WorkbenchInfo
+from engine.service.workbench import Workbench, WorkbenchInfo
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
@@ -22,7 +22,7 @@ from themes.workbench import DEFAULT_PALETTE, heat_variables, workbench_themes
 
 
 class RmxApp(App[None]):
-    """The workbench. Pass a client to reuse loaded models (tests, a daemon); else a LocalClient is made."""
+    """The workbench. Pass a client to reuse loaded models (tests, a daemon); else a Workbench runs in process."""
 
     CSS_PATH = "rmx.tcss"
     TITLE = "rmx"
@@ -38,7 +38,7 @@ class RmxApp(App[None]):
     def __init__(self, settings: Settings, client: EngineClient | None = None, theme: str = "rmx-dark") -> None:
         super().__init__()
         self.settings = settings
-        self.client = client if client is not None else LocalClient()
+        self.client = client if client is not None else Workbench()
         self.session = Session()
         self.freezer = Freezer()
         """Freezes the scored records the heatmaps show, so full collections stop walking them (see Freezer)."""
@@ -57,7 +57,7 @@ class RmxApp(App[None]):
         return self.gate.nats(self.tau_reference.ordered)
 
     def describe_tau(self) -> str:
-        """τ as every status bar writes it: `τ q0.93 of the root rollout of smoke_0 = 2.89 nats`."""
+        """τ as every status bar writes it: `τ q0.93 of the root rollout = 2.89 nats`."""
         return self.gate.describe(self.tau_nats(), self.tau_reference.name)
 
     def get_theme_variable_defaults(self) -> dict[str, str]:

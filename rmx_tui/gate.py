@@ -67,7 +67,7 @@ class TauReference:
     """The one rollout a quantile τ is resolved over, so every view and branch uses the same value in nats."""
 
     name: str
-    """What the status bar calls it: `the root rollout of smoke_0`."""
+    """What the status bar calls it: `the root rollout` (of the open problem)."""
     ordered: tuple[float, ...] | list[float]
     """Its entropies, sorted ascending."""
 

@@ -261,23 +261,23 @@ def test_library_disk_errors_are_recognised_and_checkpoints_check_space_first(tm
     assert is_disk_full(OSError(errno.EDQUOT, "quota"))
     assert not is_disk_full(RuntimeError("shape mismatch"))
 
-    from engine.recipes import train
+    from engine.recipes import loop
 
     out = tmp_path / "run"
-    old = out / train.CHECKPOINTS / "step-000002"
+    old = out / loop.CHECKPOINTS / "step-000002"
     old.mkdir(parents=True)
-    (old / train.STATE_FILE).write_bytes(b"x" * 3_000_000)
+    (old / loop.STATE_FILE).write_bytes(b"x" * 3_000_000)
 
     def failing(model, state, folder):
         raise torch_error
 
-    monkeypatch.setattr(train, "_write_checkpoint", failing)
+    monkeypatch.setattr(loop, "_write_checkpoint", failing)
     with pytest.raises(DiskFull) as caught:
-        train.save_checkpoint(None, {}, out, 4)
+        loop.save_checkpoint(None, {}, out, 4)
     message = str(caught.value)
     assert message.startswith("no space left on ") and "(3 MB needed, " in message
     assert message.endswith("the last good checkpoint is step-000002; free space and rerun with --resume")
-    assert (old / train.STATE_FILE).exists() and train.latest_checkpoint(out) == old
+    assert (old / loop.STATE_FILE).exists() and loop.latest_checkpoint(out) == old
 
     class Stat:
         f_bavail, f_frsize = 1, 1 << 20  # 1 MB free

@@ -263,6 +263,8 @@ class JobStatus:
     """One line saying why the job failed or diverged (or, for `damaged`, what is wrong with its folder)."""
     pid_started: float | None = None
     """When `pid` started (Unix time, from the process table): a recycled pid has another start time."""
+    cluster: str | None = None
+    """For a job run on Ray: the cluster's address and how many of its tasks are busy (`10.0.0.5:6379, 3/4 busy`)."""
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -778,6 +780,8 @@ class RunContext:
         self.step = status.step
         self.total = status.total
         self.last_event: dict[str, Any] | None = status.last_event
+        self.cluster: str | None = status.cluster
+        """The Ray cluster the job's tasks run on, as its `ray/…` events last said."""
         self.checkpoint: str | None = None
         """The last checkpoint this attempt wrote (a `…/checkpoint` event's value), for a disk-full message."""
         self._writer = writer
@@ -799,6 +803,8 @@ class RunContext:
             if self._writer.dropped != dropped:
                 self._writer.write({"t": full["t"], "step": self.step, "log/dropped": self._writer.dropped})
             self.last_event = full
+            if "ray/busy" in event:
+                self.cluster = f"{event.get('ray/address', '?')}, {event['ray/busy']}/{event.get('ray/tasks', '?')} busy"
             marks = [v for k, v in event.items() if str(k).endswith("/checkpoint")]
             if marks:  # a checkpoint is on disk: the events that led to it must survive a power loss too
                 self._writer.sync()

@@ -209,7 +209,7 @@ class BrowserScreen(Screen):
         key = (branch.key, len(branch.tokens), branch.scored)
         if self._ordered[:3] != key:
             self._ordered = (*key, sorted([token.entropy for token in branch.tokens]))
-            self.app.tau_reference = TauReference(f"the root rollout of {branch.problem.id}", self._ordered[3])
+            self.app.tau_reference = TauReference("the root rollout", self._ordered[3])
         return self._ordered[3]
 
     def _update_gate(self) -> None:

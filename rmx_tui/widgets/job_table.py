@@ -130,6 +130,8 @@ class JobTable(DataTable):
 
     def _progress(self, status: JobStatus) -> Text:
         if not status.total:
+            if status.cluster:  # a Ray job: how many of its tasks are busy (`rmx jobs show` names the cluster)
+                return Text(f"ray {status.cluster.rpartition(', ')[2]}", style=self._style("muted"))
             return Text(f"step {status.step}" if status.step else "", style=self._style("muted"))
         fraction = min(max(status.step / status.total, 0.0), 1.0)
         eighths = round(fraction * BAR * 8)

@@ -1,4 +1,4 @@
-"""The pool inspector, driven by Pilot on a LocalClient with the tiny Llama: histogram, lengths, τ table, errors."""
+"""The pool inspector, driven by Pilot on a Workbench with the tiny Llama: histogram, lengths, τ table, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable
 
-from engine.service.client import EngineClient, LocalClient
+from engine.service.client import EngineClient
+from engine.service.workbench import Workbench
 from engine.core.config import ModelSpec
 from engine.core.records import Rollout
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
@@ -43,7 +44,7 @@ def write_rollouts(path: Path) -> Path:
 class HeldClient:
     """The real client, whose scoring under the base waits until the test lets it go."""
 
-    def __init__(self, inner: LocalClient) -> None:
+    def __init__(self, inner: Workbench) -> None:
         self.inner = inner
         self.release = threading.Event()
 
@@ -70,8 +71,8 @@ class Host(App[None]):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_llama) -> LocalClient:
-    client = LocalClient()
+def loaded(tiny_llama) -> Workbench:
+    client = Workbench()
     client.load(ModelSpec(str(tiny_llama), dtype="float32", device="cpu"))
     return client
 
@@ -140,7 +141,7 @@ async def test_histogram_lengths_and_the_tau_table_after_b(loaded, tmp_path):
 
 async def test_errors_show_inline_and_the_screen_stays_usable(tmp_path):
     path = write_rollouts(tmp_path / "rollouts.jsonl")
-    empty = LocalClient()  # no model loaded: the stats need none, scoring does
+    empty = Workbench()  # no model loaded: the stats need none, scoring does
     async with Host(empty, tmp_path / "missing.jsonl").run_test(size=SIZE) as pilot:
         screen = await read(pilot)
         assert notice(pilot) == f"rollouts file not found: {tmp_path / 'missing.jsonl'}"
