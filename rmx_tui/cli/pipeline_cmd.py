@@ -249,7 +249,9 @@ def _print_pool(stats) -> None:
 
     echo(f"\ncorrect: {length(stats.lengths_correct)}\nwrong:   {length(stats.lengths_wrong)}")
     if stats.keep_shortest < 1.0:
-        echo(f"after keeping the shortest {stats.keep_shortest:.0%} (length bias):\n"
+        echo(f"after keeping the shortest {stats.keep_shortest:.0%} of each problem's rollouts (length bias): "
+             f"the trim removed {stats.trim_removed_problems} problems (no longer mixed) and "
+             f"{stats.trim_removed_rollouts} rollouts\n"
              f"correct: {length(stats.trimmed_correct)}\nwrong:   {length(stats.trimmed_wrong)}")
     if stats.decision:
         echo("\n     τ    nats   decision points   correct    wrong")
@@ -274,8 +276,11 @@ def pool_select(
         _submit("pool", {"pool": asdict(spec)}, json_output)
         return
     result = write_pool(spec, out)
-    _result(result, json_output, f"pool of {result.stats.selected} problems, {result.stats.rollouts} rollouts: "
-            f"{result.path}")
+    stats = result.stats
+    trimmed = (f" (the --keep-shortest trim removed {stats.trim_removed_problems} problems and "
+               f"{stats.trim_removed_rollouts} rollouts)" if stats.keep_shortest < 1.0 else "")
+    _result(result, json_output, f"pool of {stats.selected - stats.trim_removed_problems} problems, "
+            f"{stats.rollouts} rollouts{trimmed}: {result.path}")
 
 
 # --- train and sweep ----------------------------------------------------------------------------------------
