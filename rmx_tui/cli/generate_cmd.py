@@ -186,7 +186,7 @@ def intervene(
         from engine.recipes.shards import figure2_sharded
 
         figure = figure2_sharded(base_spec, teacher_spec, dataset, limit, out_path, cluster,
-                                 emit=lambda event: "lane/task" in event or on_event(event), **settings)
+                                 emit=lambda event: None if "lane/task" in event else on_event(event), **settings)
     else:
         base_model, teacher_model = load_pair(base_spec, teacher_spec)
         figure = run_figure2(base_model, teacher_model, problems, out_path, on_event=on_event, **settings)
