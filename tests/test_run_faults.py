@@ -261,23 +261,23 @@ def test_library_disk_errors_are_recognised_and_checkpoints_check_space_first(tm
     assert is_disk_full(OSError(errno.EDQUOT, "quota"))
     assert not is_disk_full(RuntimeError("shape mismatch"))
 
-    from engine.recipes import train
+    from engine.recipes import loop
 
     out = tmp_path / "run"
-    old = out / train.CHECKPOINTS / "step-000002"
+    old = out / loop.CHECKPOINTS / "step-000002"
     old.mkdir(parents=True)
-    (old / train.STATE_FILE).write_bytes(b"x" * 3_000_000)
+    (old / loop.STATE_FILE).write_bytes(b"x" * 3_000_000)
 
     def failing(model, state, folder):
         raise torch_error
 
-    monkeypatch.setattr(train, "_write_checkpoint", failing)
+    monkeypatch.setattr(loop, "_write_checkpoint", failing)
     with pytest.raises(DiskFull) as caught:
-        train.save_checkpoint(None, {}, out, 4)
+        loop.save_checkpoint(None, {}, out, 4)
     message = str(caught.value)
     assert message.startswith("no space left on ") and "(3 MB needed, " in message
     assert message.endswith("the last good checkpoint is step-000002; free space and rerun with --resume")
-    assert (old / train.STATE_FILE).exists() and train.latest_checkpoint(out) == old
+    assert (old / loop.STATE_FILE).exists() and loop.latest_checkpoint(out) == old
 
     class Stat:
         f_bavail, f_frsize = 1, 1 << 20  # 1 MB free
@@ -347,3 +347,17 @@ def test_a_real_full_tmpfs_fails_the_job_with_the_reason_and_every_run_stays_lis
     finally:
         kill_jobs()
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+
+
+def test_the_event_log_is_fsynced_at_each_checkpoint_and_only_there(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    writer = store.EventWriter(tmp_path / "events.jsonl")
+    status = store.JobStatus(id="20260101-000000-selftest-0000", kind="selftest", state="running", created=0.0)
+    run = store.RunContext(tmp_path, status, writer)
+    run.emit({"train/loss": 1.0})
+    assert synced == []
+    run.emit({"train/checkpoint": str(tmp_path / "checkpoints" / "step-000004")})
+    assert synced == [writer._fd] and run.checkpoint == "step-000004"
+    writer.close()

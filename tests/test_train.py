@@ -317,7 +317,11 @@ def test_signed_loss_runs_away_where_the_bounded_one_does_not(tiny_llama, tmp_pa
 
 
 def test_alarm_rules():
-    from engine.recipes.train import TrainSpec, _alarm
+    from engine.recipes.loop import divergence
+    from engine.recipes.train import TrainSpec
+
+    def _alarm(loss, grad_norm, history, spec):
+        return divergence(loss, grad_norm, history, spec.alarm_abs, spec.alarm_ratio)
 
     spec = TrainSpec("x.jsonl")
     calm = [1.0, -0.5, 0.8, 1.2, -1.1, 0.9, 1.0, 0.7, -0.6, 1.3]
@@ -405,9 +409,10 @@ def test_resume_after_sigkill_is_bit_identical(tiny_llama, tmp_path):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_llama, tmp_path, monkeypatch):
+    import engine.recipes.loop as loop_module
     import engine.recipes.train as train_module
 
-    real = train_module._write_trainer_state
+    real = loop_module._write_trainer_state
     calls = {"n": 0}
 
     def full_disk(state, path):
@@ -417,7 +422,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_llama, tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
         real(state, path)
 
-    monkeypatch.setattr(train_module, "_write_trainer_state", full_disk)
+    monkeypatch.setattr(loop_module, "_write_trainer_state", full_disk)
     out = tmp_path / "out"
     rollouts = make_rollouts(tmp_path / "r.jsonl")
     with pytest.raises(RmxError, match=r"^no space left on .* while writing \S*step-000004 \(\S+ MB needed, \S+ MB "
@@ -428,7 +433,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_llama, tmp_pa
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]  # no temp dir left
     assert (kept / "trainer_state.pt").stat().st_size > 1000
     assert train_module.latest_checkpoint(out) == kept
-    monkeypatch.setattr(train_module, "_write_trainer_state", real)
+    monkeypatch.setattr(loop_module, "_write_trainer_state", real)
     result = train_module.train(ModelSpec(str(tiny_llama), dtype="float32"), _spec(rollouts, checkpoint_every=2),
                                 out, resume=True)
     assert result.state == "done" and result.step == 12

@@ -39,7 +39,27 @@ class Heatmap:
 
     @staticmethod
     def readable_foreground(background: str) -> str:
-        """Black or white, whichever reads better on `background` (relative luminance)."""
-        red, green, blue = (int(background[i : i + 2], 16) / 255 for i in (1, 3, 5))
-        luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
-        return "#000000" if luminance > 0.45 else "#ffffff"
+        """Black or white, whichever contrasts more with `background` (WCAG: at least 4.58:1 for any colour)."""
+        return "#000000" if contrast("#000000", background) >= contrast("#ffffff", background) else "#ffffff"
+
+
+def _channels(colour: str) -> tuple[float, float, float]:
+    return tuple(int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def relative_luminance(colour: str) -> float:
+    """WCAG 2.x relative luminance of an sRGB `#rrggbb` colour."""
+    red, green, blue = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in _channels(colour))
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
+def contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio between two colours, from 1 to 21 (body text needs 4.5)."""
+    high, low = sorted((relative_luminance(foreground), relative_luminance(background)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def blend(colour: str, under: str, alpha: float) -> str:
+    """`colour` at opacity `alpha` over `under`, as one opaque `#rrggbb`."""
+    mixed = (alpha * top + (1 - alpha) * bottom for top, bottom in zip(_channels(colour), _channels(under)))
+    return "#" + "".join(f"{round(255 * channel):02x}" for channel in mixed)

@@ -12,10 +12,12 @@ from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
 from engine.recipes.evaluate import EvalSpec, evaluate
 from engine.core.io import atomic_write_json
+from engine.recipes.lanes import RaySpec, check_ray_installed
 from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
 from engine.core.records import read_rollouts
 from engine.recipes.rollouts import RolloutSpec, sample_rollouts
+from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainSpec, train
 
@@ -44,8 +46,24 @@ def _validator(*names: str) -> Callable[[dict], None]:
                 require_signal(read_rollouts(spec.rollouts))
             elif isinstance(spec, DistillSpec):
                 read_rollouts(spec.rollouts)
+        ray_of(config)
 
     return validate
+
+
+def ray_of(config: dict[str, Any]) -> RaySpec | None:
+    """The job's Ray cluster, from its optional 'ray' object; None runs it in the job's own process."""
+    values = config.get("ray")
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise RmxError("job config 'ray' must be an object such as {\"address\": \"auto\"}")
+    try:
+        spec = build_spec(RaySpec, values)
+    except TypeError as error:
+        raise RmxError(f"job config 'ray': {error}") from None
+    check_ray_installed()
+    return spec
 
 
 def _check_pipeline_job(config: dict[str, Any]) -> None:
@@ -55,8 +73,13 @@ def _check_pipeline_job(config: dict[str, Any]) -> None:
 def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "rollouts")
     with Meter("rollouts", run.artifacts):
-        result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
-                                 emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
+        ray = ray_of(config)
+        if ray is not None:
+            result = sample_rollouts_sharded(model, spec, output_of(config, run, "rollouts.jsonl"), ray,
+                                             resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
+        else:
+            result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
+                                     emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
@@ -81,15 +104,20 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec, sweep_spec = _job_config(config, "model", "train", "sweep")
     with Meter("sweep", run.artifacts):
         result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
-                       should_stop=run.should_stop)
+                       should_stop=run.should_stop, ray=ray_of(config))
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
-        evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
-                 should_stop=run.should_stop, progress=run.set_progress)
+        ray = ray_of(config)
+        if ray is not None:
+            evaluate_sharded(model, spec, output_of(config, run), ray, resume=run.resumed, emit=run.emit,
+                             should_stop=run.should_stop)
+        else:
+            evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
+                     should_stop=run.should_stop, progress=run.set_progress)
 
 
 def distill_job(config: dict[str, Any], run: RunContext) -> None:

@@ -88,7 +88,8 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._done.wait(self._status.heartbeat_s):
             step, total, last = self._run.snapshot()
-            beat = replace(self._status, heartbeat=time.time(), step=step, total=total, last_event=last)
+            beat = replace(self._status, heartbeat=time.time(), step=step, total=total, last_event=last,
+                           cluster=self._run.cluster)
             try:
                 write_json_atomic(self._path, beat.to_json())
             except OSError as error:  # a full disk must not kill the job; staleness will tell if it persists
@@ -165,7 +166,7 @@ def run_job(run_dir: Path) -> int:
         pass
     step, total, last = run.snapshot()
     final = replace(status, state=state, heartbeat=time.time(), ended=time.time(), step=step, total=total,
-                    last_event=last, error=error)
+                    last_event=last, error=error, cluster=run.cluster)
     _write_final(run_dir, final, slot)
     if slot is not None:
         slot.unlink(missing_ok=True)

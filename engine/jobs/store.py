@@ -9,6 +9,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
+from engine.core.diskfull import disk_full, is_disk_full
 from engine.core.errors import RmxError
 from engine.core.io import atomic_write
 
@@ -261,6 +263,8 @@ class JobStatus:
     """One line saying why the job failed or diverged (or, for `damaged`, what is wrong with its folder)."""
     pid_started: float | None = None
     """When `pid` started (Unix time, from the process table): a recycled pid has another start time."""
+    cluster: str | None = None
+    """For a job run on Ray: the cluster's address and how many of its tasks are busy (`10.0.0.5:6379, 3/4 busy`)."""
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -425,14 +429,20 @@ def create_run(spec: JobSpec) -> Path:
         if not (root / job_id).exists():
             break
     tmp = root / f".{job_id}.tmp"
-    tmp.mkdir()
-    (tmp / "artifacts").mkdir()
-    (tmp / "events.jsonl").touch()
-    write_json_atomic(tmp / "config.json", spec.to_json())
-    status = JobStatus(id=job_id, kind=spec.kind, state="queued", created=spec.created, host=socket.gethostname(),
-                       heartbeat=spec.created, heartbeat_s=heartbeat_interval())
-    write_json_atomic(tmp / "status.json", status.to_json())
-    os.rename(tmp, root / job_id)
+    try:
+        tmp.mkdir()
+        (tmp / "artifacts").mkdir()
+        (tmp / "events.jsonl").touch()
+        write_json_atomic(tmp / "config.json", spec.to_json())
+        status = JobStatus(id=job_id, kind=spec.kind, state="queued", created=spec.created,
+                           host=socket.gethostname(), heartbeat=spec.created, heartbeat_s=heartbeat_interval())
+        write_json_atomic(tmp / "status.json", status.to_json())
+        os.rename(tmp, root / job_id)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(error):
+            raise disk_full(error.filename or root, then="free space and submit the job again") from None
+        raise
     return root / job_id
 
 
@@ -548,7 +558,8 @@ def process_started(pid: int) -> float | None:
 
 
 def is_job_process(status: JobStatus) -> bool:
-    """`status.pid` is this run's job process: alive, started when recorded, running engine.jobs.runner on it.
+    """`status.pid` is this run's process: alive and started when recorded (a pid and its start time name one
+    process for good); for a run that recorded no start time, a runner of this very run dir.
 
     A pid recycled by an unrelated process fails the check, so nothing signals a stranger's process group.
     """
@@ -557,8 +568,8 @@ def is_job_process(status: JobStatus) -> bool:
     started = process_started(status.pid)
     if started is None:  # no procfs (macOS): liveness is all we can check
         return True
-    if status.pid_started is not None and abs(started - status.pid_started) > 1.0:
-        return False
+    if status.pid_started is not None:
+        return abs(started - status.pid_started) <= 1.0
     try:
         cmdline = Path(f"/proc/{status.pid}/cmdline").read_bytes()
     except OSError:
@@ -769,6 +780,8 @@ class RunContext:
         self.step = status.step
         self.total = status.total
         self.last_event: dict[str, Any] | None = status.last_event
+        self.cluster: str | None = status.cluster
+        """The Ray cluster the job's tasks run on, as its `ray/…` events last said."""
         self.checkpoint: str | None = None
         """The last checkpoint this attempt wrote (a `…/checkpoint` event's value), for a disk-full message."""
         self._writer = writer
@@ -790,6 +803,8 @@ class RunContext:
             if self._writer.dropped != dropped:
                 self._writer.write({"t": full["t"], "step": self.step, "log/dropped": self._writer.dropped})
             self.last_event = full
+            if "ray/busy" in event:
+                self.cluster = f"{event.get('ray/address', '?')}, {event['ray/busy']}/{event.get('ray/tasks', '?')} busy"
             marks = [v for k, v in event.items() if str(k).endswith("/checkpoint")]
             if marks:  # a checkpoint is on disk: the events that led to it must survive a power loss too
                 self._writer.sync()

@@ -7,15 +7,15 @@ import hashlib
 import json
 import math
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
-from engine.core.io import atomic_open, atomic_write_json, commit_folder
+from engine.core.io import atomic_open
 from engine.core.models import LoadedModel
+from engine.recipes.loop import Loop, StepMetrics, WindowLoss, finished_run, latest_checkpoint, write_summary
 
 TEACHER_FILE = "teacher_topk.npz"
 SUMMARY_FILE = "distill_summary.json"
@@ -159,10 +159,7 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     from engine.core.models import load_model
     from engine.core.records import read_rollouts
     from engine.core.scoring import logit_transform, hidden_states
-    from engine.recipes.train import (
-        _rng_state, _schedule, _write_adapter, finished_run, latest_checkpoint, lora_model,
-        restore_run, save_checkpoint,
-    )
+    from engine.recipes.train import lora_model
 
     emit = emit or (lambda event: None)
     out = Path(out)
@@ -203,8 +200,6 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
     core = model.get_base_model()
     head, transform = core.get_output_embeddings(), logit_transform(core.config)
     step_rows = max(1, spec.chunk_elements // int(head.weight.shape[0]))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
     rng = random.Random(spec.seed)
     order: list[int] = []
     for _ in range(spec.epochs):
@@ -213,23 +208,12 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         order += epoch
     per_step = spec.batch_size * spec.grad_accum
     windows = [order[i:i + per_step] for i in range(0, len(order), per_step)]
-    total = len(windows)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
-    every = spec.checkpoint_every or max(1, round(0.15 * total))
-    done, history, windows = restore_run(model, optimizer, scheduler, out, existing if resume else None, fingerprint,
-                                         spec.seed, windows)
-    if done:
-        emit({"distill/resumed_from": done})
+    loop: Loop[WindowLoss] = Loop(
+        model, windows, out, lr=spec.lr, weight_decay=spec.weight_decay, warmup_ratio=spec.warmup_ratio,
+        seed=spec.seed, fingerprint=fingerprint, checkpoint_every=spec.checkpoint_every, prefix="distill", emit=emit)
+    loop.restore(existing if resume else None)
 
-    def checkpoint(at: int) -> None:
-        state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        folder = save_checkpoint(model, state, out, at, warn=lambda text: emit({"distill/warning": text}))
-        emit({"distill/checkpoint": str(folder), "step": at})
-
-    emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
-    started, last_kl = time.perf_counter(), (history[-1] if history else math.nan)
-    for window in windows[done:]:
+    def backward(window: list[int]) -> WindowLoss:
         kl_sum = 0.0
         for index in window:
             ids, prompt_len = sequences[index]
@@ -244,26 +228,21 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
                 (kl / len(window)).backward()
                 kl_sum += float(kl.detach())
             policy_h.backward(leaf.grad)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done += 1
-        last_kl = kl_sum / len(window)
-        if not math.isfinite(last_kl):
-            raise RmxError(f"distillation went numerically wrong at step {done}: KL is {last_kl}; "
-                           "the last checkpoint is intact")
-        history.append(last_kl)
-        emit({"step": done, "distill/step": done, "distill/total": total, "distill/kl": last_kl, "distill/lr": lr})
-        if progress is not None:
-            progress(done, total)
-        stopping = should_stop is not None and should_stop()
-        if done % every == 0 or done == total or stopping:
-            checkpoint(done)
-        if stopping and done < total:
-            raise RmxError(f"distillation stopped at step {done} of {total}: resume it to go on")
-    final = out / "adapter"
-    commit_folder(lambda tmp: _write_adapter(model, tmp), final)
-    result = DistillResult(str(final), done, len(sequences), offsets[-1], last_kl, time.perf_counter() - started)
-    atomic_write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
+        return WindowLoss(kl_sum / len(window))
+
+    def on_step(m: StepMetrics[WindowLoss]) -> None:
+        emit({"step": m.step, "distill/step": m.step, "distill/total": m.total, "distill/kl": m.loss,
+              "distill/lr": m.lr})
+
+    emit({"distill/phase": "training", "distill/sequences": len(sequences), "distill/positions": offsets[-1]})
+    ran = loop.run(backward, on_step, should_stop, progress)
+    if ran.state == "diverged":
+        raise RmxError(f"distillation went numerically wrong at step {ran.step + 1}: {ran.reason}; "
+                       "the last checkpoint is intact")
+    if ran.state == "stopped":
+        raise RmxError(f"distillation stopped at step {ran.step} of {ran.total}: resume it to go on")
+    final = loop.save_adapter(out / "adapter")
+    last_kl = ran.history[-1] if ran.history else math.nan
+    result = DistillResult(str(final), ran.step, len(sequences), offsets[-1], last_kl, ran.seconds)
+    write_summary(summary_file, fingerprint, result.to_json())
     return result

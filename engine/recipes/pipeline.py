@@ -15,6 +15,8 @@ from engine.core.io import atomic_write, atomic_write_json
 from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
 from engine.recipes.pool import PoolSpec, write_pool
 from engine.recipes.rollouts import RolloutSpec, sample_rollouts
+from engine.recipes.lanes import RaySpec
+from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainResult, TrainSpec, train
 
@@ -25,7 +27,7 @@ STAGE_FILE = "stage.json"
 # --- the TOML pipeline -------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type] = {"model": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec, "train": TrainSpec,
-                             "sweep": SweepSpec, "eval": EvalSpec}
+                             "sweep": SweepSpec, "eval": EvalSpec, "ray": RaySpec}
 RUNTIME_FIELDS = {"pool": {"rollouts"}, "train": {"rollouts"}}
 """Fields the pipeline fills in itself: each stage reads the file the one before it wrote."""
 REQUIRED = ("model", "rollouts", "train", "eval")
@@ -131,14 +133,24 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_spec(ModelSpec, _model_values(config["model"]))
+    ray = build_spec(RaySpec, config["ray"]) if "ray" in config else None
     stages: dict[str, Any] = {}
+
+    def evaluate_on(spec: ModelSpec, eval_spec: EvalSpec, folder: Path):
+        if ray is not None:
+            return evaluate_sharded(spec, eval_spec, folder, ray, resume=resume, emit=emit, should_stop=should_stop)
+        return evaluate(spec, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop)
 
     def stopped() -> bool:
         return should_stop is not None and should_stop()
 
     def rollouts_stage(folder: Path):
-        return sample_rollouts(model, build_spec(RolloutSpec, config["rollouts"]), folder / "rollouts.jsonl",
-                               resume=resume, emit=emit, should_stop=should_stop)
+        spec = build_spec(RolloutSpec, config["rollouts"])
+        if ray is not None:
+            return sample_rollouts_sharded(model, spec, folder / "rollouts.jsonl", ray, resume=resume, emit=emit,
+                                           should_stop=should_stop)
+        return sample_rollouts(model, spec, folder / "rollouts.jsonl", resume=resume, emit=emit,
+                               should_stop=should_stop)
 
     stages["rollouts"] = _stage("rollouts", out, resume, rollouts_stage, emit)
     if stopped():
@@ -149,7 +161,8 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     if "sweep" in config:
         sweep_spec = build_spec(SweepSpec, config["sweep"])
         stages["sweep"] = _stage("sweep", out, resume, lambda folder: sweep(
-            model, train_spec, sweep_spec, folder, resume=resume, emit=emit, should_stop=should_stop), emit)
+            model, train_spec, sweep_spec, folder, resume=resume, emit=emit, should_stop=should_stop, ray=ray),
+            emit)
         adapter = stages["sweep"]["best_adapter"]
     else:
         stages["train"] = _stage("train", out, resume, lambda folder: check_trained(train(
@@ -158,13 +171,12 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     if stopped():
         raise RmxError("pipeline stopped after training: resume it to go on")
     eval_spec = build_spec(EvalSpec, config["eval"])
-    stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate(
-        model, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop), emit)
+    stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate_on(model, eval_spec, folder),
+                                 emit)
     comparison = None
     if adapter is not None:
-        stages["eval_tuned"] = _stage("eval_tuned", out, resume, lambda folder: evaluate(
-            replace(model, adapter=adapter), eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop),
-            emit)
+        stages["eval_tuned"] = _stage("eval_tuned", out, resume, lambda folder: evaluate_on(
+            replace(model, adapter=adapter), eval_spec, folder), emit)
         comparison = compare([("base", EvalResult.from_json(stages["eval_base"])),
                               ("tuned", EvalResult.from_json(stages["eval_tuned"]))])
     report = out / "report.md"

@@ -22,6 +22,8 @@ class RolloutSpec:
     """A bundled dataset name (smoke, math_train_pool_150, …) or a .jsonl/.json problem file."""
     limit: int | None = None
     """Use only the first N problems."""
+    offset: int = 0
+    """Skip this many problems first (a shard of the dataset)."""
     k: int = 20
     """Samples per problem."""
     temperature: float = 0.6
@@ -45,6 +47,8 @@ class RolloutSpec:
             raise RmxError(f"--k must be a positive integer, got {self.k}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise RmxError(f"--limit must be a positive integer, got {self.limit}")
+        if not isinstance(self.offset, int) or self.offset < 0:
+            raise RmxError(f"--offset must be an integer ≥ 0, got {self.offset}")
         if not self.temperature > 0:
             raise RmxError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -99,7 +103,10 @@ def in_calls(problems: Sequence, done: set[str], size: int) -> list[list]:
 
 
 def _meta(model: ModelSpec, spec: RolloutSpec) -> dict[str, Any]:
-    return {"model": asdict(model), "spec": asdict(spec)}
+    settings = asdict(spec)
+    if not spec.offset:
+        del settings["offset"]  # runs sampled before shards existed resume as they were
+    return {"model": asdict(model), "spec": settings}
 
 
 def record_template(meta_path: Path, choice, out: Path | str) -> None:
@@ -156,19 +163,17 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
     With `resume`, problems already complete in `out` are kept and the rest sampled; a problem cut short
     by a kill is sampled again from its own seed, so the file ends as an uninterrupted run's would.
     """
-    from engine.core.backends import SampleRequest, make_sampler
+    from engine.core.backends import SampleRequest, make_sampler, resolve_backend
     from engine.core.data import load_problems
     from engine.core.grading import grade
     from engine.core.prompts import choose_template, prompt_ids
-
-    from engine.core.backends import resolve_backend
 
     emit = emit or (lambda event: None)
     # The resolved name is what the run records: a resume on this machine picks the same backend.
     spec = replace(spec, backend=resolve_backend(spec.backend, model))
     path = Path(out)
     meta_path = path.with_name(path.name + ".meta.json")
-    problems = load_problems(spec.dataset, limit=spec.limit)
+    problems = load_problems(spec.dataset, limit=spec.limit, offset=spec.offset)
     meta = _meta(model, spec)
     done = _resume_state(path, meta_path, meta, spec.k, resume)
     path.parent.mkdir(parents=True, exist_ok=True)

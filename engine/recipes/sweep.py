@@ -1,8 +1,7 @@
-"""The τ sweep: one ReasonMaxxer adapter per τ, each scored on a holdout, the best kept; one lane per device."""
+"""The τ sweep: one ReasonMaxxer adapter per τ, each scored on a holdout, the best kept; τ runs spread over lanes."""
 
 from __future__ import annotations
 
-import queue as queues
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +10,7 @@ from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
 from engine.core.io import atomic_write_json
 from engine.recipes.evaluate import EvalSpec, evaluate, load_result
+from engine.recipes.lanes import LocalLanes, Pool, RayLanes, RaySpec, Task
 from engine.recipes.train import TrainSpec, train
 
 SWEEP_FILE = "sweep.json"
@@ -120,90 +120,49 @@ def _run_tau(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, tau: str, 
     return SweepRow(tau, result.tau_correct, result.decision_frac, result.state, result.adapter, score)
 
 
-def _lane(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, taus: tuple[str, ...], out: str, base_pass: str,
-          resume: bool, threads: int, messages, stop) -> None:
-    """One device's share of the sweep, in its own process: events and rows go back through `messages`."""
-    import torch
-
-    torch.set_num_threads(threads)
-    for tau in taus:
-        if stop.is_set():
-            return
-        try:
-            row = _run_tau(base, spec, sweep_spec, tau, Path(out), Path(base_pass), resume,
-                           lambda event: messages.put(("event", event)), stop.is_set)
-        except RmxError as error:
-            messages.put(("error", f"τ {tau} on {base.device}: {error}"))
-            return
-        except Exception as error:  # the parent reports it as one line; the lane's other τ are not run
-            messages.put(("error", f"τ {tau} on {base.device}: {type(error).__name__}: {error}"))
-            return
-        messages.put(("row", asdict(row)))
+def _tau_task(*, device: str, lane: str, emit: Callable[[dict], None], should_stop: Callable[[], bool] | None,
+              base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, tau: str, out: str,
+              resume: bool) -> dict[str, Any]:
+    """One τ as a lane task, trained on `device`: the τ values of one lane share its base pass."""
+    folder = Path(out)
+    row = _run_tau(replace(base, device=device), spec, sweep_spec, tau, folder, folder / f"base_pass-{lane}",
+                   resume, emit, should_stop)
+    return asdict(row)
 
 
-def _parallel(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, devices: tuple[str, ...], out: Path,
-              resume: bool, emit: Callable[[dict], None], should_stop: Callable[[], bool] | None) -> list[SweepRow]:
-    """One process per device, each working through its share of the τ values; rows come back in τ order."""
-    import multiprocessing
-
-    import torch
-
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked, and a lane must not share RNG state
-    messages, stop = context.Queue(), context.Event()
-    lanes = [sweep_spec.taus[index::len(devices)] for index in range(len(devices))]
-    threads = max(1, torch.get_num_threads() // len(devices))
-    processes = [
-        context.Process(target=_lane, args=(replace(base, device=device), spec, sweep_spec, lane, str(out),
-                                            str(out / f"base_pass-{index}"), resume, threads, messages, stop))
-        for index, (device, lane) in enumerate(zip(devices, lanes)) if lane
-    ]
-    for process in processes:
-        process.start()
-    rows: dict[str, SweepRow] = {}
-    errors: list[str] = []
+def _on_lanes(pool: Pool, base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: Path, resume: bool,
+              emit: Callable[[dict], None],
+              should_stop: Callable[[], bool] | None) -> list[SweepRow]:
+    """Every τ as a task of `pool`; rows come back in τ order."""
+    tasks = [Task(f"τ {tau}", _tau_task, {
+        "base": base, "spec": spec, "sweep_spec": sweep_spec, "tau": tau, "out": str(out), "resume": resume})
+        for tau in sweep_spec.taus]
     try:
-        while True:
-            if should_stop is not None and should_stop():
-                stop.set()
-            try:
-                kind, payload = messages.get(timeout=0.2)
-            except queues.Empty:
-                if not any(process.is_alive() for process in processes):
-                    break
-                continue
-            if kind == "event":
-                emit(payload)
-            elif kind == "row":
-                rows[payload["tau"]] = SweepRow(**payload)
-            else:
-                errors.append(payload)
-                stop.set()
-    finally:
-        stop.set()
-        for process in processes:
-            process.join()
-    crashed = [p for p in processes if p.exitcode not in (0, None)]
-    if errors or crashed:
-        raise RmxError(errors[0] if errors else f"a sweep lane died (exit code {crashed[0].exitcode})")
-    if len(rows) < len(sweep_spec.taus):
-        raise RmxError("sweep stopped before every τ was trained")
-    return [rows[tau] for tau in sweep_spec.taus]
+        rows = pool.run(tasks, emit, should_stop)
+    except RmxError as error:
+        if "stopped before every task finished" in str(error):
+            raise RmxError("sweep stopped before every τ was trained") from None
+        raise
+    return [SweepRow(**row) for row in rows]
 
 
 def sweep(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: str | Path, *, resume: bool = False,
-          emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None
-          ) -> SweepResult:
+          emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+          ray: RaySpec | None = None) -> SweepResult:
     """Train one adapter per τ and keep the one with the best holdout score.
 
     On one device the runs go one after another and share one base pass; with several devices each
-    gets a process and a share of the τ values.
+    gets a process and a share of the τ values; with `ray`, each τ is a task on the cluster.
     """
     emit = emit or (lambda event: None)
     out = Path(out)
     devices = sweep_devices(base, sweep_spec)
-    if len(devices) > 1 and len(sweep_spec.taus) > 1:
+    if ray is not None:
+        # Resumable tasks: a retried τ (its worker died) goes on from its last checkpoint.
+        rows = _on_lanes(RayLanes(ray), base, spec, sweep_spec, out, True, emit, should_stop)
+    elif len(devices) > 1 and len(sweep_spec.taus) > 1:
         emit({"sweep/devices": ",".join(devices)})
-        rows = _parallel(base, spec, sweep_spec, devices, out, resume, emit, should_stop)
+        rows = _on_lanes(LocalLanes(devices), base, spec, sweep_spec, out, resume, emit, should_stop)
     else:
         rows = []
         for tau in sweep_spec.taus:

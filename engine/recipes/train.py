@@ -5,24 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import shutil
-import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from engine.core.config import ModelSpec, Tau
-from engine.core.diskfull import check_space, disk_full, is_disk_full, tree_bytes
 from engine.core.errors import RmxError
 from engine.recipes.pool import group_by_problem, is_mixed, require_signal
-from engine.core.io import atomic_write_json, commit_folder
-from engine.core.records import Rollout
-from engine.core.records import read_rollouts
+from engine.core.io import commit_folder
+from engine.core.records import Rollout, read_rollouts
+from engine.recipes.loop import Loop, StepMetrics, WindowLoss, latest_checkpoint, finished_run, write_summary
 
 OBJECTIVES = ("contrastive", "positive-only")
 NEGATIVES = ("signed", "bounded")
@@ -32,12 +28,6 @@ ADV_EPS = 1e-6
 """ε in A = (r − mean)/(std + ε). Mixed problems always have std > 0, so ε only guards the arithmetic."""
 UNLIKELIHOOD_FLOOR = 1e-6
 """Smallest 1 − p inside the bounded term's log, so a token the model is sure of still has a finite gradient."""
-ALARM_WARMUP = 10
-"""Optimizer steps of loss history the relative divergence test needs before it may fire."""
-ALARM_WINDOW = 50
-"""How many recent steps the running median of |loss| looks at."""
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.pt"
 SUMMARY_FILE = "train_summary.json"
 BASE_PASS = "base_pass"
 
@@ -176,6 +166,21 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainWindow(WindowLoss):
+    """One optimizer step's loss terms, averaged over its window."""
+
+    dec: float = 0.0
+    """The decision-point term."""
+    anchor: float = 0.0
+    """The KL anchor term (before --kl-weight)."""
+    decision_frac: float = 0.0
+    """Fraction of the window's completion tokens that are decision points."""
+    dlogp_pos: float | None = None
+    """Mean change of log p(target) at decision points of positive-advantage sequences."""
+    dlogp_neg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -455,117 +460,6 @@ def _quantiles(values: Sequence[float]) -> str:
     return f"p50 {pick(0.5):.2f}, p90 {pick(0.9):.2f}, p97 {pick(0.97):.2f}, p99 {pick(0.99):.2f}, max {ordered[-1]:.2f}"
 
 
-# --- checkpoints -------------------------------------------------------------------------------------------
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.iterdir():
-        with file.open("rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def _write_trainer_state(state: dict, path: Path) -> None:
-    import torch
-
-    torch.save(state, path)
-
-
-def _write_checkpoint(model, state: dict, folder: Path) -> None:
-    """Write a PEFT adapter folder plus the trainer state into `folder` (a fresh temporary directory)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(str(folder), safe_serialization=True)
-    _write_trainer_state(state, folder / STATE_FILE)
-    _fsync_tree(folder)
-
-
-def save_checkpoint(model, state: dict, out: Path, at: int, warn: Callable[[str], None] | None = None) -> Path:
-    """Write checkpoint `at` (adapter + trainer state) atomically under out/checkpoints/; a failed write
-    leaves the previous one intact and says so.
-
-    Free space is checked first against the previous checkpoint's size: a write that cannot fit is refused before
-    it starts, and `warn` hears when the one after will not fit.
-    """
-    folder = out / CHECKPOINTS / f"step-{at:06d}"
-    previous = latest_checkpoint(out)
-    kept = previous.name if previous else None
-    then = "free space and rerun with --resume"
-    needed = tree_bytes(previous) if previous else None
-    if needed:
-        warning = check_space(out, needed, kept, then)
-        if warning and warn is not None:
-            warn(warning)
-    try:
-        commit_folder(lambda tmp: _write_checkpoint(model, state, tmp), folder)
-    except Exception as error:
-        if is_disk_full(error):
-            raise disk_full(folder, needed, kept, then) from None
-        if not isinstance(error, OSError):
-            raise
-        intact = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        raise RmxError(f"could not write checkpoint step {at} ({error.strerror or error}): {intact}; "
-                       "free space and rerun with --resume") from None
-    if previous is not None and previous != folder:
-        # Only the newest checkpoint keeps optimizer state; older ones stay as adapters to pick from.
-        (previous / STATE_FILE).unlink(missing_ok=True)
-    return folder
-
-
-def finished_run(out: Path, summary_file: Path, fingerprint: str, resume: bool, what: str) -> dict | None:
-    """The recorded result when `out` already finished this very run and `resume` asks for it; refuses to
-    overwrite an earlier run without `resume`, or to resume a run of other settings."""
-    if not resume and (latest_checkpoint(out) is not None or summary_file.exists()):
-        raise RmxError(f"{out} already holds {what}: pass --resume to continue it, or choose another --out")
-    if resume and summary_file.exists():
-        done = json.loads(summary_file.read_text())
-        if done.get("fingerprint") == fingerprint:
-            return done["result"]
-        raise RmxError(f"{out} holds {what} finished with a different config or rollouts file: choose another --out")
-    return None
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint that can be resumed from (it holds the trainer state)."""
-    folder = Path(out) / CHECKPOINTS
-    if not folder.is_dir():
-        return None
-    found = [p for p in folder.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _rng_state() -> dict:
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _seed_all(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _fingerprint(base: ModelSpec, spec: TrainSpec) -> str:
     """What a checkpoint must match to be resumed: base, config and the exact rollouts file."""
     digest = hashlib.sha256()
@@ -579,17 +473,6 @@ def _fingerprint(base: ModelSpec, spec: TrainSpec) -> str:
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
-
-
-def _schedule(total: int, warmup: int) -> Callable[[int], float]:
-    """Linear warmup from 0 over `warmup` steps, then linear decay to 0 at `total`."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 class _Sequence:
@@ -660,21 +543,6 @@ def _sequence_backward(model, head, transform, seq: _Sequence, advantage: float,
             "delta_n": int(delta_all.numel())}
 
 
-def _alarm(loss: float, grad_norm: float, history: list[float], spec: TrainSpec) -> str | None:
-    """Why this step counts as diverged, or None."""
-    if not math.isfinite(loss):
-        return f"loss is {loss}"
-    if not math.isfinite(grad_norm):
-        return f"gradient norm is {grad_norm}"
-    if spec.alarm_abs and abs(loss) > spec.alarm_abs:
-        return f"|loss| {abs(loss):.3g} > --alarm-abs {spec.alarm_abs:g}"
-    if spec.alarm_ratio and len(history) >= ALARM_WARMUP:
-        typical = max(statistics.median(abs(h) for h in history[-ALARM_WINDOW:]), 1.0)
-        if abs(loss) > spec.alarm_ratio * typical:
-            return f"|loss| {abs(loss):.3g} > {spec.alarm_ratio:g} × running median {typical:.3g}"
-    return None
-
-
 def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = False,
           emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
           progress: Callable[[int, int], None] | None = None, base_pass: str | Path | None = None) -> TrainResult:
@@ -685,7 +553,6 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     is polled between steps, and `progress(step, total)` tracks the run. `base_pass` is where the base
     pass is kept (default `out/base_pass`); runs on the same base and pool can share one.
     """
-    import torch
 
     from engine.core.models import load_model
 
@@ -732,39 +599,24 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     windows = [order[i:i + spec.grad_accum] for i in range(0, len(order), spec.grad_accum)]
     if spec.max_steps is not None:
         windows = windows[: spec.max_steps]
-    total = len(windows)
-    every = spec.checkpoint_every or max(1, round(0.15 * total))
-
     model = lora_model(loaded.module, spec, base.source)
     model.eval()  # the base's own dropout stays off: policy = base + adapter, and KL starts at exactly 0
     core = model.get_base_model()
     from engine.core.scoring import logit_transform
 
     head, transform = core.get_output_embeddings(), logit_transform(core.config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=spec.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(round(spec.warmup_ratio * total))))
-    step, history, windows = restore_run(model, optimizer, scheduler, out, existing if resume else None, fingerprint,
-                                         spec.seed, windows)
-    if step:
-        emit({"train/resumed_from": step})
-
-    def checkpoint(at: int) -> Path:
-        state = {"step": at, "total": total, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _rng_state(), "windows": windows, "history": history, "fingerprint": fingerprint}
-        folder = save_checkpoint(model, state, out, at, warn=lambda text: emit({"train/warning": text}))
-        emit({"train/checkpoint": str(folder), "step": at})
-        return folder
+    loop: Loop[TrainWindow] = Loop(
+        model, windows, out, lr=spec.lr, weight_decay=spec.weight_decay, warmup_ratio=spec.warmup_ratio,
+        seed=spec.seed, fingerprint=fingerprint, checkpoint_every=spec.checkpoint_every, prefix="train", emit=emit,
+        alarm_abs=spec.alarm_abs, alarm_ratio=spec.alarm_ratio)
+    loop.restore(existing if resume else None)
 
     step_rows = max(1, spec.chunk_elements // int(head.weight.shape[0]))
     tensors: list[_Sequence | None] = [None] * len(examples)
-    started, trained_tokens = time.perf_counter(), 0
-    reason, state = None, "done"
-    while step < total:
-        window = windows[step]
-        t0, tokens = time.perf_counter(), 0
-        sums = {"loss": 0.0, "dec": 0.0, "anchor": 0.0, "pos": 0.0, "n_pos": 0, "neg": 0.0, "n_neg": 0,
-                "n_dec": 0, "n_completion": 0}
+
+    def backward(window: list[int]) -> TrainWindow:
+        dec = anchor = pos = neg = 0.0
+        n_pos = n_neg = n_dec = n_completion = tokens = 0
         for index in window:
             ex = examples[index]
             if tensors[index] is None:
@@ -773,112 +625,37 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
             seq = tensors[index]
             stats = _sequence_backward(model, head, transform, seq, ex.advantage, spec, 1.0 / len(window), step_rows,
                                        store.base_hidden(index, loaded.device))
-            sums["dec"] += stats["dec"] / len(window)
-            sums["anchor"] += stats["anchor"] / len(window)
-            side = "pos" if ex.advantage > 0 else "neg"
-            sums[side] += stats["delta_sum"]
-            sums[f"n_{side}"] += stats["delta_n"]
-            sums["n_dec"] += seq.n_dec
-            sums["n_completion"] += seq.completion
+            dec += stats["dec"] / len(window)
+            anchor += stats["anchor"] / len(window)
+            if ex.advantage > 0:
+                pos, n_pos = pos + stats["delta_sum"], n_pos + stats["delta_n"]
+            else:
+                neg, n_neg = neg + stats["delta_sum"], n_neg + stats["delta_n"]
+            n_dec += seq.n_dec
+            n_completion += seq.completion
             tokens += seq.tokens
-        loss = sums["dec"] + spec.kl_weight * sums["anchor"]
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-                          ) if any(p.grad is not None for p in params) else 0.0
-        reason = _alarm(loss, grad_norm, history, spec)
-        if reason is not None:
-            state = "diverged"
-            emit({"train/alarm": reason, "step": step + 1, "train/loss": loss if math.isfinite(loss) else None})
-            break
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        history.append(loss)
-        trained_tokens += tokens
-        elapsed = time.perf_counter() - t0
+        return TrainWindow(loss=dec + spec.kl_weight * anchor, tokens=tokens, dec=dec, anchor=anchor,
+                           decision_frac=n_dec / max(n_completion, 1),
+                           dlogp_pos=pos / n_pos if n_pos else None, dlogp_neg=neg / n_neg if n_neg else None)
+
+    def on_step(m: StepMetrics[TrainWindow]) -> None:
         emit({
-            "step": step, "train/step": step, "train/total": total, "train/loss": loss,
-            "train/loss_dec": sums["dec"], "train/loss_anchor": sums["anchor"],
-            "train/decision_frac": sums["n_dec"] / max(sums["n_completion"], 1),
-            "train/dlogp_pos": sums["pos"] / sums["n_pos"] if sums["n_pos"] else None,
-            "train/dlogp_neg": sums["neg"] / sums["n_neg"] if sums["n_neg"] else None,
-            "train/lr": lr, "train/tok_s": tokens / elapsed if elapsed > 0 else None, "train/grad_norm": grad_norm,
+            "step": m.step, "train/step": m.step, "train/total": m.total, "train/loss": m.loss,
+            "train/loss_dec": m.window.dec, "train/loss_anchor": m.window.anchor,
+            "train/decision_frac": m.window.decision_frac,
+            "train/dlogp_pos": m.window.dlogp_pos, "train/dlogp_neg": m.window.dlogp_neg,
+            "train/lr": m.lr, "train/tok_s": m.tok_s, "train/grad_norm": m.grad_norm,
         })
-        if progress is not None:
-            progress(step, total)
-        stopping = should_stop is not None and should_stop()
-        if step % every == 0 or step == total or stopping:
-            checkpoint(step)
-        if stopping and step < total:
-            state = "stopped"
-            break
 
-    seconds = time.perf_counter() - started
+    ran = loop.run(backward, on_step, should_stop, progress)
+    adapter = str(loop.save_adapter(out / "adapter")) if ran.state == "done" else None
     last = latest_checkpoint(out)
-    adapter = None
-    if state == "done":
-        final = out / "adapter"
-        try:
-            commit_folder(lambda tmp: _write_adapter(model, tmp), final)
-        except Exception as error:
-            if is_disk_full(error):
-                raise disk_full(final, tree_bytes(last) if last else None, last.name if last else None,
-                                "free space and rerun with --resume") from None
-            raise
-        adapter = str(final)
     result = TrainResult(
-        state=state, adapter=adapter, last_checkpoint=str(last) if last else None, step=step, total=total,
-        problems=counts["mixed"], sequences=len(examples), tau_correct=tau_correct, tau_wrong=tau_wrong,
-        decision_frac=decision_frac, tokens=trained_tokens, seconds=seconds,
-        tok_s=trained_tokens / seconds if seconds > 0 else 0.0, reason=reason,
+        state=ran.state, adapter=adapter, last_checkpoint=str(last) if last else None, step=ran.step,
+        total=ran.total, problems=counts["mixed"], sequences=len(examples), tau_correct=tau_correct,
+        tau_wrong=tau_wrong, decision_frac=decision_frac, tokens=ran.tokens, seconds=ran.seconds,
+        tok_s=ran.tokens / ran.seconds if ran.seconds > 0 else 0.0, reason=ran.reason,
     )
-    if state == "done":
-        atomic_write_json(summary_file, {"fingerprint": fingerprint, "result": result.to_json()})
+    if ran.state == "done":
+        write_summary(summary_file, fingerprint, result.to_json())
     return result
-
-
-def _write_adapter(model, folder: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(str(folder), safe_serialization=True)
-    _fsync_tree(folder)
-
-
-def restore_run(model, optimizer, scheduler, out: Path, checkpoint: Path | None, fingerprint: str, seed: int,
-                windows: list) -> tuple[int, list, list]:
-    """Clear checkpoints a kill cut short, seed every RNG, then restore `checkpoint` if one is given.
-
-    Returns (step, loss history, windows) to go on from: (0, [], windows) for a fresh run.
-    """
-    (out / CHECKPOINTS).mkdir(exist_ok=True)
-    for stale in (out / CHECKPOINTS).glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # a checkpoint a kill interrupted: never part of the run
-    _seed_all(seed)
-    if checkpoint is None:
-        return 0, [], windows
-    return _load_checkpoint(model, optimizer, scheduler, checkpoint, fingerprint)
-
-
-def _load_checkpoint(model, optimizer, scheduler, folder: Path, fingerprint: str) -> tuple[int, list, list]:
-    """Restore adapter weights, optimizer, scheduler and RNG states; refuse a checkpoint of another run."""
-    import torch
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = torch.load(folder / STATE_FILE, weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        raise RmxError(f"checkpoint {folder} belongs to a different base, config or rollouts file: "
-                       "resume with the same settings, or choose another --out")
-    try:
-        weights = load_file(str(folder / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(model, weights)
-    except Exception as error:
-        raise RmxError(f"checkpoint {folder} does not fit this model: {str(error).splitlines()[0]}") from None
-    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if missing or getattr(result, "unexpected_keys", []):
-        raise RmxError(f"checkpoint {folder} does not fit this model ({len(missing)} LoRA tensors missing)")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    return state["step"], list(state["history"]), state["windows"]

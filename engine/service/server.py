@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec
+from engine.core.diskfull import DiskFull, disk_full, is_disk_full
 from engine.core.errors import RmxError
 from engine.jobs.store import (
     POLL_S, EventTail, JobConflict, JobNotFound, JobView, RunDamaged, cancel_job, check_outputs, data_dir, find_run,
@@ -473,10 +474,15 @@ class _CatchAll:
 
         try:
             await self.app(scope, receive, watched)
-        except Exception:
-            log.exception("request failed: %s %s", scope.get("method"), scope.get("path"))
+        except Exception as error:
             if started:  # half a response is out: only closing the connection can say it failed
                 raise
+            if is_disk_full(error):  # the engine's disk, not the request: 507 with what to free
+                where = getattr(error, "filename", None) or data_dir()
+                detail = str(disk_full(where, then="free space on the engine's machine and try again"))
+                await _JSON({"detail": detail}, status_code=507)(scope, receive, send)
+                return
+            log.exception("request failed: %s %s", scope.get("method"), scope.get("path"))
             await _JSON({"detail": INTERNAL_ERROR}, status_code=500)(scope, receive, send)
 
 
@@ -488,6 +494,8 @@ def _status_code(error: RmxError) -> int:
         return 404
     if isinstance(error, (JobConflict, RunDamaged)):
         return 409
+    if isinstance(error, DiskFull):
+        return 507
     return 400
 
 

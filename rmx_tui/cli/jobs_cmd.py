@@ -66,6 +66,8 @@ def _show(job_id: JobId, json: Json = False) -> None:
     typer.echo(f"  pid:        {s.pid or '-'}")
     typer.echo(f"  created:    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.created))}")
     typer.echo(f"  heartbeat:  {_ago(s.heartbeat)}")
+    if s.cluster:
+        typer.echo(f"  ray:        {s.cluster}")
     if s.error:
         typer.echo(f"  error:      {s.error}")
     if s.last_event:

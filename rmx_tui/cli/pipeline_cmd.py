@@ -41,6 +41,9 @@ CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="K
 AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
 AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
 Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
+RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
+RayShards = Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")]
 Backend = Annotated[str, typer.Option("--backend", help="auto (default: paged on CUDA, else hf), hf (engine.core.decode's step decoder), paged (transformers' continuous batching, paged KV cache) or vllm (pip install 'rmx[vllm]', CUDA only).")]
 
 
@@ -48,6 +51,21 @@ def _model(base: str, adapter: str | None, dtype: str, device: str, revision: st
     from engine.core.config import ModelSpec
 
     return ModelSpec(base, adapter=adapter, dtype=dtype, device=device, revision=revision, trust_remote_code=trust)
+
+
+def _ray(address: str | None, retries: int = 2, shards: int | None = None):
+    """The Ray cluster asked for, checked (and Ray importable) before any run folder is made; None: this process."""
+    if address is None:
+        return None
+    from engine.recipes.lanes import RaySpec, check_reachable
+
+    spec = RaySpec(address, max_retries=retries, shards=shards)
+    check_reachable(spec)
+    return spec
+
+
+def _with_ray(config: dict[str, Any], ray) -> dict[str, Any]:
+    return {**config, "ray": asdict(ray)} if ray is not None else config
 
 
 def _event_line(event: dict[str, Any]) -> str | None:
@@ -128,6 +146,9 @@ def rollouts(
     grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for the grader.")] = 5.0,
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
+    ray: RayAddress = None,
+    ray_retries: RayRetries = 2,
+    ray_shards: RayShards = None,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -139,13 +160,22 @@ def rollouts(
     from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = RolloutSpec(dataset, limit, k, temperature, top_p, max_new_tokens, template, seed, backend, grade_timeout)
+    spec = RolloutSpec(dataset, limit, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
+    cluster = _ray(ray, ray_retries, ray_shards)
     if job:
-        _submit("rollouts", {"model": asdict(model), "rollouts": asdict(spec)}, json_output)
+        _submit("rollouts", _with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), json_output)
         return
-    with _foreground("rollouts", {"model": asdict(model), "rollouts": asdict(spec)}, out, json_output) as run:
-        result = sample_rollouts(model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
-                                 progress=run.set_progress)
+    with _foreground("rollouts", _with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), out,
+                     json_output) as run:
+        if cluster is not None:
+            from engine.recipes.shards import sample_rollouts_sharded
+
+            result = sample_rollouts_sharded(model, spec, out, cluster, resume=resume, emit=run.emit,
+                                             should_stop=run.should_stop)
+        else:
+            result = sample_rollouts(model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
+                                     progress=run.set_progress)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -341,6 +371,8 @@ def sweep(
     max_tokens: MaxTokens = None,
     devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
+    ray: RayAddress = None,
+    ray_retries: RayRetries = 2,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -357,12 +389,15 @@ def sweep(
                        order=order, lr=lr, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed,
                        lora_r=lora_r, lora_alpha=lora_alpha, max_tokens=max_tokens)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
+    cluster = _ray(ray, ray_retries)
     if job:
-        _submit("sweep", {"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, json_output)
+        _submit("sweep", _with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
+                                   cluster), json_output)
         return
-    config = {"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}
+    config = _with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, cluster)
     with _foreground("sweep", config, out, json_output) as fg:
-        result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop)
+        result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
+                     ray=cluster)
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -398,6 +433,9 @@ def eval_run(
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
     resume: Resume = False,
+    ray: RayAddress = None,
+    ray_retries: RayRetries = 2,
+    ray_shards: RayShards = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -411,12 +449,20 @@ def eval_run(
     spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
                     seed, backend, grade_timeout)
+    cluster = _ray(ray, ray_retries, ray_shards)
     if job:
-        _submit("eval", {"model": asdict(spec_model), "eval": asdict(spec)}, json_output)
+        _submit("eval", _with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), json_output)
         return
-    with _foreground("eval", {"model": asdict(spec_model), "eval": asdict(spec)}, out, json_output) as run:
-        result = evaluate(spec_model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
-                          progress=run.set_progress)
+    with _foreground("eval", _with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), out,
+                     json_output) as run:
+        if cluster is not None:
+            from engine.recipes.shards import evaluate_sharded
+
+            result = evaluate_sharded(spec_model, spec, out, cluster, resume=resume, emit=run.emit,
+                                      should_stop=run.should_stop)
+        else:
+            result = evaluate(spec_model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
+                              progress=run.set_progress)
     _result(result, json_output, markdown_table(result))
 
 
@@ -536,6 +582,7 @@ def pipeline(
     config: Annotated[str, typer.Argument(help="A pipeline TOML file (see examples/pipeline-demo.toml).")],
     out: Annotated[str, typer.Option("--out", help="Folder for every stage's output and report.md.")] = "pipeline",
     resume: Resume = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run rollouts, sweep and evals on a Ray cluster (auto, local or host:port); overrides the TOML's [ray] address.")] = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -544,6 +591,12 @@ def pipeline(
     from engine.recipes.pipeline import load_pipeline, run_pipeline
 
     checked = load_pipeline(config)
+    if ray is not None:
+        section = checked.get("ray", {})
+        cluster = _ray(ray, section.get("max_retries", 2), section.get("shards"))
+        checked = {**checked, "ray": {**section, "address": cluster.address}}
+    elif "ray" in checked:
+        _ray(checked["ray"].get("address", "auto"))
     if job:
         _submit("pipeline", {"pipeline": checked}, json_output)
         return

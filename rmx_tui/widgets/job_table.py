@@ -47,7 +47,7 @@ class JobTable(DataTable):
 
     COMPONENT_CLASSES = {
         "job-table--queued", "job-table--running", "job-table--done", "job-table--failed", "job-table--cancelled",
-        "job-table--diverged", "job-table--track", "job-table--muted",
+        "job-table--diverged", "job-table--damaged", "job-table--track", "job-table--muted",
     }
 
     DEFAULT_CSS = """
@@ -58,6 +58,7 @@ class JobTable(DataTable):
     JobTable > .job-table--failed { color: $error; text-style: bold; }
     JobTable > .job-table--cancelled { color: $secondary; }
     JobTable > .job-table--diverged { color: $error; text-style: bold italic; }
+    JobTable > .job-table--damaged { color: $error; text-style: reverse; }
     JobTable > .job-table--track { color: $foreground-muted; }
     JobTable > .job-table--muted { color: $foreground-muted; }
     """
@@ -129,6 +130,8 @@ class JobTable(DataTable):
 
     def _progress(self, status: JobStatus) -> Text:
         if not status.total:
+            if status.cluster:  # a Ray job: how many of its tasks are busy (`rmx jobs show` names the cluster)
+                return Text(f"ray {status.cluster.rpartition(', ')[2]}", style=self._style("muted"))
             return Text(f"step {status.step}" if status.step else "", style=self._style("muted"))
         fraction = min(max(status.step / status.total, 0.0), 1.0)
         eighths = round(fraction * BAR * 8)

@@ -32,7 +32,7 @@ DECORATIONS = ((SHARED, "shared"), (RERANKED, "reranked"), (SHIFTED, "shifted"),
 
 _HEAT_CSS = "\n".join(
     f"TokenView > .token-view--hot-{i} {{ background: $heat-{i}; color: $heat-text-{i}; }}\n"
-    f"TokenView > .token-view--cool-{i} {{ background: $heat-{i} 30%; color: $foreground; }}"
+    f"TokenView > .token-view--cool-{i} {{ background: $heat-cool-{i}; color: $heat-cool-text-{i}; }}"
     for i in range(STOPS)
 )
 

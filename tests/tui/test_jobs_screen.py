@@ -322,3 +322,18 @@ def test_the_configured_tau_is_read_where_each_kind_keeps_it():
     assert configured_tau({"model": {}, "train": {"tau": 1.4, "tau_wrong": 1.8}}) == "1.4|1.8"
     assert configured_tau({"pipeline": {"model": {}, "train": {"tau": "q0.95"}}}) == "q0.95"
     assert configured_tau({"model": {}}) == "?" and configured_tau({"pipeline": "broken"}) == "?"
+
+
+async def test_a_damaged_run_is_listed_with_its_reason_next_to_the_others():
+    healthy = submit_job("selftest", {"count": 1})
+    damaged = create_run(JobSpec("selftest", "engine.jobs.selftest:selftest", {"count": 1}, "test", time.time()))
+    (damaged / "status.json").write_text("[1, 2]")
+    async with Host().run_test(size=SIZE) as pilot:
+        table = pilot.app.screen.query_one(JobTable)
+        await until(pilot, lambda: {healthy.id, damaged.name} <= set(table.statuses), timeout=15)
+        assert row(pilot, damaged.name)[:3] == [damaged.name, "selftest", "damaged"]
+        assert table.statuses[damaged.name].error == "status.json: not an object"
+        table.move_cursor(row=table.get_row_index(damaged.name))
+        await pilot.pause()
+        await until(pilot, lambda: "status.json: not an object" in str(
+            pilot.app.screen.query_one("#job-detail").render()), timeout=5)

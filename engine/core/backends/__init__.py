@@ -49,20 +49,25 @@ class Sampler(Protocol):
 
 def make_sampler(name: str, spec, *, temperature: float, top_p: float, max_new_tokens: int) -> Sampler:
     """Load `spec` (an `engine.core.config.ModelSpec`, adapter included) into the sampler of backend `name`."""
-    settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    name = resolve_backend(name, spec)
+    return sampler_class(resolve_backend(name, spec))(spec, temperature=temperature, top_p=top_p,
+                                                      max_new_tokens=max_new_tokens)
+
+
+def sampler_class(name: str) -> type:
+    """The sampler of a resolved backend name, not loaded: its call sizes are class attributes, so a run can plan
+    its calls (and a sharded run its shard bounds) before any model loads."""
     if name == "paged":
         from engine.core.backends.paged import PagedSampler
 
-        return PagedSampler(spec, **settings)
+        return PagedSampler
     if name == "hf":
         from engine.core.backends.hf import HFSampler
 
-        return HFSampler(spec, **settings)
+        return HFSampler
     if name == "vllm":
         from engine.core.backends.vllm import VLLMSampler
 
-        return VLLMSampler(spec, **settings)
+        return VLLMSampler
     raise RmxError(f"unknown backend '{name}': use one of {', '.join(BACKENDS)}")
 
 
