@@ -78,3 +78,28 @@ def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_pat
     assert result.stages["train"]["state"] == "done" and result.stages["train"]["step"] == 2
     assert (Path(result.adapter) / "adapter_model.safetensors").exists()
     assert tomllib.loads((ROOT / "examples" / "demo-teacher.toml").read_text())["train"]["seed"] == 0
+
+
+@pytest.mark.parametrize("args, adapter", [([], True), (["--teacher", "none"], False)])
+def test_rmx_demo_opens_on_the_shipped_teacher_unless_told_none(args, adapter, capsys, monkeypatch):
+    """What `rmx demo` asks the app for (the app itself is not run: the TUI tests drive it)."""
+    from rmx_tui.app import RmxApp
+    from tests.test_cli_score import run_cli
+
+    opened = []
+    monkeypatch.setattr(RmxApp, "run", lambda self: opened.append(self.settings))
+    code, out, err = run_cli(["demo", *args], capsys, monkeypatch)
+    assert code == 0, err
+    [settings] = opened
+    assert settings.base == ModelSpec("demo") and settings.tour
+    if adapter:
+        assert settings.teacher == ModelSpec("demo", adapter=str(demo_teacher_path()))
+    else:
+        assert settings.teacher == settings.base
+
+
+def test_rmx_demo_refuses_none_with_a_teacher_adapter(capsys, monkeypatch):
+    from tests.test_cli_score import run_cli
+
+    code, out, err = run_cli(["demo", "--teacher", "none", "--teacher-adapter", "x"], capsys, monkeypatch)
+    assert code == 2 and "contradict" in err
