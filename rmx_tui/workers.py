@@ -125,8 +125,8 @@ def _scored(client: EngineClient, key: str, prompt_ids: Sequence[int], ids: Sequ
     return RolloutScored(key, rollout, dict(zip(unnamed, client.token_texts(unnamed))))
 
 
-def _verdict(client: EngineClient, text: str, gold: str) -> Verdict:
-    graded = client.grade(text, gold)
+def _verdict(client: EngineClient, text: str, gold: str, finish: str | None) -> Verdict:
+    graded = client.grade(text, gold, finish)
     return Verdict(answer=graded.extracted, correct=graded.correct, reason=graded.reason)
 
 
@@ -167,7 +167,7 @@ def decode(client: EngineClient, job: DecodeJob, post: Post, cancelled: Cancelle
     ids = kept + [step.id for step in steps]
     ended = steps[-1].end if steps else None
     try:
-        post(BranchDecoded(job.key, _verdict(client, _text(client, ids, ended), job.gold)))
+        post(BranchDecoded(job.key, _verdict(client, _text(client, ids, ended), job.gold, ended)))
         post(_scored(client, job.key, job.prompt_ids, ids, cancelled))
     except Exception as error:
         post(EngineFailed("score", describe(error), job.key))

@@ -83,3 +83,25 @@ def test_training_on_cuda_writes_an_adapter(tiny_llama, tmp_path):
     result = train(_cuda(tiny_llama), _spec(rollouts), tmp_path / "out")
     assert result.state == "done" and result.step == result.total
     assert (tmp_path / "out").exists() and result.adapter
+
+
+def test_figure2_on_cuda_runs_base_and_teacher_on_the_paged_sampler_with_the_lockstep_results(
+        tiny_llama, tiny_llama_teacher, tmp_path):
+    import json
+
+    from engine.core.config import Tau
+    from engine.core.data import Problem
+    from engine.core.decode import SamplingSpec
+    from engine.core.models import load_pair
+    from engine.recipes.experiments import run_figure2
+
+    base, teacher = load_pair(_cuda(tiny_llama), _cuda(tiny_llama_teacher))
+    problems = [Problem(id=f"p{i}", problem=text, answer="7", source="test")
+                for i, text in enumerate(["Sam has 4 pencils and gets 3 more.", "What is 12 + 30?"])]
+    lines = {}
+    for backend in ("hf", "auto"):  # auto is paged on CUDA
+        out = tmp_path / f"{backend}.jsonl"
+        run_figure2(base, teacher, problems, out, sampling=SamplingSpec(max_new_tokens=10), tau=Tau.parse("1.0"),
+                    template="raw", backend=backend, batch_size=4)
+        lines[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines["auto"] == lines["hf"]

@@ -32,12 +32,15 @@ def test_escaped_braces_inside_a_box_are_content():
     assert extract_answer(r"\boxed{\{1, 2\}}") == (r"\{1, 2\}", "boxed")
 
 
-def test_box_cut_off_before_its_closing_brace_is_ignored():
-    assert extract_answer(r"\boxed{4} ... so \boxed{\frac{1}{") == ("4", "boxed")
+def test_a_last_box_cut_off_is_no_answer_and_never_falls_back_to_an_earlier_box():
+    for mode in ("strict", "lenient"):
+        assert extract_answer(r"\boxed{4} ... so \boxed{\frac{1}{", "length", mode) == (None, "unclosed-box")
+        assert extract_answer(r"\boxed{\frac{1}{2", "length", mode) == (None, "unclosed-box")
 
 
 def test_empty_box_is_not_an_answer():
-    assert extract_answer(r"\boxed{} and 12") == ("12", "last-number")
+    assert extract_answer(r"\boxed{} and 12") == (None, "none")
+    assert extract_answer(r"\boxed{} and 12", mode="lenient") == ("12", "last-number")
 
 
 def test_fallbacks_apply_in_order():
@@ -45,7 +48,8 @@ def test_fallbacks_apply_in_order():
     assert extract_answer(everything) == ("4", "boxed")
     assert extract_answer("The answer is 5.\n#### 6\nlast 7") == ("5", "answer-is")
     assert extract_answer("so 3 + 3\n#### 6\nlast 7") == ("6", "gsm8k")
-    assert extract_answer("Adding gives 3 and then 7") == ("7", "last-number")
+    assert extract_answer("Adding gives 3 and then 7") == (None, "none")
+    assert extract_answer("Adding gives 3 and then 7", mode="lenient") == ("7", "last-number")
 
 
 @pytest.mark.parametrize(
@@ -68,7 +72,53 @@ def test_gsm8k_marker():
 
 
 def test_last_number_keeps_thousands_separators_and_sign():
-    assert extract_answer("total 12, so -1,250.5 remain") == ("-1,250.5", "last-number")
+    assert extract_answer("total 12, so -1,250.5 remain", mode="lenient") == ("-1,250.5", "last-number")
+
+
+# The false positives: each graded correct before, none may be now.
+FALSE_POSITIVES = [
+    ("2+3 = 5. Then we multiply by", "5", "length"),  # stopped mid-sentence after an intermediate number
+    ("2+3 = 5. Then we multiply by", "5", "eos"),
+    (r"so the answer is \boxed{\frac{1}{2", "2", "length"),  # a truncated box
+    ("there are 4 cases, and we check each: case 1, case 2, case 3, case 4", "4", "eos"),
+    ("there are 4 cases, and we check each: case 1, case 2, case 3, case 4", "4", "length"),
+    (r"\boxed{4} so far; now the real answer: \boxed{\frac{1}{", "4", "length"),  # the unclosed last box
+    ("So 2+3 = 5.", "5", "length"),  # an equation is an answer only in a finished completion
+    ("The answer is 5", "5", "length"),  # the sentence may go on: 5, 50, 5/2 ...
+    ("#### 5", "5", "length"),
+]
+
+
+@BOTH_GRADERS
+@pytest.mark.parametrize(("completion", "gold", "finish"), FALSE_POSITIVES)
+def test_strict_grading_has_no_false_positives(grader, completion, gold, finish):
+    result = grader(completion, gold, finish=finish)
+    assert (result.correct, result.reason, result.extracted) == (False, "no_answer", None), result
+    assert result.detail and "\n" not in result.detail
+
+
+@pytest.mark.parametrize(
+    ("completion", "finish", "answer", "method"),
+    [
+        ("So 2+3 = 5.", "eos", "5", "final-equation"),
+        ("so the total is 3 \\times 4 = 12", "stop", "12", "final-equation"),
+        (r"Therefore $x = \frac{1}{2}$.", "eos", r"\frac{1}{2}", "final-equation"),
+        ("The answer is 5.", "length", "5", "answer-is"),  # a sentence that ended before the cut
+        ("#### 72\nand then", "length", "72", "gsm8k"),
+        (r"\boxed{4} and then I went on", "length", "4", "boxed"),  # a closed box counts even when cut off
+        ("The answer is 5", None, "5", "answer-is"),  # an unknown finish reads as finished
+    ],
+)
+def test_stated_answers_are_still_found(completion, finish, answer, method):
+    assert extract_answer(completion, finish) == (answer, method)
+    assert grade(completion, answer, finish=finish).correct
+
+
+def test_lenient_takes_the_last_number_whatever_the_finish():
+    result = grade("there are 4 cases ... case 4", "4", finish="length", extract="lenient")
+    assert (result.correct, result.method) == (True, "last-number")
+    # The truncated-box rule holds in both modes.
+    assert grade(r"\boxed{4} ... \boxed{\frac{1}{", "4", finish="length", extract="lenient").correct is False
 
 
 def test_no_answer():
@@ -129,7 +179,8 @@ def test_different_answers_do_not_match(grader, completion, gold):
 
 def test_result_records_what_was_compared():
     result = grade(r"Thus $\boxed{\frac{1}{2}}$.", "0.5")
-    assert result == GradeResult(r"\frac{1}{2}", "0.5", True, "match", "math-verify")
+    assert result == GradeResult(r"\frac{1}{2}", "0.5", True, "match", "math-verify", "boxed", result.detail)
+    assert "boxed" in result.detail and "0.5" in result.detail
     assert grade_sympy(r"\boxed{2}", "2").grader == "sympy"
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.correct = False

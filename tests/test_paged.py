@@ -108,3 +108,35 @@ def test_calls_keep_their_slots_across_a_resume():
     problems = [SimpleNamespace(id=str(i)) for i in range(7)]
     assert [[p.id for p in c] for c in in_calls(problems, set(), 3)] == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     assert [[p.id for p in c] for c in in_calls(problems, {"0", "1", "2", "3"}, 3)] == [["4", "5"], ["6"]]
+
+
+@pytest.mark.parametrize("teacher_kind", ["separate", "adapter"])
+def test_figure2_with_paged_base_and_teacher_files_the_lockstep_results(teacher_kind, tiny_llama, tiny_llama_teacher,
+                                                                        tiny_llama_adapter, tmp_path):
+    import json
+
+    from engine.core.config import Tau
+    from engine.core.data import Problem
+    from engine.core.decode import SamplingSpec
+    from engine.core.models import load_pair
+    from engine.recipes.experiments import run_figure2
+
+    teacher_spec = (ModelSpec(str(tiny_llama_teacher), dtype="float32") if teacher_kind == "separate"
+                    else ModelSpec(str(tiny_llama), adapter=str(tiny_llama_adapter), dtype="float32"))
+    base, teacher = load_pair(ModelSpec(str(tiny_llama), dtype="float32"), teacher_spec)
+    problems = [Problem(id=f"p{i}", problem=text, answer="7", source="test")
+                for i, text in enumerate(["Sam has 4 pencils and gets 3 more.", "What is 12 + 30?", "x = 4"])]
+    sampling = SamplingSpec(max_new_tokens=10)
+    figures, lines = {}, {}
+    for backend in ("hf", "paged"):
+        out = tmp_path / f"{backend}.jsonl"
+        figures[backend] = run_figure2(base, teacher, problems, out, sampling=sampling, tau=Tau.parse("q0.7"),
+                                       template="raw", backend=backend, batch_size=4)
+        lines[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in lines["paged"]] == ["p0", "p1", "p2"]
+    for lockstep, paged in zip(lines["hf"], lines["paged"]):
+        for mode, want in lockstep["modes"].items():
+            got = paged["modes"][mode]
+            assert {k: v for k, v in got.items() if k != "tau"} == {k: v for k, v in want.items() if k != "tau"}
+            assert got["tau"] == pytest.approx(want["tau"], rel=1e-5) if want["tau"] is not None else got["tau"] is None
+    assert [m.pass_at_1 for m in figures["paged"].modes] == [m.pass_at_1 for m in figures["hf"].modes]

@@ -31,7 +31,7 @@ def coin_grader(monkeypatch):
     has mixed success, which real grading of its gibberish never gives."""
     import engine.core.grading as grading
 
-    def fake(completion, gold, timeout_s=5.0):
+    def fake(completion, gold, timeout_s=5.0, **_):
         right = len(completion) % 2 == 0
         return grading.GradeResult("x", gold, right, "match" if right else "mismatch", "math-verify")
 

@@ -21,6 +21,12 @@ from engine.core.errors import RmxError
 
 MATH_VERIFY = "math-verify"
 SYMPY = "sympy"
+EXTRACT_MODES = ("strict", "lenient")
+"""strict (the default): no answer from a cut-off completion unless it boxed or stated one; lenient adds the
+last number anywhere, whatever the finish."""
+FINISHED = ("eos", "stop")
+"""Finish reasons of a completion that ended on its own; length and context mean cut off."""
+FINISHES = ("eos", "stop", "length", "context")
 
 # Heavy imports happen only in the worker process, before it reports ready, so that
 # `import engine.core.grading` stays cheap and no check's timeout is spent importing sympy.
@@ -34,6 +40,8 @@ _ANSWER_IS_RE = re.compile(r"(?i)\b(?:final answer|the answer)\s*(?:is\b\s*:?|:|
 _GSM8K_RE = re.compile(r"####[ \t]*([^\n]*)")
 _NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_FINAL_EQUATION_RE = re.compile(r"=\s*\$?\s*([^=\n$]{1,60}?)[\s.$]*$")
 _LEADING_MATH_RE = re.compile(r"(?:\$\$?|\\\(|\\\[)(.+?)(?:\$\$?|\\\)|\\\])", re.DOTALL)
 
 _UPRIGHT_CONSTANT_RE = re.compile(r"\\(?:mathrm|text|operatorname)\s*\{\s*([ei])\s*\}")
@@ -80,6 +88,11 @@ class GradeResult:
     correct: bool
     reason: str  # "match", "mismatch", "no_answer", "timeout" or "parse_error"
     grader: str  # "math-verify" or "sympy"
+    method: str = ""
+    """The extraction rule that found the answer (boxed, answer-is, gsm8k, final-equation, last-number), or
+    why there is none (none, unclosed-box)."""
+    detail: str = ""
+    """One line saying why the verdict is what it is."""
 
 
 class _Unparsable(Exception):
@@ -89,34 +102,64 @@ class _Unparsable(Exception):
 # --- extraction ---------------------------------------------------------------------------
 
 
-def extract_answer(text: str) -> tuple[str | None, str]:
+def extract_answer(text: str, finish: str | None = None, mode: str = "strict") -> tuple[str | None, str]:
     """(answer, method): the final answer in a completion and the rule that found it.
 
-    Rules, first that applies wins:
-    'boxed'       the last complete \\boxed{...} or \\fbox{...} (nested braces balanced;
-                  a box cut off before its closing brace is ignored);
-    'answer-is'   the sentence after the last "the answer is" / "final answer is" /
-                  "final answer:", without $ or ** around it;
-    'gsm8k'       the text after the last "####";
-    'last-number' the last number in the text (thousands separators kept);
+    `finish` is why the completion ended (eos, stop, length, context; None when unknown, read as
+    finished). Rules, first that applies wins:
+    'boxed'          the last \\boxed{...}/\\fbox{...}, which must be closed (nested braces balanced):
+                     when the last box is cut off, there is no answer ('unclosed-box'), never an
+                     earlier box;
+    'answer-is'      the sentence after the last "the answer is" / "final answer is" / "final
+                     answer:", without $ or ** around it (in a cut-off completion only if that
+                     sentence ended);
+    'gsm8k'          the text after the last "####" (in a cut-off completion only if its line ended);
+    'final-equation' a finished completion that ends with "= <answer>" (and maybe a full stop);
+    'last-number'    lenient mode only: the last number anywhere, whatever the finish;
     otherwise (None, 'none').
     """
+    if mode not in EXTRACT_MODES:
+        raise RmxError(f"unknown extraction mode '{mode}': use one of {', '.join(EXTRACT_MODES)}")
+    if finish is not None and finish not in FINISHES:
+        raise RmxError(f"unknown finish '{finish}': use one of {', '.join(FINISHES)}")
     text = text if isinstance(text, str) else str(text)
-    boxed = _boxed_contents(text)
-    if boxed:
-        return boxed[-1], "boxed"
+    finished = finish is None or finish in FINISHED
+    last_box = _last_box(text)
+    if last_box is not None:
+        content, closed = last_box
+        if not closed:
+            return None, "unclosed-box"
+        if content:
+            return content, "boxed"
     for method, find in (("answer-is", _answer_is), ("gsm8k", _gsm8k_answer)):
-        answer = find(text)
-        if answer:
+        answer, ended = find(text)
+        if answer and (finished or ended):
             return answer, method
-    numbers = _NUMBER_RE.findall(text)
-    if numbers:
-        return numbers[-1], "last-number"
+    if finished:
+        answer = _final_equation(text)
+        if answer:
+            return answer, "final-equation"
+    if mode == "lenient":
+        numbers = _NUMBER_RE.findall(text)
+        if numbers:
+            return numbers[-1], "last-number"
     return None, "none"
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """Non-empty contents of every balanced \\boxed{}/\\fbox{}, ordered by where each opens."""
+def _last_box(text: str) -> tuple[str, bool] | None:
+    """(content, closed) of the box that opens last; None without any box."""
+    openers = list(_BOX_OPEN_RE.finditer(text))
+    if not openers:
+        return None
+    start = openers[-1].end() - 1
+    contents = dict(_boxes(text))
+    if start in contents:
+        return contents[start], True
+    return "", False
+
+
+def _boxes(text: str) -> list[tuple[int, str]]:
+    """(opening brace, stripped content) of every closed \\boxed{}/\\fbox{}, ordered by where each opens."""
     box_braces = {match.end() - 1 for match in _BOX_OPEN_RE.finditer(text)}
     if not box_braces:
         return []
@@ -134,28 +177,44 @@ def _boxed_contents(text: str) -> list[str]:
         elif char == "}" and open_braces:
             start = open_braces.pop()
             if start in box_braces:
-                content = text[start + 1 : i].strip()
-                if content:
-                    found.append((start, content))
+                found.append((start, text[start + 1 : i].strip()))
         i += 1
-    return [content for _, content in sorted(found)]
+    return sorted(found)
 
 
-def _answer_is(text: str) -> str | None:
+def _answer_is(text: str) -> tuple[str | None, bool]:
+    """(the stated answer, whether its sentence ended) after the last "the answer is"."""
     matches = list(_ANSWER_IS_RE.finditer(text))
     if not matches:
-        return None
+        return None, False
     tail = text[matches[-1].end() :].strip().strip("*").strip()
     math_span = _LEADING_MATH_RE.match(tail)
     if math_span:
-        return math_span.group(1).strip()
-    sentence = _SENTENCE_END_RE.split(tail.split("\n", 1)[0], maxsplit=1)[0]
-    return _strip_wrappers(sentence) or None
+        return math_span.group(1).strip(), True
+    line, newline, _ = tail.partition("\n")
+    parts = _SENTENCE_END_RE.split(line, maxsplit=1)
+    return _strip_wrappers(parts[0]) or None, bool(newline) or len(parts) > 1
 
 
-def _gsm8k_answer(text: str) -> str | None:
-    matches = _GSM8K_RE.findall(text)
-    return _strip_wrappers(matches[-1]) if matches else None
+def _gsm8k_answer(text: str) -> tuple[str | None, bool]:
+    """(the text after the last "####", whether its line ended)."""
+    matches = list(_GSM8K_RE.finditer(text))
+    if not matches:
+        return None, False
+    last = matches[-1]
+    return _strip_wrappers(last.group(1)) or None, text[last.end() :].startswith("\n")
+
+
+def _final_equation(text: str) -> str | None:
+    """The right-hand side when the completion's last line ends with "= <answer>" (a full stop allowed)."""
+    match = _FINAL_EQUATION_RE.search(text.rstrip())
+    if not match:
+        return None
+    answer = _strip_wrappers(match.group(1))
+    # "= 5. Then we multiply by" ends in prose, not in an answer: the right-hand side must be math alone.
+    if _SENTENCE_END_RE.search(answer) or _WORD_RE.search(answer) or not any(c.isdigit() for c in answer):
+        return None
+    return answer
 
 
 def _strip_wrappers(answer: str) -> str:
@@ -167,18 +226,21 @@ def _strip_wrappers(answer: str) -> str:
 # --- grading entry points -------------------------------------------------------------------
 
 
-def grade(completion: str, gold: str, timeout_s: float = 5.0) -> GradeResult:
+def grade(completion: str, gold: str, timeout_s: float = 5.0, *, finish: str | None = None,
+          extract: str = "strict") -> GradeResult:
     """Grade a completion against a gold answer with math-verify; never raises on odd input.
 
     The answer is pulled out with extract_answer, lightly normalised (see _prepare) and
     compared with math-verify, plus two corrections for its known false verdicts: tiny
     exact numbers that its rounding equates, and radicals that are equal for positive
-    variables. Runs in a worker process, so timeout_s holds from any thread.
+    variables. Runs in a worker process, so timeout_s holds from any thread. `finish` (why the
+    completion ended) and `extract` (strict or lenient) are extract_answer's.
     """
-    return _grade(completion, gold, timeout_s, MATH_VERIFY)
+    return _grade(completion, gold, timeout_s, MATH_VERIFY, finish, extract)
 
 
-def grade_sympy(completion: str, gold: str, timeout_s: float = 5.0) -> GradeResult:
+def grade_sympy(completion: str, gold: str, timeout_s: float = 5.0, *, finish: str | None = None,
+                extract: str = "strict") -> GradeResult:
     """Grade with rmx's own sympy-based normaliser, a second opinion to show grader disagreements.
 
     Both answers are normalised (\\left/\\right, \\text{}, $, degrees, %, trailing units,
@@ -186,19 +248,57 @@ def grade_sympy(completion: str, gold: str, timeout_s: float = 5.0) -> GradeResu
     tuples/sets/intervals, then numerically (exact for integers, relative 1e-6 for
     decimals), then by sympy.simplify(a - b) == 0 on latex2sympy parses.
     """
-    return _grade(completion, gold, timeout_s, SYMPY)
+    return _grade(completion, gold, timeout_s, SYMPY, finish, extract)
 
 
-def _grade(completion: str, gold: str, timeout_s: float, grader: str) -> GradeResult:
+def _grade(completion: str, gold: str, timeout_s: float, grader: str, finish: str | None = None,
+           extract: str = "strict") -> GradeResult:
     gold = gold if isinstance(gold, str) else str(gold)
-    extracted, _ = extract_answer(completion)
+    extracted, method = extract_answer(completion, finish, extract)
     if extracted is None:
-        return GradeResult(None, gold, False, "no_answer", grader)
+        return GradeResult(None, gold, False, "no_answer", grader, method, _no_answer(method, finish, extract))
     try:
         reason = _WORKER.check(grader, extracted, gold, timeout_s)
     except TimeoutError:
         reason = "timeout"
-    return GradeResult(extracted, gold, reason == "match", reason, grader)
+    found = f"{extracted!r} (found by the {method} rule)"
+    detail = {
+        "match": f"{found} is equivalent to the gold {gold!r} under {grader}",
+        "mismatch": f"{found} is not equivalent to the gold {gold!r} under {grader}",
+        "timeout": f"comparing {found} with the gold {gold!r} took longer than {timeout_s:g} s",
+        "parse_error": f"{grader} could not parse {found} or the gold {gold!r}",
+    }.get(reason, reason)
+    return GradeResult(extracted, gold, reason == "match", reason, grader, method, detail)
+
+
+def check_gold(gold: str, grader: str = MATH_VERIFY, timeout_s: float = 5.0) -> None:
+    """Raise RmxError when the gold answer is malformed: unbalanced braces, or `grader` cannot match it with itself."""
+    unescaped = re.sub(r"\\[{}]", "", gold)
+    depth = 0
+    for char in unescaped:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        raise RmxError(f"the gold answer {gold!r} has unbalanced braces: give it as LaTeX or a number")
+    try:
+        reason = _WORKER.check(grader, gold, gold, timeout_s)
+    except TimeoutError:
+        reason = "timeout"
+    if reason != "match":
+        raise RmxError(f"the gold answer {gold!r} cannot be parsed by {grader} ({reason}): give it as LaTeX or a number")
+
+
+def _no_answer(method: str, finish: str | None, extract: str) -> str:
+    if method == "unclosed-box":
+        return "the last \\boxed{ is never closed (cut off), and an earlier box does not stand in for it"
+    if finish is not None and finish not in FINISHED:
+        return (f"cut off ({finish}) before a closed \\boxed{{}} or an ended 'the answer is' sentence; "
+                "the last number of a cut-off completion is not an answer")
+    rules = "a closed \\boxed{}, 'the answer is ...', '#### ...', or a last line ending '= <answer>'"
+    if extract == "lenient":
+        return f"none of {rules}, and no number at all"
+    return f"none of {rules} (--extract lenient would also take the last number anywhere)"
 
 
 # --- shared normalisation -----------------------------------------------------------------

@@ -340,12 +340,13 @@ def _result(view: LoadedModel, mode: str, kept: list[int], steps: list[Step], ta
     text = view.tokenizer.decode(shown, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     own = "teacher" if mode == "teacher" else "base"
     touched = tuple(step.pos for step in steps if step.source != own)
+    finish = steps[-1].end if steps else None
     if gold is not None:
-        graded = grade(text, str(gold))
+        graded = grade(text, str(gold), finish=finish)
         verdict = dict(answer=graded.extracted, gold=graded.gold, correct=graded.correct,
                        grade_reason=graded.reason, grader=graded.grader)
     else:
-        verdict = dict(answer=extract_answer(text)[0])
+        verdict = dict(answer=extract_answer(text, finish)[0])
     return InterventionResult(mode=mode, steps=tuple(steps), completion_ids=tuple(ids), text=text,
                               touched=touched, tau=tau_nats, **verdict)
 

@@ -90,7 +90,7 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
     for index, completion, finish in greedy_rollouts(base, prompts, max_new_tokens, size):
         problem = problems[index]
         text = base.tokenizer.decode(completion, skip_special_tokens=True)
-        graded = grade(text, problem.answer)
+        graded = grade(text, problem.answer, finish=finish)
         rollout = score(base, [(prompts[index], completion)], teacher, ScoreSpec())[0]
         by_index[index] = AnalyzedProblem(problem.id, rollout, graded.extracted, graded.correct, finish)
         done += 1

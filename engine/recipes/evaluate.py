@@ -215,8 +215,8 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
                 lines = []
                 for index, sample in enumerate(samples):
                     text = current.tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
-                    mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s)
-                    sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s)
+                    mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
+                    sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
                     tokens += len(sample.completion_ids)
                     lines.append({"benchmark": name, "problem_id": problem.id, "sample": index, "text": text,
                                   "extracted": mv.extracted, "gold": problem.answer, "correct": mv.correct,

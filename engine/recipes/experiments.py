@@ -13,7 +13,7 @@ from engine.core.batch_memory import choose_batch_size, measure_fit
 from engine.core.batched import ModeBatch, ModeRow
 from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
-from engine.core.interventions import InterventionResult, Interrupted, oracle_positions
+from engine.core.interventions import InterventionResult, Interrupted, _result, oracle_positions
 from engine.core.models import LoadedModel
 from engine.core.prompts import TemplateChoice, choose_template, prompt_ids
 
@@ -202,8 +202,13 @@ def run_figure2(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     batch_size: int | None = None,
+    backend: str = "auto",
 ) -> Figure2:
     """Run every mode on every problem, one JSON line per problem appended to `out`, and summarise.
+
+    With `backend` paged (auto: on CUDA), greedy base and teacher rows are decoded by the paged sampler
+    (engine.core.backends.paged, the same tokens) and scored in one forward for their statistics; the
+    lockstep batch then holds only the rows that need both models.
 
     Problems whose modes are all in `out` already are skipped; missing modes of a problem are run
     and appended. The rows of every mode of every problem decode together, `batch_size` at a
@@ -251,13 +256,18 @@ def run_figure2(
             oracle = known["modes"].get("oracle") if "oracle" not in missing else None
             pending.append(_Pending(problem, prompt_ids(base.tokenizer, problem.problem, choice.template), missing,
                                     budget=tuple(oracle["touched"]) if oracle is not None else None))
-    follow = teacher is not None and any(m in NEEDS_TEACHER for p in pending for m in p.missing)
+    held = _HeldRows()
+    if pending and _paged_solo_rows(backend, base, sampling):
+        _solo_rows(base, teacher, pending, sampling, _Figure2Rows(held, pending, sampling, tau))
+    follow = teacher is not None and any(m in NEEDS_TEACHER and m not in p.results for p in pending for m in p.missing)
     fit = measure_fit([base, teacher] if follow else [base], max((len(p.prompt) for p in pending), default=1),
                       sampling.max_new_tokens)
     size = choose_batch_size(batch_size, fit, max(1, sum(len(p.missing) for p in pending)))
     if not pending:
         return figure
     batch = ModeBatch(base, teacher, sampling, follow=follow, batch_size=size)
+    for row, first, row_sampling in held.rows:  # rows that waited on a solo row's result (gated after base)
+        batch.put(row, first=first, sampling=row_sampling)
     rows = _Figure2Rows(batch, pending, sampling, tau)
     written = 0
     with path.open("a", encoding="utf-8") as handle:
@@ -290,6 +300,70 @@ def run_figure2(
                     if state.complete:
                         figure = progress(state.problem.id)
     return figure
+
+
+def _paged_solo_rows(backend: str, base: LoadedModel, sampling: SamplingSpec) -> bool:
+    """Whether base and teacher rows run on the paged sampler rather than in the lockstep batch."""
+    from engine.core.backends import resolve_backend
+
+    if backend not in ("auto", "hf", "paged"):
+        raise RmxError(f"--backend must be auto, hf or paged for Figure 2, got '{backend}'")
+    if resolve_backend(backend, base.spec) != "paged":
+        return False
+    if not sampling.greedy or sampling.stop:
+        if backend == "paged":
+            raise RmxError("the paged backend runs Figure 2's base and teacher greedily without stop strings: "
+                           "use --backend hf for sampled or stopped runs")
+        return False
+    return True
+
+
+class _HeldRows:
+    """Stands in for the batch while solo rows finish: keeps the rows they release, in order, for the real one."""
+
+    batch_size = 1 << 30
+
+    def __init__(self):
+        self.rows: list[tuple[ModeRow, bool, SamplingSpec | None]] = []
+
+    @property
+    def waiting(self) -> int:
+        return len(self.rows)
+
+    def put(self, row: ModeRow, *, first: bool = False, sampling: SamplingSpec | None = None) -> None:
+        self.rows.append((row, first, sampling))
+
+
+def _solo_rows(base: LoadedModel, teacher: LoadedModel | None, pending: list[_Pending], sampling: SamplingSpec,
+               rows: _Figure2Rows) -> None:
+    """Base and teacher rows on the paged sampler, all problems in one call per model, each scored in one forward
+    for the per-token statistics the lockstep decoder would have given."""
+    from engine.core.backends import SampleRequest
+    from engine.core.backends.paged import PagedSampler
+
+    for mode, view in (("base", base), ("teacher", teacher)):
+        todo = [state for state in pending if mode in state.missing and mode not in state.results]
+        if view is None or not todo:
+            continue
+        sampler = PagedSampler(None, loaded=view, temperature=1.0, top_p=1.0, max_new_tokens=sampling.max_new_tokens)
+        samples = sampler.sample([SampleRequest(tuple(state.prompt), 1, seed=0, greedy=True) for state in todo])
+        for state, (sample,) in zip(todo, samples):
+            steps = _scored_steps(view, state.prompt, sample.completion_ids, mode, sampling.max_new_tokens)
+            result = _result(view, mode, [], steps, None, state.problem.answer)
+            rows.finished(ModeRow(mode, tuple(state.prompt), gold=state.problem.answer, tag=(state, mode)), result)
+
+
+def _scored_steps(view: LoadedModel, prompt: list[int], ids: Sequence[int], mode: str, max_new_tokens: int) -> list:
+    """A completion's steps as the step decoder yields them: exact statistics from one scoring forward."""
+    from engine.core.decode import Step
+    from engine.core.scoring import score
+
+    tokens = score(view, [(prompt, ids)])[0].tokens
+    end = ("eos" if ids[-1] in view.eos_ids else "length" if len(ids) == max_new_tokens
+           else "context" if len(prompt) + len(ids) >= view.context_length else "length")
+    source = "teacher" if mode == "teacher" else "base"
+    return [Step(pos=t.pos, id=t.id, text=t.text, logprob=t.logprob, entropy=t.entropy, top=t.top, source=source,
+                 end=end if index == len(tokens) - 1 else None) for index, t in enumerate(tokens)]
 
 
 @dataclass
@@ -340,7 +414,7 @@ class _Figure2Rows:
         state.started = True
         missing = state.missing
         for mode in ("base", "teacher", "oracle"):
-            if mode in missing:
+            if mode in missing and mode not in state.results:  # base and teacher may have run solo already
                 self._put(state, mode, mode)
         if "random" in missing:
             if state.budget is not None:

@@ -19,6 +19,7 @@ from engine.recipes.lanes import RaySpec
 from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainResult, TrainSpec, train
+from engine.recipes.trackers import ReportSpec
 
 STAGE_FILE = "stage.json"
 """Written into a stage's folder when it finishes: a resumed pipeline skips stages that have one."""
@@ -27,7 +28,7 @@ STAGE_FILE = "stage.json"
 # --- the TOML pipeline -------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type] = {"model": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec, "train": TrainSpec,
-                             "sweep": SweepSpec, "eval": EvalSpec, "ray": RaySpec}
+                             "sweep": SweepSpec, "eval": EvalSpec, "ray": RaySpec, "report": ReportSpec}
 RUNTIME_FIELDS = {"pool": {"rollouts"}, "train": {"rollouts"}}
 """Fields the pipeline fills in itself: each stage reads the file the one before it wrote."""
 REQUIRED = ("model", "rollouts", "train", "eval")

@@ -205,7 +205,7 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
                 right = 0
                 for index, sample in enumerate(samples):
                     text = tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
-                    verdict = grade(text, problem.answer, timeout_s=spec.grade_timeout_s)
+                    verdict = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
                     right += verdict.correct
                     rollout = Rollout(problem.id, index, request.prompt_ids, sample.completion_ids, text,
                                       problem.answer, verdict.extracted, verdict.correct, sample.finish)

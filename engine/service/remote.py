@@ -348,8 +348,10 @@ class RemoteClient:
                 "with_base": with_base}
         return PoolStats.from_json(self._call("POST", "/pool_stats", body, timeout=httpx.Timeout(None, connect=5.0)))
 
-    def grade(self, completion: str, gold: str) -> GradeResult:
-        return GradeResult(**self._call("POST", "/grade", {"completion": completion, "gold": gold}))
+    def grade(self, completion: str, gold: str, finish: str | None = None,
+              extract: str = "strict") -> GradeResult:
+        body = {"completion": completion, "gold": gold, "finish": finish, "extract": extract}
+        return GradeResult(**self._call("POST", "/grade", body))
 
     def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
         data = self._call("POST", "/problems", {"dataset": dataset, "limit": limit})

@@ -179,8 +179,9 @@ class Workbench:
         with self._lock:
             return inspect_pool(spec, taus, lambda: self.base)
 
-    def grade(self, completion: str, gold: str) -> GradeResult:
-        return grade(completion, gold)
+    def grade(self, completion: str, gold: str, finish: str | None = None, extract: str = "strict") -> GradeResult:
+        """The verdict on a completion; `finish` is why it ended (eos, stop, length, context; None: unknown)."""
+        return grade(completion, gold, finish=finish, extract=extract)
 
     def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
         return load_problems(dataset, limit=limit)

@@ -122,9 +122,10 @@ class PagedSampler:
                 warmup=self.model.device.startswith("cuda")))
             with context as manager:
                 for index, request in enumerate(requests):
-                    ids.append(manager.add_request(list(request.prompt_ids), request_id=f"r{index}",
-                                                   max_new_tokens=self._limit(request),
-                                                   eos_token_id=sorted(eos) or -1))
+                    ids.append(f"r{index}")
+                    manager.add_request(list(request.prompt_ids), **_accepted(
+                        manager.add_request, request_id=ids[-1], max_new_tokens=self._limit(request),
+                        eos_token_id=sorted(eos) or -1))
                 while len(outputs) < expected:
                     result = manager.get_result(timeout=1)
                     if result is None:
@@ -133,7 +134,7 @@ class PagedSampler:
                                            "(transformers' continuous-batching loop ended early)")
                         continue
                     if result.is_finished():
-                        if result.error is not None:
+                        if getattr(result, "error", None) is not None:
                             raise RmxError(f"the paged sampler failed on a request: {result.error}")
                         outputs[result.request_id] = result
         samples = []
