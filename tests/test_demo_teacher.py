@@ -12,6 +12,7 @@ import pytest
 
 from engine.core.config import ModelSpec
 from engine.core.models import DEMO_TEACHER_SHA256, demo_teacher_path
+from tests.test_pipeline import coin_grader  # noqa: F401  (a fixture: a random model's rollouts get mixed success)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,19 +51,13 @@ def test_the_demo_teacher_shares_the_base_weights_and_disagrees_on_the_first_smo
     assert result.gate is not None and result.gate.disagreements >= 1
 
 
-def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("coin_grader")
+def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_path):
     """examples/demo-teacher.toml as written (every key it sets), shrunk to a tiny model and a few tokens."""
     import torch
 
-    import engine.core.grading as grading
     from engine.recipes.pipeline import check_pipeline, load_pipeline, run_pipeline
 
-    def coin(completion, gold, timeout_s=5.0):  # random weights never solve anything: make success mixed
-        right = len(completion) % 2 == 0
-        return grading.GradeResult("x", gold, right, "match" if right else "mismatch", "math-verify")
-
-    monkeypatch.setattr(grading, "grade", coin)
-    monkeypatch.setattr(grading, "grade_sympy", coin)
     config = load_pipeline(ROOT / "examples" / "demo-teacher.toml")
     assert config["model"]["base"] == "demo" and config["train"]["lora_r"] <= 16
     config["model"] = {"base": str(tiny_llama), "dtype": "float32"}
