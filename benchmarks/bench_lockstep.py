@@ -85,12 +85,13 @@ def bench_lockstep(base, teacher, prompts, gen: int) -> dict:
             "plain_ratio": median[f"plain B={size}"] / median["plain B=1"]}
 
 
-def run_intervene(source: str, adapter: Path, batch: int, limit: int, gen: int, out: Path, threads: int) -> float:
+def run_intervene(source: str, adapter: Path, batch: int, limit: int, gen: int, out: Path, threads: int,
+                  dtype: str) -> float:
     """Wall seconds of one `rmx intervene` process (model load included), results to `out`."""
     out.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "rmx_tui", "intervene", "--base", source, "--teacher-adapter", str(adapter),
             "--dataset", "smoke", "--limit", str(limit), "--max-new-tokens", str(gen), "--batch-size", str(batch),
-            "--out", str(out), "--json"]
+            "--dtype", dtype, "--out", str(out), "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -117,21 +118,24 @@ def same_results(first: Path, second: Path) -> tuple[bool, float]:
     return same, tau_gap
 
 
-def bench_intervene(source: str, adapter: Path, limit: int, gen: int, work: Path, threads: int) -> dict:
+def bench_intervene(source: str, adapter: Path, limit: int, gen: int, work: Path, threads: int, dtype: str) -> dict:
     walls: dict[int, list[float]] = {1: [], 8: []}
     outs = {1: work / "b1.jsonl", 8: work / "b8.jsonl"}
     checks = []
     for side in ABBA:
         batch = 1 if side == 0 else 8
-        walls[batch].append(run_intervene(source, adapter, batch, limit, gen, outs[batch], threads))
+        walls[batch].append(run_intervene(source, adapter, batch, limit, gen, outs[batch], threads, dtype))
         if len(walls[1]) == len(walls[8]):
             checks.append(same_results(outs[1], outs[8]))
     median = {batch: statistics.median(values) for batch, values in walls.items()}
-    return {"limit": limit, "gen": gen, "walls": walls, "median": median, "ratio": median[1] / median[8],
+    return {"limit": limit, "gen": gen, "dtype": dtype, "walls": walls, "median": median, "ratio": median[1] / median[8],
             "same": all(same for same, _ in checks), "tau_gap": max(gap for _, gap in checks)}
 
 
-def write_markdown(path: Path, header: dict, lock: dict, cli: dict) -> None:
+def write_markdown(path: Path, header: dict, lock: dict | None, cli: dict) -> None:
+    if lock is None:
+        lock = {"rows": 8, "gen": "-", "same_tokens": "not run", "tok_s": {}, "runs": {},
+                "oracle_ratio": float("nan"), "plain_ratio": float("nan")}
     size = lock["rows"]
     rows = "\n".join(f"| {name} | {rate:.1f} | {', '.join(f'{r:.1f}' for r in lock['runs'][name])} |"
                      for name, rate in lock["tok_s"].items())
@@ -154,7 +158,7 @@ Tokens identical at both batch sizes: {lock['same_tokens']}.
 **Oracle lockstep B = {size} ÷ B = 1: {lock['oracle_ratio']:.2f}×** (target ≥ 3× on the 2-core CPU);
 plain decode B = {size} ÷ B = 1: {lock['plain_ratio']:.2f}×.
 
-## `rmx intervene --dataset smoke --limit {cli['limit']} --max-new-tokens {cli['gen']}`, batch 8 vs batch 1
+## `rmx intervene --dataset smoke --limit {cli['limit']} --max-new-tokens {cli['gen']} --dtype {cli['dtype']}`, batch 8 vs 1
 
 Five modes (base, teacher, oracle, random, gated at τ = 1.2), wall time of the whole command (process start and
 model load included), A B B A.
@@ -178,6 +182,8 @@ def main() -> None:
     parser.add_argument("--gen", type=int, default=48, help="new tokens per row in the lockstep part")
     parser.add_argument("--limit", type=int, default=8, help="smoke problems in the intervene part")
     parser.add_argument("--intervene-gen", type=int, default=48, help="--max-new-tokens in the intervene part")
+    parser.add_argument("--dtype", default="float32", help="--dtype of the rmx intervene runs")
+    parser.add_argument("--skip-lockstep", action="store_true", help="only the rmx intervene part")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_lockstep.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -190,9 +196,9 @@ def main() -> None:
         header = {"date": datetime.date.today().isoformat(),
                   "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch threads {args.threads}",
                   "model": label, "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
-        lock = bench_lockstep(base, teacher, prompts, args.gen)
+        lock = None if args.skip_lockstep else bench_lockstep(base, teacher, prompts, args.gen)
         print(json.dumps(lock, indent=1), flush=True)
-        cli = bench_intervene(source, adapter, args.limit, args.intervene_gen, work, args.threads)
+        cli = bench_intervene(source, adapter, args.limit, args.intervene_gen, work, args.threads, args.dtype)
         print(json.dumps(cli, indent=1), flush=True)
         write_markdown(args.out, header, lock, cli)
     print(f"wrote {args.out}")
