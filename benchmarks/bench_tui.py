@@ -26,8 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TEXTUAL_FPS", "1000")
 
-from engine.service.client import LocalClient
+
 from engine.core.data import Problem
+from engine.service.workbench import Workbench
 from engine.core.records import ScoredRollout, TeacherPick, TokenScore, TopToken
 from textual import events
 
@@ -171,7 +172,7 @@ async def bench(tokens: int, presses: int, opens_count: int) -> tuple[list[str],
     rollout = synthetic_rollout(tokens)
     problem = Problem(id="synthetic", problem="a long synthetic rollout", answer="42", source="bench")
     # An empty client: the benchmark never reaches the engine, the rollout is already in memory.
-    app = RmxApp(Settings(autostart=False, dataset="smoke"), LocalClient())
+    app = RmxApp(Settings(autostart=False, dataset="smoke"), Workbench())
     rows = []
     async with app.run_test(size=(160, 50)) as pilot:
         screen = app.screen

@@ -101,3 +101,34 @@ def test_a_failure_inside_the_run_is_recorded(tmp_path):
     (status,) = list_runs()
     assert status.state == "failed" and status.error == "boom"
     assert [e.get("job/state") for e in echoed] == ["running", None, "failed"]
+
+
+FAILING_POOL = """
+import sys
+import engine.jobs.kinds
+from engine.core.errors import RmxError
+from engine.jobs.foreground import foreground_run
+with foreground_run("pool", {"pool": {"rollouts": sys.argv[1]}}, sys.argv[2], lambda event: None):
+    raise RmxError("interrupted")
+"""
+
+
+def test_jobs_resume_continues_a_failed_foreground_run_in_its_own_output(tmp_path):
+    import time
+
+    from engine.jobs.store import resume_job
+
+    make_rollouts(tmp_path / "r.jsonl")
+    out = tmp_path / "pool.jsonl"
+    failed = subprocess.run([sys.executable, "-c", FAILING_POOL, str(tmp_path / "r.jsonl"), str(out)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert failed.returncode == 1 and "interrupted" in failed.stderr
+    (status,) = list_runs()
+    assert status.state == "failed" and not out.exists()
+    resume_job(status.id)
+    deadline = time.time() + 120
+    while read_status(find_run(status.id)).active and time.time() < deadline:
+        time.sleep(0.1)
+    assert read_status(find_run(status.id)).state == "done"
+    assert out.exists() and len(out.read_text().splitlines()) > 0  # written where the foreground run pointed

@@ -53,17 +53,33 @@ def test_pool_without_mixed_problems_names_the_problem():
         select_pool(rollouts, PoolSpec("r.jsonl"))
 
 
-def test_length_trim_keeps_the_shortest_and_shows_its_bias():
+def test_length_trim_works_within_each_problem_and_drops_problems_it_unmixes():
     from engine.recipes.pool import PoolSpec, pool_stats, select_pool
 
     rollouts = _rollouts(PATTERN)
     trimmed = select_pool(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
-    assert len(trimmed) == 6 and max(len(r.completion_ids) for r in trimmed) == 14
+    # Each problem keeps its own 2 shortest of 4: only "quarter" keeps a wrong one (its wrong ones are all long
+    # elsewhere), so "half" and "most" leave the pool instead of silently keeping only right rollouts.
+    assert [(r.problem_id, len(r.completion_ids)) for r in trimmed] == [("quarter", 10), ("quarter", 40)]
     stats = pool_stats(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
-    assert stats.lengths_wrong.count == 6 and stats.trimmed_wrong.count == 0  # every wrong rollout is long
-    assert stats.trimmed_correct.count == 6
+    assert (stats.trim_removed_problems, stats.trim_removed_rollouts, stats.rollouts) == (2, 10, 2)
+    assert stats.lengths_wrong.count == 6 and stats.trimmed_wrong.count == 1  # every wrong rollout is long
+    # A trim across all problems at once would keep every 10–14-token rollout and no wrong one at all.
+    mild = select_pool(rollouts, PoolSpec("r.jsonl", keep_shortest=0.75))
+    assert {r.problem_id for r in mild} == {"quarter", "half"}
+    assert all(sum(r.problem_id == pid for r in mild) == 3 for pid in ("quarter", "half"))
     with pytest.raises(RmxError, match="keep-shortest"):
         PoolSpec("r.jsonl", keep_shortest=0.0)
+
+
+def test_a_trim_that_unmixes_every_problem_is_refused_but_still_shown():
+    from engine.recipes.pool import PoolSpec, pool_stats, select_pool
+
+    rollouts = _rollouts({"half": PATTERN["half"], "most": PATTERN["most"]})
+    with pytest.raises(RmxError, match="leaves none of the 2 pool problems"):
+        select_pool(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
+    stats = pool_stats(rollouts, PoolSpec("r.jsonl", keep_shortest=0.5))
+    assert (stats.trim_removed_problems, stats.rollouts) == (2, 0)
 
 
 def test_pool_stats_histogram_and_decision_rates():

@@ -1,4 +1,4 @@
-"""Decode, interventions and forks over the daemon's API: step-for-step parity with LocalClient, errors, cancels."""
+"""Decode, interventions and forks over the daemon's API: step-for-step parity with Workbench, errors, cancels."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from engine.service.client import EngineClient, LocalClient
+from engine.service.client import EngineClient
 from engine.core.config import ModelSpec, Tau
 from engine.core.decode import SamplingSpec, Step
 from engine.core.errors import RmxError
@@ -31,7 +31,7 @@ QUESTION = "Sam has 4 pencils and gets 3 more. How many pencils does Sam have no
 
 @pytest.fixture(scope="module")
 def engines(tiny_llama, tiny_llama_adapter):
-    """A daemon and a LocalClient with the same models, both on one CPU thread so that their floats agree bit for bit.
+    """A daemon and a Workbench with the same models, both on one CPU thread so that their floats agree bit for bit.
 
     Every test calls both in lockstep, so that their decode caches hold the same history.
     """
@@ -49,7 +49,7 @@ def engines(tiny_llama, tiny_llama_adapter):
         try:
             base = ModelSpec(str(tiny_llama), device="cpu", dtype="float32")
             teacher = ModelSpec(str(tiny_llama), adapter=str(tiny_llama_adapter), device="cpu", dtype="float32")
-            local = LocalClient()
+            local = Workbench()
             assert remote.load(base, teacher) == local.load(base, teacher)
             prompt = local.prompt_ids(QUESTION, "qwen")
             yield SimpleNamespace(local=local, remote=remote, card=card, prompt=prompt)
@@ -324,7 +324,7 @@ def test_step_json_round_trips_and_keeps_the_public_shape():
 
 
 def test_an_unloaded_workbench_refuses_in_one_line():
-    client = LocalClient(Workbench())
+    client = Workbench()
     for call in (lambda: client.intervene([1, 2], "base"), lambda: client.fork_outcomes([1], [2, 3], 0, 1, "7")):
         with pytest.raises(RmxError, match="no model is loaded"):
             call()

@@ -1,4 +1,4 @@
-"""The daemon and its HTTP API: socket privacy, tokens, loopback-only TCP, parity with LocalClient, NDJSON."""
+"""The daemon and its HTTP API: socket privacy, tokens, loopback-only TCP, parity with Workbench, NDJSON."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import engine.jobs.selftest  # noqa: F401  (registers selftest here, so the client sends its entry)
-from engine.service.client import LocalClient
+
 from engine.core.config import ModelSpec
 from engine.service.daemon import client_for, connect, daemon_status, ensure_daemon, start_daemon, stop_daemon, token_path
 from engine.core.errors import RmxError
@@ -62,8 +62,8 @@ def daemon(tiny_llama):
 
 
 @pytest.fixture(scope="module")
-def local(tiny_llama) -> LocalClient:
-    client = LocalClient()
+def local(tiny_llama) -> Workbench:
+    client = Workbench()
     client.load(ModelSpec(str(tiny_llama), device="cpu", dtype="float32"))
     return client
 
@@ -104,7 +104,7 @@ def test_remote_answers_match_the_local_client(daemon, local):
     prompt = local.prompt_ids("What is 12 + 30?", "qwen")
     assert remote.score(prompt, ids, top_k=3) == local.score(prompt, ids, top_k=3)
     question = "What is 12 + 30?"
-    assert remote.score_text(question, text, "qwen") == local.workbench.score_text(question, text, "qwen")
+    assert remote.score_text(question, text, "qwen") == local.score_text(question, text, "qwen")
 
 
 def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_llama, tmp_path):

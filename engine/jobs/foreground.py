@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.core.errors import Diverged, RmxError
+from engine.recipes.trackers import Mirror, report_spec_of
 from engine.jobs.runner import _Heartbeat, _one_line, _reserve_slot, _write_final
 from engine.jobs.store import (
     EventWriter, JobSpec, JobStatus, RunContext, create_run, heartbeat_interval, process_started, resolve_entry,
@@ -23,16 +24,20 @@ from engine.jobs.store import (
 class ForegroundRun:
     """A RunContext for in-process work, whose events also go to `echo` (stderr lines, or NDJSON on stdout)."""
 
-    def __init__(self, context: RunContext, echo: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, context: RunContext, echo: Callable[[dict[str, Any]], None], mirror: Mirror | None) -> None:
         self.context = context
         self.run_dir = context.run_dir
         self._echo = echo
+        self._mirror = mirror
         self._diverged: str | None = None
 
     def emit(self, event: dict[str, Any]) -> None:
-        """Append the event to events.jsonl (flushed per event), then echo it as written (with `t` and `step`)."""
+        """Append the event to events.jsonl (flushed per event), then echo and mirror it as written."""
         self.context.emit(event)
-        self._echo(self.context.last_event or event)
+        written = self.context.last_event or event
+        self._echo(written)
+        if self._mirror is not None:
+            self._mirror.log(written)
 
     def set_progress(self, step: int, total: int | None = None) -> None:
         self.context.set_progress(step, total)
@@ -83,7 +88,9 @@ def foreground_run(kind: str, config: dict[str, Any], out: str | Path,
     write_json_atomic(run_dir / "status.json", status.to_json())
     writer = EventWriter(run_dir / "events.jsonl")
     context = RunContext(run_dir, status, writer)
-    run = ForegroundRun(context, echo)
+    report = report_spec_of(config)
+    mirror = Mirror(report, run_dir.name, run_dir, config, kind) if report else None
+    run = ForegroundRun(context, echo, mirror)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: context.request_stop()) if in_main else None
     heartbeat = _Heartbeat(run_dir, status, context)
@@ -118,6 +125,8 @@ def foreground_run(kind: str, config: dict[str, Any], out: str | Path,
         if slot is not None:
             slot.unlink(missing_ok=True)
         writer.close()
+        if mirror is not None:
+            mirror.close()
 
 
 def output_of(config: dict[str, Any], run: RunContext, file_name: str | None = None) -> Path:

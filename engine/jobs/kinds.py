@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from engine.core.config import ModelSpec
@@ -20,6 +21,7 @@ from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainSpec, train
+from engine.recipes.trackers import Mirror, report_spec_of
 
 
 def _job_config(config: dict[str, Any], *names: str) -> list[Any]:
@@ -40,6 +42,7 @@ def _job_config(config: dict[str, Any], *names: str) -> list[Any]:
 
 def _validator(*names: str) -> Callable[[dict], None]:
     def validate(config: dict[str, Any]) -> None:
+        report_spec_of(config)  # a tracker that is not installed is refused before any work
         for spec in _job_config(config, *names):
             # Reading the rollouts here refuses a job with nothing to train on before its run dir exists.
             if isinstance(spec, (PoolSpec, TrainSpec)):
@@ -68,8 +71,39 @@ def ray_of(config: dict[str, Any]) -> RaySpec | None:
 
 def _check_pipeline_job(config: dict[str, Any]) -> None:
     check_pipeline(config.get("pipeline") or {}, "job config")
+    report_spec_of(config)
 
 
+def _mirrored(kind: str) -> Callable[[Callable[[dict, RunContext], None]], Callable[[dict, RunContext], None]]:
+    """The job, with its events also mirrored to the trackers its config's `report` names."""
+
+    def wrap(fn: Callable[[dict, RunContext], None]) -> Callable[[dict, RunContext], None]:
+        @functools.wraps(fn)
+        def job(config: dict[str, Any], run: RunContext) -> None:
+            spec = report_spec_of(config)
+            if spec is None:
+                fn(config, run)
+                return
+            mirror = Mirror(spec, run.run_dir.name, run.run_dir, config, kind)
+            emit = run.emit
+
+            def mirrored(event: dict[str, Any]) -> None:
+                emit(event)
+                mirror.log(run.last_event or event)
+
+            run.emit = mirrored  # type: ignore[method-assign]
+            try:
+                fn(config, run)
+            finally:
+                run.emit = emit  # type: ignore[method-assign]
+                mirror.close()
+
+        return job
+
+    return wrap
+
+
+@_mirrored("rollouts")
 def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "rollouts")
     with Meter("rollouts", run.artifacts):
@@ -83,6 +117,7 @@ def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
+@_mirrored("pool")
 def pool_job(config: dict[str, Any], run: RunContext) -> None:
     (spec,) = _job_config(config, "pool")
     with Meter("pool", run.artifacts):
@@ -90,6 +125,7 @@ def pool_job(config: dict[str, Any], run: RunContext) -> None:
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
+@_mirrored("train")
 def train_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "train")
     with Meter("train", run.artifacts):
@@ -100,6 +136,7 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
         check_trained(result)
 
 
+@_mirrored("sweep")
 def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec, sweep_spec = _job_config(config, "model", "train", "sweep")
     with Meter("sweep", run.artifacts):
@@ -108,6 +145,7 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
+@_mirrored("eval")
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
@@ -120,6 +158,7 @@ def eval_job(config: dict[str, Any], run: RunContext) -> None:
                      should_stop=run.should_stop, progress=run.set_progress)
 
 
+@_mirrored("distill")
 def distill_job(config: dict[str, Any], run: RunContext) -> None:
     model, teacher, spec = _job_config(config, "model", "teacher", "distill")
     with Meter("distill", run.artifacts):
@@ -128,6 +167,7 @@ def distill_job(config: dict[str, Any], run: RunContext) -> None:
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
+@_mirrored("pipeline")
 def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
     checked = check_pipeline(config.get("pipeline") or {}, "job config")
     run_pipeline(checked, output_of(config, run), resume=run.resumed, emit=run.emit, should_stop=run.should_stop)

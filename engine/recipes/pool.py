@@ -31,9 +31,10 @@ class PoolSpec:
     size: int | None = None
     """Keep the N mixed-success problems whose pass rate is closest to 0.5 (the authors keep 50); None keeps all."""
     keep_shortest: float = 1.0
-    """Fraction of the pool's rollouts kept, shortest completions first. 1.0 (default) keeps all. The authors
-    keep the shortest 0.8, which builds in a length bias: long rollouts are more often wrong, so trimming
-    drops wrong rollouts more than correct ones and teaches brevity as much as correctness."""
+    """Fraction of each pool problem's rollouts kept, shortest completions first; a problem left without both
+    right and wrong rollouts leaves the pool. 1.0 (default) keeps all. The authors keep the shortest 0.8, which
+    builds in a length bias: long rollouts are more often wrong, so trimming drops wrong rollouts more than
+    correct ones and teaches brevity as much as correctness."""
 
     def __post_init__(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
@@ -78,25 +79,56 @@ def require_signal(rollouts: Sequence[Rollout]) -> None:
 
 
 def select_pool(rollouts: Sequence[Rollout], spec: PoolSpec) -> list[Rollout]:
-    """Mixed-success problems (closest to 0.5 first when `size` is set), then the optional length trim."""
+    """Mixed-success problems (closest to 0.5 first when `size` is set), then the optional per-problem length trim.
+
+    Refuses a trim that leaves no problem with both right and wrong rollouts.
+    """
+    chosen = _untrimmed(rollouts, spec.size)
+    if spec.keep_shortest >= 1.0:
+        return chosen
+    trim = trim_longest(chosen, spec.keep_shortest)
+    if not trim.kept:
+        raise RmxError(f"--keep-shortest {spec.keep_shortest:g} leaves none of the {trim.problems_removed} pool "
+                       "problems with both right and wrong rollouts: keep more, or trim nothing (1.0)")
+    return trim.kept
+
+
+def _untrimmed(rollouts: Sequence[Rollout], size: int | None) -> list[Rollout]:
     require_signal(rollouts)
     groups = group_by_problem(rollouts)
     mixed = [(pid, g) for pid, g in groups.items() if is_mixed(g)]
-    if spec.size is not None:
+    if size is not None:
         # Stable: ties keep the file order, so the same rollouts always give the same pool.
-        mixed = sorted(mixed, key=lambda item: abs(pass_rate(item[1]) - 0.5))[: spec.size]
-    chosen = [r for _, g in mixed for r in g]
-    if spec.keep_shortest < 1.0:
-        chosen = trim_longest(chosen, spec.keep_shortest)
-    return chosen
+        mixed = sorted(mixed, key=lambda item: abs(pass_rate(item[1]) - 0.5))[:size]
+    return [r for _, g in mixed for r in g]
 
 
-def trim_longest(rollouts: Sequence[Rollout], keep: float) -> list[Rollout]:
-    """Keep the shortest `keep` fraction of all rollouts (by completion tokens), in their original order."""
-    count = max(1, int(round(keep * len(rollouts))))
-    ranked = sorted(range(len(rollouts)), key=lambda i: (len(rollouts[i].completion_ids), i))
-    kept = set(ranked[:count])
-    return [r for i, r in enumerate(rollouts) if i in kept]
+@dataclass(frozen=True)
+class Trim:
+    """What the length trim kept, and what it took out of the pool."""
+
+    kept: list[Rollout]
+    problems_removed: int
+    """Problems that lost their right or their wrong rollouts to the trim, and with them their place in the pool."""
+    rollouts_removed: int
+    """Rollouts the pool lost: the trimmed ones and every rollout of a removed problem."""
+
+
+def trim_longest(rollouts: Sequence[Rollout], keep: float) -> Trim:
+    """Within each problem, keep the shortest `keep` fraction of its rollouts (at least one), in file order;
+    keep the problem only if it still has right and wrong rollouts (the authors' per-problem trim)."""
+    kept: list[Rollout] = []
+    removed = 0
+    for group in group_by_problem(rollouts).values():
+        count = max(1, int(round(keep * len(group))))
+        ranked = sorted(range(len(group)), key=lambda i: (len(group[i].completion_ids), i))
+        shortest = set(ranked[:count])
+        trimmed = [r for i, r in enumerate(group) if i in shortest]
+        if is_mixed(trimmed):
+            kept.extend(trimmed)
+        else:
+            removed += 1
+    return Trim(kept=kept, problems_removed=removed, rollouts_removed=len(rollouts) - len(kept))
 
 
 # --- base entropies ---------------------------------------------------------------------------------------
@@ -241,6 +273,10 @@ class PoolStats:
     keep_shortest: float
     decision: list[DecisionRate] | None = None
     """Decision-point rate per τ under the base model (None without --base)."""
+    trim_removed_problems: int = 0
+    """Pool problems the length trim removed (no longer both right and wrong)."""
+    trim_removed_rollouts: int = 0
+    """Pool rollouts the length trim removed, those of removed problems included."""
 
     def to_json(self) -> dict:
         from dataclasses import asdict
@@ -267,8 +303,9 @@ def pool_stats(rollouts: Sequence[Rollout], spec: PoolSpec, entropies: Sequence[
         right = sum(r.correct for r in group)
         key = (right / len(group), f"{right}/{len(group)}")
         histogram[key] = histogram.get(key, 0) + 1
-    untrimmed = select_pool(rollouts, PoolSpec(spec.rollouts, spec.size))
-    trimmed = select_pool(rollouts, spec)
+    untrimmed = _untrimmed(rollouts, spec.size)
+    trim = trim_longest(untrimmed, spec.keep_shortest) if spec.keep_shortest < 1.0 else Trim(untrimmed, 0, 0)
+    trimmed = trim.kept
     rates = None
     if entropies is not None:
         if len(entropies) != len(untrimmed):
@@ -297,7 +334,8 @@ def pool_stats(rollouts: Sequence[Rollout], spec: PoolSpec, entropies: Sequence[
         pass_rates=[(label, count) for (_, label), count in sorted(histogram.items())],
         lengths_correct=lengths(untrimmed, True), lengths_wrong=lengths(untrimmed, False),
         trimmed_correct=lengths(trimmed, True), trimmed_wrong=lengths(trimmed, False),
-        keep_shortest=spec.keep_shortest, decision=rates,
+        keep_shortest=spec.keep_shortest, decision=rates, trim_removed_problems=trim.problems_removed,
+        trim_removed_rollouts=trim.rollouts_removed,
     )
 
 

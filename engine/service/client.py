@@ -1,4 +1,8 @@
-"""EngineClient: the one interface the TUI and the CLI use to reach the engine, and its in-process form."""
+"""EngineClient: the one interface the TUI and the CLI use to reach the engine.
+
+In process, `Workbench` is the client; across a socket, `RemoteClient` is (engine.service.api ties each method to
+its route).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from engine.core.interventions import ForkEstimate, InterventionResult, ShouldSt
 from engine.core.prompts import TemplateChoice
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
-from engine.service.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
+from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
 
 @runtime_checkable
@@ -38,6 +42,9 @@ class EngineClient(Protocol):
         """`should_stop` is asked while scoring; True ends it early with Interrupted."""
         ...
 
+    def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
+                   with_teacher: bool = True) -> ScoredRollout: ...
+
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
                force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]: ...
 
@@ -62,62 +69,3 @@ class EngineClient(Protocol):
 
     def problems(self, dataset: str, limit: int | None = None) -> list[Problem]: ...
 
-
-class LocalClient:
-    """Runs the engine in this process: for the CLI, for tests, and for the TUI before a daemon exists."""
-
-    def __init__(self, workbench: Workbench | None = None) -> None:
-        self.workbench = workbench or Workbench()
-
-    def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
-        return self.workbench.load(base, teacher)
-
-    def info(self) -> WorkbenchInfo:
-        return self.workbench.info()
-
-    def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
-        return self.workbench.prompt_ids(problem, template)
-
-    def template_choice(self, template: str | None = "auto") -> TemplateChoice:
-        return self.workbench.template_choice(template)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.workbench.tokenize(text)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.workbench.detokenize(ids)
-
-    def token_texts(self, ids: Sequence[int]) -> list[str]:
-        return self.workbench.token_texts(ids)
-
-    def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
-              with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
-        return self.workbench.score(prompt, completion, top_k, with_teacher, should_stop=should_stop)
-
-    def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
-               force: Sequence[tuple[int, int]] = (), n: int = 1, top: int = 5) -> Iterator[Step]:
-        return self.workbench.decode(prompt, sampling, rollout, force, n, top)
-
-    def intervene(self, prompt_ids: Sequence[int], mode: str, sampling: SamplingSpec = SamplingSpec(),
-                  tau: str | float | Tau | None = None, gold: str | None = None,
-                  force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
-                  top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
-        return self.workbench.intervene(prompt_ids, mode, sampling, tau, gold, force, rollout, top,
-                                        should_stop=should_stop)
-
-    def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
-                      n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
-                      should_stop: ShouldStop | None = None) -> ForkEstimate:
-        return self.workbench.fork_outcomes(prompt_ids, rollout, pos, token, gold, n, sampling,
-                                            should_stop=should_stop)
-
-    def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
-                   taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
-        return self.workbench.pool_stats(rollouts, size, keep_shortest, taus, with_base)
-
-    def grade(self, completion: str, gold: str, finish: str | None = None,
-              extract: str = "strict") -> GradeResult:
-        return self.workbench.grade(completion, gold, finish, extract)
-
-    def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
-        return self.workbench.problems(dataset, limit)

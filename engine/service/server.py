@@ -20,19 +20,19 @@ from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AfterValidator, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine.core.config import ModelSpec
-from engine.core.decode import SamplingSpec
 from engine.core.diskfull import DiskFull, disk_full, is_disk_full
 from engine.core.errors import RmxError
 from engine.jobs.store import (
     POLL_S, EventTail, JobConflict, JobNotFound, JobView, RunDamaged, cancel_job, check_outputs, data_dir, find_run,
     json_bytes, list_runs, load_run, resume_job, rmx_version, submit_job,
 )
-from engine.recipes.pool import DEFAULT_TAUS
-from engine.service.workbench import FORK_SAMPLING, Workbench, WorkbenchInfo
+from engine.service.api import (
+    DecodeBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
+    PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+)
+from engine.service.workbench import Workbench, WorkbenchInfo
 
 KEEPALIVE_S = 5.0
 """An idle stream sends a blank line this often, so clients and tunnels can tell idle from dead."""
@@ -41,8 +41,6 @@ WORKING_S = 0.1
 whether its caller wants it stopped."""
 UNIX_PATH_MAX = 104
 """The shortest sun_path limit among the platforms we run on (macOS), less the NUL."""
-MAX_ROWS = 4096
-"""The most sequences one decode or fork may ask for."""
 DEFAULT_MAX_BODY_MB = 8
 
 
@@ -71,152 +69,6 @@ class _JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return json_bytes(content)
-
-
-def _text(value: str) -> str:
-    """Refuse strings Python can hold but the tokenizer cannot (lone surrogates, NUL)."""
-    value.encode("utf-8")  # raises ValueError, which pydantic turns into a 422 with the reason
-    if "\x00" in value:
-        raise ValueError("text must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_text)]
-TokenId = Annotated[int, Field(ge=0, lt=2**31)]
-TopK = Annotated[int, Field(ge=1, le=1000)]
-
-
-class ModelBody(BaseModel):
-    """engine.core.config.ModelSpec as JSON."""
-
-    source: Text
-    adapter: Text | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    revision: Text | None = None
-    trust_remote_code: bool = False
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump())
-
-
-class LoadBody(BaseModel):
-    base: ModelBody
-    teacher: ModelBody | None = None
-
-
-class ScoreBody(BaseModel):
-    prompt_ids: list[TokenId]
-    completion_ids: list[TokenId]
-    top_k: TopK = 5
-    with_teacher: bool = True
-
-
-class ScoreTextBody(BaseModel):
-    prompt: Text
-    completion: Text
-    template: Text | None = "raw"
-    top_k: TopK = 5
-    with_teacher: bool = True
-
-
-class PromptBody(BaseModel):
-    problem: Text
-    template: Text | None = "raw"
-
-
-class TemplateBody(BaseModel):
-    template: Text | None = "auto"
-
-
-class TextBody(BaseModel):
-    text: Text
-
-
-class IdsBody(BaseModel):
-    ids: list[TokenId]
-
-
-class SamplingBody(BaseModel):
-    """engine.core.decode.SamplingSpec as JSON; its own checks give the one-line reasons."""
-
-    greedy: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    max_new_tokens: int = 512
-    stop: list[Text] = Field(default_factory=list)
-
-    def spec(self) -> SamplingSpec:
-        return SamplingSpec(**self.model_dump())
-
-
-def _fork_sampling() -> SamplingBody:
-    return SamplingBody(**asdict(FORK_SAMPLING))
-
-
-Rows = Annotated[int, Field(le=MAX_ROWS)]
-Pair = tuple[int, int]
-
-
-class DecodeBody(BaseModel):
-    prompt_ids: list[TokenId]
-    sampling: SamplingBody = Field(default_factory=SamplingBody)
-    rollout: list[TokenId] = Field(default_factory=list)
-    force: list[Pair] = Field(default_factory=list)
-    n: Rows = 1
-    top: TopK = 5
-
-
-class InterveneBody(BaseModel):
-    prompt_ids: list[TokenId]
-    mode: str
-    sampling: SamplingBody = Field(default_factory=SamplingBody)
-    tau: Text | float | None = None
-    gold: Text | None = None
-    force: list[Pair] = Field(default_factory=list)
-    rollout: list[TokenId] = Field(default_factory=list)
-    top: TopK = 5
-
-
-class ForkBody(BaseModel):
-    prompt_ids: list[TokenId]
-    rollout: list[TokenId]
-    pos: int
-    token: int
-    gold: Text | None = None
-    n: Rows = 8
-    sampling: SamplingBody = Field(default_factory=_fork_sampling)
-
-
-class GradeBody(BaseModel):
-    completion: Text
-    gold: Text
-    finish: Text | None = None
-    extract: Text = "strict"
-
-
-class PoolStatsBody(BaseModel):
-    """The arguments of Workbench.pool_stats; PoolSpec's own checks give the one-line reasons."""
-
-    rollouts: Text
-    size: int | None = None
-    keep_shortest: float = 1.0
-    taus: list[Text] = Field(default_factory=lambda: list(DEFAULT_TAUS))
-    with_base: bool = False
-
-
-class ProblemsBody(BaseModel):
-    dataset: Text
-    limit: int | None = None
-
-
-class SubmitBody(BaseModel):
-    kind: str
-    config: dict[str, Any] = Field(default_factory=dict)
-    entry: str | None = None
-    """`module:function` of the kind, when the daemon has not imported the module that registers it."""
 
 
 def info_json(info: WorkbenchInfo) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from rmx_tui.cli import options as opt
 
 Job = Annotated[bool, typer.Option("--job", help="Run as a detached job (see `rmx jobs`) instead of in this process.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run already in --out.")]
+ReportTo = Annotated[Optional[list[str]], typer.Option(
+    "--report-to", help="Mirror metrics and config to trackers: none, tensorboard, trackio, wandb (repeat or comma-separate).")]
 
 # Training options, shared by `rmx train` and `rmx sweep`; each maps onto a TrainSpec field.
 KlWeight = Annotated[float, typer.Option("--kl-weight", help="λ in L = L_dec + λ·L_anchor.")]
@@ -111,6 +113,14 @@ def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) 
         yield run
 
 
+def _reported(config: dict[str, Any], report_to: list[str] | None) -> dict[str, Any]:
+    """The job config with its trackers (checked now: a missing package is one line before any work)."""
+    from engine.recipes.trackers import ReportSpec
+
+    report = ReportSpec(tuple(report_to or ()))
+    return {**config, "report": report.to_json()} if report.report_to else config
+
+
 def _submit(kind: str, config: dict[str, Any], json_output: bool) -> None:
     import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
     from engine.jobs.store import submit_job
@@ -136,6 +146,7 @@ def rollouts(
     dataset: Annotated[str, typer.Option("--dataset", help="Bundled dataset (smoke, math_train_pool_150, …) or a problem file.")],
     base: opt.Base = "demo",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
     k: Annotated[int, typer.Option("--k", help="Samples per problem.")] = 20,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass.")] = 0.95,
@@ -153,6 +164,7 @@ def rollouts(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -160,14 +172,14 @@ def rollouts(
     from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = RolloutSpec(dataset, limit, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+    spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                        template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
     cluster = _ray(ray, ray_retries, ray_shards)
+    config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
     if job:
-        _submit("rollouts", _with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), json_output)
+        _submit("rollouts", config, json_output)
         return
-    with _foreground("rollouts", _with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), out,
-                     json_output) as run:
+    with _foreground("rollouts", config, out, json_output) as run:
         if cluster is not None:
             from engine.recipes.shards import sample_rollouts_sharded
 
@@ -238,7 +250,9 @@ def _print_pool(stats) -> None:
 
     echo(f"\ncorrect: {length(stats.lengths_correct)}\nwrong:   {length(stats.lengths_wrong)}")
     if stats.keep_shortest < 1.0:
-        echo(f"after keeping the shortest {stats.keep_shortest:.0%} (length bias):\n"
+        echo(f"after keeping the shortest {stats.keep_shortest:.0%} of each problem's rollouts (length bias): "
+             f"the trim removed {stats.trim_removed_problems} problems (no longer mixed) and "
+             f"{stats.trim_removed_rollouts} rollouts\n"
              f"correct: {length(stats.trimmed_correct)}\nwrong:   {length(stats.trimmed_wrong)}")
     if stats.decision:
         echo("\n     τ    nats   decision points   correct    wrong")
@@ -263,8 +277,11 @@ def pool_select(
         _submit("pool", {"pool": asdict(spec)}, json_output)
         return
     result = write_pool(spec, out)
-    _result(result, json_output, f"pool of {result.stats.selected} problems, {result.stats.rollouts} rollouts: "
-            f"{result.path}")
+    stats = result.stats
+    trimmed = (f" (the --keep-shortest trim removed {stats.trim_removed_problems} problems and "
+               f"{stats.trim_removed_rollouts} rollouts)" if stats.keep_shortest < 1.0 else "")
+    _result(result, json_output, f"pool of {stats.selected - stats.trim_removed_problems} problems, "
+            f"{stats.rollouts} rollouts{trimmed}: {result.path}")
 
 
 # --- train and sweep ----------------------------------------------------------------------------------------
@@ -317,6 +334,7 @@ def train(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -331,10 +349,11 @@ def train(
                        lora_dropout=lora_dropout, lora_targets=lora_targets, max_tokens=max_tokens,
                        checkpoint_every=checkpoint_every, chunk_elements=chunk_elements, cache_base=cache_base,
                        alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
+    config = _reported({"model": asdict(model), "train": asdict(spec)}, report_to)
     if job:
-        _submit("train", {"model": asdict(model), "train": asdict(spec)}, json_output)
+        _submit("train", config, json_output)
         return
-    with _foreground("train", {"model": asdict(model), "train": asdict(spec)}, out, json_output) as fg:
+    with _foreground("train", config, out, json_output) as fg:
         result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
         if result.state == "diverged":
@@ -357,18 +376,28 @@ def sweep(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
     template: Template = "auto",
     kl_weight: KlWeight = 0.2,
+    adv_clip: AdvClip = 2.5,
     objective: Objective = "contrastive",
     negative: Negative = "signed",
     anchor: Anchor = "all",
     order: Order = "shuffle",
     lr: Lr = 1e-4,
+    weight_decay: WeightDecay = 0.01,
+    warmup_ratio: WarmupRatio = 0.4,
     grad_accum: GradAccum = 8,
     epochs: Epochs = 1,
     max_steps: MaxSteps = None,
     seed: Seed = 0,
     lora_r: LoraR = 32,
     lora_alpha: LoraAlpha = 64,
+    lora_dropout: LoraDropout = 0.0,
+    lora_targets: LoraTargets = None,
     max_tokens: MaxTokens = None,
+    checkpoint_every: CheckpointEvery = 0,
+    chunk_elements: ChunkElements = 1 << 24,
+    cache_base: CacheBase = True,
+    alarm_abs: AlarmAbs = 100.0,
+    alarm_ratio: AlarmRatio = 20.0,
     devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
     ray: RayAddress = None,
@@ -377,6 +406,7 @@ def sweep(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -385,16 +415,19 @@ def sweep(
     from engine.recipes.sweep import sweep as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = _train_spec(rollouts, kl_weight=kl_weight, objective=objective, negative=negative, anchor=anchor,
-                       order=order, lr=lr, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed,
-                       lora_r=lora_r, lora_alpha=lora_alpha, max_tokens=max_tokens)
+    spec = _train_spec(rollouts, kl_weight=kl_weight, adv_clip=adv_clip, objective=objective, negative=negative,
+                       anchor=anchor, order=order, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                       grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed, lora_r=lora_r,
+                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
+                       max_tokens=max_tokens, checkpoint_every=checkpoint_every, chunk_elements=chunk_elements,
+                       cache_base=cache_base, alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     cluster = _ray(ray, ray_retries)
+    config = _reported(_with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
+                                 cluster), report_to)
     if job:
-        _submit("sweep", _with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
-                                   cluster), json_output)
+        _submit("sweep", config, json_output)
         return
-    config = _with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)}, cluster)
     with _foreground("sweep", config, out, json_output) as fg:
         result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      ray=cluster)
@@ -436,6 +469,7 @@ def eval_run(
     ray: RayAddress = None,
     ray_retries: RayRetries = 2,
     ray_shards: RayShards = None,
+    report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -450,11 +484,11 @@ def eval_run(
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
                     seed, backend, grade_timeout)
     cluster = _ray(ray, ray_retries, ray_shards)
+    config = _reported(_with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), report_to)
     if job:
-        _submit("eval", _with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), json_output)
+        _submit("eval", config, json_output)
         return
-    with _foreground("eval", _with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), out,
-                     json_output) as run:
+    with _foreground("eval", config, out, json_output) as run:
         if cluster is not None:
             from engine.recipes.shards import evaluate_sharded
 
@@ -514,6 +548,7 @@ def distill(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -527,11 +562,11 @@ def distill(
         raise RmxError("rmx distill needs a teacher: --teacher MODEL and/or --teacher-adapter ADAPTER")
     spec = DistillSpec(rollouts, top_k, epochs, batch_size, grad_accum, lr, weight_decay, warmup_ratio, lora_r,
                        lora_alpha, lora_dropout, lora_targets, max_tokens, seed, chunk_elements, checkpoint_every)
+    config = _reported({"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
+                       report_to)
     if job:
-        _submit("distill", {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
-                json_output)
+        _submit("distill", config, json_output)
         return
-    config = {"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)}
     with _foreground("distill", config, out, json_output) as fg:
         result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
@@ -583,6 +618,7 @@ def pipeline(
     out: Annotated[str, typer.Option("--out", help="Folder for every stage's output and report.md.")] = "pipeline",
     resume: Resume = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Run rollouts, sweep and evals on a Ray cluster (auto, local or host:port); overrides the TOML's [ray] address.")] = None,
+    report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
@@ -597,6 +633,11 @@ def pipeline(
         checked = {**checked, "ray": {**section, "address": cluster.address}}
     elif "ray" in checked:
         _ray(checked["ray"].get("address", "auto"))
+    if report_to is not None:  # --report-to overrides the TOML's [report]
+        from engine.recipes.trackers import ReportSpec
+
+        project = checked.get("report", {}).get("project", "rmx")
+        checked = {**checked, "report": ReportSpec(tuple(report_to), project).to_json()}
     if job:
         _submit("pipeline", {"pipeline": checked}, json_output)
         return
@@ -625,7 +666,10 @@ def register(app: typer.Typer) -> None:
     evaluation.callback()(eval_run)
     evaluation.command("compare")(eval_compare)
     app.add_typer(evaluation, name="eval")
-    runs = typer.Typer(help="What runs cost.", no_args_is_help=True)
+    runs = typer.Typer(help="What runs cost, and runs exported to trackers.", no_args_is_help=True)
     runs.command("cost")(runs_cost)
+    from rmx_tui.cli.runs_export import runs_export
+
+    runs.command("export")(runs_export)
     app.add_typer(runs, name="runs")
     app.command("pipeline")(pipeline)

@@ -44,9 +44,9 @@ def score(
     json_output: opt.Json = False,
 ) -> None:
     """Score a completion token by token: exact entropy, rank, top-k, and the teacher's pick."""
-    from engine.service.client import LocalClient
     from engine.core.config import ScoreSpec, Tau
     from engine.core.scoring import summarize
+    from engine.service.workbench import Workbench
 
     ScoreSpec(top_k=top_k)
     gate = Tau.parse(tau) if tau is not None else None
@@ -67,7 +67,7 @@ def score(
         raise RmxError("empty completion: there is nothing to score")
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    client = LocalClient()
+    client = Workbench()
     client.load(base_spec, teacher_spec)
     choice = client.template_choice(template or "auto")
     rollout = client.score(client.prompt_ids(prompt, choice.template), client.tokenize(completion), top_k=top_k)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from engine.service.client import EngineClient, LocalClient
+from engine.service.client import EngineClient
+from engine.service.workbench import Workbench
 from engine.core.errors import RmxError
 from engine.jobs.store import JobsClient, JobStatus, read_spec, runs_dir
 from textual import work
@@ -287,7 +288,7 @@ class JobsScreen(Screen):
         pool = config.get("pool") if status.kind == "pool" and isinstance(config.get("pool"), dict) else {}
         engine = getattr(self.app, "client", None)
         # The workbench's client scores the pool under its loaded base; a bare host has none but reads the file.
-        self.app.push_screen(PoolScreen(engine if isinstance(engine, EngineClient) else LocalClient(), path,
+        self.app.push_screen(PoolScreen(engine if isinstance(engine, EngineClient) else Workbench(), path,
                                         size=pool.get("size"), keep_shortest=pool.get("keep_shortest", 1.0)))
 
     def action_follow(self) -> None:

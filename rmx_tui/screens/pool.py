@@ -198,7 +198,9 @@ class PoolScreen(Screen):
         summary.update(
             f"{stats.problems} problems at K={stats.k}: {stats.mixed} mixed, {stats.all_correct} all correct, "
             f"{stats.all_wrong} all wrong · pool: {stats.selected} problems{chosen}, {stats.rollouts} rollouts "
-            f"after keeping the shortest {stats.keep_shortest:.0%}")
+            f"after keeping the shortest {stats.keep_shortest:.0%}" + (
+                f" of each problem's (the trim removed {stats.trim_removed_problems} problems and "
+                f"{stats.trim_removed_rollouts} rollouts)" if stats.keep_shortest < 1.0 else ""))
 
     def _show_notice(self) -> None:
         notice = self.query_one("#pool-notice", Static)

@@ -6,8 +6,8 @@ from typing import Callable
 
 import pytest
 
-from engine.service.client import LocalClient
 from engine.core.config import ModelSpec
+from engine.service.workbench import Workbench
 
 from rmx_tui.app import RmxApp
 from tests.tui.harness import settings
@@ -26,9 +26,9 @@ def specs(tiny_llama, tiny_llama_adapter) -> tuple[ModelSpec, ModelSpec]:
 
 
 @pytest.fixture
-def client(specs) -> LocalClient:
+def client(specs) -> Workbench:
     """A fresh client per test: a reused KV cache must not make one test's numbers depend on another's."""
-    engine = LocalClient()
+    engine = Workbench()
     engine.load(*specs)
     return engine
 

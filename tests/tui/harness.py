@@ -6,8 +6,8 @@ import time
 from contextlib import closing
 from typing import Callable, Iterator
 
-from engine.service.client import LocalClient
 from engine.core.config import Tau
+from engine.service.workbench import Workbench
 from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
 
@@ -44,7 +44,7 @@ async def rollout_ready(pilot) -> None:
 class SlowClient:
     """The real client, with a pause before each streamed step: time to press esc mid-stream."""
 
-    def __init__(self, inner: LocalClient, delay: float = 0.05) -> None:
+    def __init__(self, inner: Workbench, delay: float = 0.05) -> None:
         self.inner = inner
         self.delay = delay
 
@@ -66,7 +66,7 @@ class SlowClient:
 class FailingClient(SlowClient):
     """The real client whose forks (decodes with forced tokens) fail after a few steps."""
 
-    def __init__(self, inner: LocalClient, after: int = 3) -> None:
+    def __init__(self, inner: Workbench, after: int = 3) -> None:
         super().__init__(inner, delay=0.0)
         self.after = after
 
@@ -88,7 +88,7 @@ class FailingClient(SlowClient):
 class SlowScoringClient(SlowClient):
     """The real client, whose scoring first waits (up to `wait` s) asking should_stop, as a long rollout would."""
 
-    def __init__(self, inner: LocalClient, wait: float = 10.0) -> None:
+    def __init__(self, inner: Workbench, wait: float = 10.0) -> None:
         super().__init__(inner, delay=0.0)
         self.wait = wait
         self.scoring = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.core.config import ModelSpec
+from engine.service.workbench import Workbench
 
 from rmx_tui.app import RmxApp
 from rmx_tui.screens.browser import BrowserScreen
@@ -32,7 +33,7 @@ async def test_opens_on_a_scored_rollout_at_the_first_decision_point(make_app):
         assert view.cursor == first
         assert view.has_focus
         status = screen.query_one(StatusBar)
-        assert status.gate.startswith("τ q0.9 =") and "above" in status.share
+        assert status.gate.startswith("τ q0.9 of the root rollout =") and "above" in status.share
         assert "base llama" in status.models and "teacher llama+" in status.models
         assert screen.query_one(Inspector).index == first
         tree = screen.query_one(ProblemList)
@@ -165,9 +166,9 @@ async def test_narrow_terminal_hides_the_list_and_moves_the_inspector_below(make
 
 
 async def test_a_model_that_fails_to_load_shows_a_panel_and_the_app_stays_usable(specs, tmp_path):
-    from engine.service.client import LocalClient
 
-    app = RmxApp(settings(base=ModelSpec(str(tmp_path / "missing-model")), export_dir=tmp_path), LocalClient())
+
+    app = RmxApp(settings(base=ModelSpec(str(tmp_path / "missing-model")), export_dir=tmp_path), Workbench())
     async with app.run_test(size=SIZE) as pilot:
         screen: BrowserScreen = app.screen
         notice = screen.query_one("#notice")
@@ -193,9 +194,9 @@ async def test_a_model_that_fails_to_load_shows_a_panel_and_the_app_stays_usable
 
 
 async def test_loading_through_settings_reports_progress_and_the_models(specs, tmp_path):
-    from engine.service.client import LocalClient
 
-    app = RmxApp(settings(base=specs[0], teacher=specs[1], export_dir=tmp_path), LocalClient())
+
+    app = RmxApp(settings(base=specs[0], teacher=specs[1], export_dir=tmp_path), Workbench())
     async with app.run_test(size=SIZE) as pilot:
         await rollout_ready(pilot)
         assert app.info.base.label == "llama" and app.info.teacher is not None

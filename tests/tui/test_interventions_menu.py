@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from engine.service.client import LocalClient
 from engine.core.errors import RmxError
+from engine.service.workbench import Workbench
 from engine.core.interventions import Interrupted
 from textual.widgets import OptionList
 
@@ -28,7 +28,7 @@ class RecordingClient:
     `delay` slows the engine down: a pause at each question it asks between decoding steps.
     """
 
-    def __init__(self, inner: LocalClient, delay: float = 0.0) -> None:
+    def __init__(self, inner: Workbench, delay: float = 0.0) -> None:
         self.inner = inner
         self.delay = delay
         self.results = []
@@ -159,7 +159,7 @@ async def test_random_and_gated_runs(make_app, client):
 
 
 async def test_without_a_teacher_only_the_base_runs_and_the_others_say_why(make_app, specs):
-    base_only = LocalClient()
+    base_only = Workbench()
     base_only.load(specs[0])
     app = make_app(engine=base_only)
     async with app.run_test(size=SIZE) as pilot:

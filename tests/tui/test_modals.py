@@ -6,8 +6,7 @@ import pytest
 from textual.containers import Vertical
 from textual.widgets import Label
 
-from engine.service.client import LocalClient
-
+from engine.service.workbench import Workbench
 from rmx_tui.app import RmxApp
 from rmx_tui.screens.modals import LoadModel, TokenPrompt
 from rmx_tui.settings import Settings
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.anyio
                          ids=["token-prompt", "load-model"])
 async def test_hints_wrap_inside_the_dialog(make_dialog):
     # No engine needed: the dialogs only lay out text, so an empty client and no autostart.
-    app = RmxApp(Settings(autostart=False, dataset="smoke"), LocalClient())
+    app = RmxApp(Settings(autostart=False, dataset="smoke"), Workbench())
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         dialog = make_dialog()

@@ -1,4 +1,4 @@
-"""The pool inspector, driven by Pilot on a LocalClient with the tiny Llama: histogram, lengths, τ table, errors."""
+"""The pool inspector, driven by Pilot on a Workbench with the tiny Llama: histogram, lengths, τ table, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable
 
-from engine.service.client import EngineClient, LocalClient
+from engine.service.client import EngineClient
+from engine.service.workbench import Workbench
 from engine.core.config import ModelSpec
 from engine.core.records import Rollout
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
@@ -43,7 +44,7 @@ def write_rollouts(path: Path) -> Path:
 class HeldClient:
     """The real client, whose scoring under the base waits until the test lets it go."""
 
-    def __init__(self, inner: LocalClient) -> None:
+    def __init__(self, inner: Workbench) -> None:
         self.inner = inner
         self.release = threading.Event()
 
@@ -70,8 +71,8 @@ class Host(App[None]):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_llama) -> LocalClient:
-    client = LocalClient()
+def loaded(tiny_llama) -> Workbench:
+    client = Workbench()
     client.load(ModelSpec(str(tiny_llama), dtype="float32", device="cpu"))
     return client
 
@@ -132,7 +133,9 @@ async def test_histogram_lengths_and_the_tau_table_after_b(loaded, tmp_path):
         await pilot.press("minus", "minus", "minus", "minus")  # keep the shortest 80%: the long, wrong ones go
         await until(pilot, lambda: screen.stats.keep_shortest == 0.8)
         trimmed = cells(pilot, "#pool-lengths")
-        assert trimmed[2][0] == "correct, 80% kept" and int(trimmed[3][1]) < 8 == int(trimmed[2][1])
+        # Per problem: each keeps its 3 shortest of 4; "three" is left all right and leaves the pool.
+        assert [row[:2] for row in trimmed[2:]] == [["correct, 80% kept", "5"], ["wrong, 80% kept", "4"]]
+        assert (screen.stats.trim_removed_problems, screen.stats.trim_removed_rollouts) == (1, 7)
         assert cells(pilot, "#pool-decision") == taus  # over the untrimmed pool: the trim leaves them as they were
         await pilot.press("escape")
         assert not isinstance(pilot.app.screen, PoolScreen)
@@ -140,7 +143,7 @@ async def test_histogram_lengths_and_the_tau_table_after_b(loaded, tmp_path):
 
 async def test_errors_show_inline_and_the_screen_stays_usable(tmp_path):
     path = write_rollouts(tmp_path / "rollouts.jsonl")
-    empty = LocalClient()  # no model loaded: the stats need none, scoring does
+    empty = Workbench()  # no model loaded: the stats need none, scoring does
     async with Host(empty, tmp_path / "missing.jsonl").run_test(size=SIZE) as pilot:
         screen = await read(pilot)
         assert notice(pilot) == f"rollouts file not found: {tmp_path / 'missing.jsonl'}"
@@ -164,12 +167,12 @@ async def test_errors_show_inline_and_the_screen_stays_usable(tmp_path):
 
 async def test_size_and_trim_from_the_run_config(loaded, tmp_path):
     path = write_rollouts(tmp_path / "rollouts.jsonl")
-    async with Host(loaded, path, size=2, keep_shortest=0.5).run_test(size=SIZE) as pilot:
+    async with Host(loaded, path, size=2, keep_shortest=0.75).run_test(size=SIZE) as pilot:
         screen = await read(pilot)
-        assert (screen.stats.selected, screen.stats.rollouts) == (2, 4)
+        assert (screen.stats.selected, screen.stats.rollouts) == (2, 6)
         summary = str(screen.query_one("#pool-summary").render())
-        assert "pool: 2 problems (the 2 closest to a pass rate of 0.5), 4 rollouts" in summary
-        assert "keeping the shortest 50%" in summary
+        assert "pool: 2 problems (the 2 closest to a pass rate of 0.5), 6 rollouts" in summary
+        assert "keeping the shortest 75% of each problem's (the trim removed 0 problems and 2 rollouts)" in summary
 
 
 def test_snapshot_of_the_pool_screen(snap_compare, loaded, tmp_path, monkeypatch):
