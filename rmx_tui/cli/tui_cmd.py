@@ -28,7 +28,7 @@ _client = opt.engine_client
 
 def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec, dataset: str,
          rollouts: str | None, limit: int | None, tau: str, max_new_tokens: int, samples: int, sample: bool,
-         seed: int, template: str, theme: str, autostart: bool) -> None:
+         seed: int, template: str, theme: str, autostart: bool, tour: bool = False) -> None:
     from dataclasses import replace
 
     from engine.core.config import Tau
@@ -43,7 +43,7 @@ def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec
     defaults = Settings()
     settings = Settings(
         base=base_spec, teacher=teacher_spec, dataset=dataset, rollouts=rollouts, limit=limit, template=template,
-        tau=Tau.parse(tau), samples=samples, seed=seed, autostart=autostart,
+        tau=Tau.parse(tau), samples=samples, seed=seed, autostart=autostart, tour=tour,
         sampling=SamplingSpec(greedy=not sample, seed=seed, max_new_tokens=max_new_tokens),
         outcome_sampling=replace(defaults.outcome_sampling, max_new_tokens=max_new_tokens),
     )
@@ -122,7 +122,7 @@ def demo(
         teacher_spec = ModelSpec(teacher or "demo", adapter=teacher_adapter, dtype=dtype, device=device)
     # The demo runs in-process unless `--connect` names a daemon: nothing is left running after it.
     _run(ctx, True, base_spec, teacher_spec, dataset, None, None, tau, max_new_tokens, samples, sample, seed, "chat",
-         theme, True)
+         theme, True, tour=True)
 
 
 def register(app: typer.Typer) -> None:
