@@ -146,6 +146,7 @@ def rollouts(
     dataset: Annotated[str, typer.Option("--dataset", help="Bundled dataset (smoke, math_train_pool_150, …) or a problem file.")],
     base: opt.Base = "demo",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
     k: Annotated[int, typer.Option("--k", help="Samples per problem.")] = 20,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass.")] = 0.95,
@@ -171,7 +172,7 @@ def rollouts(
     from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = RolloutSpec(dataset, limit, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+    spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                        template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
     cluster = _ray(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
@@ -375,18 +376,28 @@ def sweep(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
     template: Template = "auto",
     kl_weight: KlWeight = 0.2,
+    adv_clip: AdvClip = 2.5,
     objective: Objective = "contrastive",
     negative: Negative = "signed",
     anchor: Anchor = "all",
     order: Order = "shuffle",
     lr: Lr = 1e-4,
+    weight_decay: WeightDecay = 0.01,
+    warmup_ratio: WarmupRatio = 0.4,
     grad_accum: GradAccum = 8,
     epochs: Epochs = 1,
     max_steps: MaxSteps = None,
     seed: Seed = 0,
     lora_r: LoraR = 32,
     lora_alpha: LoraAlpha = 64,
+    lora_dropout: LoraDropout = 0.0,
+    lora_targets: LoraTargets = None,
     max_tokens: MaxTokens = None,
+    checkpoint_every: CheckpointEvery = 0,
+    chunk_elements: ChunkElements = 1 << 24,
+    cache_base: CacheBase = True,
+    alarm_abs: AlarmAbs = 100.0,
+    alarm_ratio: AlarmRatio = 20.0,
     devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
     ray: RayAddress = None,
@@ -404,9 +415,12 @@ def sweep(
     from engine.recipes.sweep import sweep as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = _train_spec(rollouts, kl_weight=kl_weight, objective=objective, negative=negative, anchor=anchor,
-                       order=order, lr=lr, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed,
-                       lora_r=lora_r, lora_alpha=lora_alpha, max_tokens=max_tokens)
+    spec = _train_spec(rollouts, kl_weight=kl_weight, adv_clip=adv_clip, objective=objective, negative=negative,
+                       anchor=anchor, order=order, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                       grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed, lora_r=lora_r,
+                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
+                       max_tokens=max_tokens, checkpoint_every=checkpoint_every, chunk_elements=chunk_elements,
+                       cache_base=cache_base, alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     cluster = _ray(ray, ray_retries)
     config = _reported(_with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
