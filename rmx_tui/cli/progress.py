@@ -66,7 +66,7 @@ class LiveProgress:
         rate = event.get("rollouts/tok_s") or event.get("train/tok_s")
         if rate:
             stage = "rollouts" if "rollouts/tok_s" in event else "train"
-            self.progress.update(self._task(stage), rate=f"{rate:,.0f} tok/s")
+            self.progress.update(self._task(stage), rate=f"{rate:,.0f} tok/s" if rate >= 10 else f"{rate:.1f} tok/s")
             counted = True
         if "pipeline/stage" in event:
             # The pipeline's own bar per stage: running, then full when done or reused.
