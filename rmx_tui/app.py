@@ -14,7 +14,7 @@ from textual.reactive import var
 from textual.screen import Screen
 
 from rmx_tui.freezer import Freezer
-from rmx_tui.gate import Gate
+from rmx_tui.gate import Gate, TauReference
 from rmx_tui.ui_state import Session
 from rmx_tui.screens.browser import BrowserScreen
 from rmx_tui.settings import Settings
@@ -44,11 +44,21 @@ class RmxApp(App[None]):
         """Freezes the scored records the heatmaps show, so full collections stop walking them (see Freezer)."""
         self.info: WorkbenchInfo | None = None
         self.set_reactive(RmxApp.gate, Gate(settings.tau))
+        self.tau_reference = TauReference("", ())
+        """What a quantile τ is resolved over: set by the browser to the open problem's root rollout."""
         for theme_spec in workbench_themes():
             self.register_theme(theme_spec)
         if theme not in self.available_themes:
             raise RmxError(f"unknown theme '{theme}': use one of {', '.join(sorted(self.available_themes))}")
         self.theme = theme
+
+    def tau_nats(self) -> float | None:
+        """τ in nats, a quantile resolved over the one reference rollout; None before there is one."""
+        return self.gate.nats(self.tau_reference.ordered)
+
+    def describe_tau(self) -> str:
+        """τ as every status bar writes it: `τ q0.93 of the root rollout = 2.89 nats`."""
+        return self.gate.describe(self.tau_nats(), self.tau_reference.name)
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         # Textual's own themes know no heatmap: they get the default palette.

@@ -54,11 +54,22 @@ class Gate:
         share = bisect_right(ordered, self.tau.value) / len(ordered)
         return Gate(Tau(round(min(max(share, low), high), 2), quantile=True))
 
-    def describe(self, nats: float | None) -> str:
-        """τ for the status bar, given what `nats` resolved it to."""
+    def describe(self, nats: float | None, reference: str = "") -> str:
+        """τ for the status bar, given what `nats` resolved it to over the `reference` rollout's entropies."""
         if self.tau.quantile:
-            return f"τ {self.tau} = {nats:.2f} nats" if nats is not None else f"τ {self.tau}"
+            over = f" of {reference}" if reference else ""
+            return f"τ {self.tau}{over} = {nats:.2f} nats" if nats is not None else f"τ {self.tau}{over}"
         return f"τ {self.tau.value:.2f} nats"
+
+
+@dataclass(frozen=True)
+class TauReference:
+    """The one rollout a quantile τ is resolved over, so every view and branch uses the same value in nats."""
+
+    name: str
+    """What the status bar calls it: `the root rollout` (of the open problem)."""
+    ordered: tuple[float, ...] | list[float]
+    """Its entropies, sorted ascending."""
 
 
 def count_above(ordered: Sequence[float], nats: float | None) -> int:

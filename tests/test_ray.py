@@ -113,6 +113,35 @@ def test_sharded_rollouts_write_the_file_one_process_writes(cluster, tiny_llama,
         (alone.problems, alone.samples, alone.correct, alone.tokens)
 
 
+def test_figure2_sharded_writes_what_one_process_writes(cluster, tiny_llama, tiny_llama_teacher, tmp_path):
+    from engine.core.config import Tau
+    from engine.core.data import load_problems
+    from engine.core.decode import SamplingSpec
+    from engine.core.models import load_pair
+    from engine.recipes.experiments import read_results, run_figure2
+    from engine.recipes.lanes import RaySpec
+    from engine.recipes.shards import figure2_sharded
+
+    base = ModelSpec(str(tiny_llama), dtype="float32", device="cpu")
+    teacher = ModelSpec(str(tiny_llama_teacher), dtype="float32", device="cpu")
+    settings = dict(modes=("base", "teacher", "oracle", "random", "gated"), tau=Tau.parse("q0.9"), template="raw",
+                    sampling=SamplingSpec(greedy=True, max_new_tokens=8), batch_size=4)
+    one = run_figure2(*load_pair(base, teacher), load_problems("smoke", limit=4), tmp_path / "one.jsonl", **settings)
+    events: list[dict] = []
+    spread = figure2_sharded(base, teacher, "smoke", 4, tmp_path / "ray.jsonl", RaySpec("local", shards=2),
+                             emit=events.append, **settings)
+    assert {"ray/shards": 2} in events
+    alone, sharded = read_results(tmp_path / "one.jsonl"), read_results(tmp_path / "ray.jsonl")
+    assert alone.keys() == sharded.keys()
+    for problem, record in alone.items():
+        for mode, result in record["modes"].items():
+            other = dict(sharded[problem]["modes"][mode])
+            # A quantile τ is resolved from entropies computed in another batch: equal to fp32 rounding.
+            assert other.pop("tau", None) == pytest.approx(result.get("tau"), rel=1e-6)
+            assert other == {k: v for k, v in result.items() if k != "tau"}, (problem, mode)
+    assert spread.modes == one.modes and spread.touches == one.touches and spread.problems == 4
+
+
 def test_a_stop_cancels_the_tasks(cluster, tiny_llama, tmp_path):
     from engine.recipes.evaluate import EvalSpec
     from engine.recipes.lanes import RaySpec

@@ -15,8 +15,16 @@ class Diverged(Exception):
     """Raised when a run went numerically wrong (NaN loss): its job ends `diverged`, not `failed`."""
 
 
-class Interrupted(RmxError):
-    """A run stopped before its end because its caller's should_stop said so; the decode session stays usable."""
+class Stopped(RmxError):
+    """The one way a run says it stopped early because its caller asked (cancel, Ctrl-C, esc): what it wrote so far
+    is kept and resumable. A job that raises it ends `cancelled`, never `failed`."""
+
+    def __init__(self, message: str = "stopped") -> None:
+        super().__init__(message)
+
+
+class Interrupted(Stopped):
+    """A decode, score or intervention stopped by its caller's should_stop; the decode session stays usable."""
 
     def __init__(self, message: str = "intervention stopped") -> None:
         super().__init__(message)

@@ -28,12 +28,13 @@ from typing import Any
 from engine.core.config import ModelSpec, Tau
 from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
+from engine.recipes.lanes import RaySpec
 from engine.recipes.experiments import FIGURE2_MODES, NEEDS_TEACHER, PAPER_TAU
 from engine.jobs.store import RunContext, register_job_kind, write_json_atomic
 from engine.core.prompts import TEMPLATES
 
 KIND = "intervene"
-KEYS = ("base", "teacher", "dataset", "limit", "modes", "tau", "template", "sampling", "out", "batch_size")
+KEYS = ("base", "teacher", "dataset", "limit", "modes", "tau", "template", "sampling", "out", "batch_size", "ray")
 RESULTS = "figure2.jsonl"
 SUMMARY = "summary.json"
 
@@ -52,6 +53,8 @@ class Plan:
     sampling: SamplingSpec
     out: str | None
     batch_size: int | None = None
+    ray: RaySpec | None = None
+    """The Ray cluster the problems are sharded over; None runs them in the job's process."""
 
 
 def _model(value: Any, name: str) -> ModelSpec:
@@ -134,8 +137,16 @@ def parse(config: dict[str, Any]) -> Plan:
     batch_size = config.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise RmxError(f"intervene: batch_size must be an integer ≥ 1 or null (as many as fit), got {batch_size!r}")
+    ray = config.get("ray")
+    if ray is not None and not isinstance(ray, dict):
+        raise RmxError("intervene: ray must be an object such as {\"address\": \"auto\"} or null")
+    try:
+        cluster = RaySpec(**ray) if ray is not None else None
+    except TypeError as error:
+        raise RmxError(f"intervene: ray: {error}") from None
     return Plan(base=base, teacher=teacher, dataset=dataset, limit=limit, modes=modes, tau=tau, template=template,
-                sampling=sampling, out=str(Path(out).expanduser()) if out is not None else None, batch_size=batch_size)
+                sampling=sampling, out=str(Path(out).expanduser()) if out is not None else None, batch_size=batch_size,
+                ray=cluster)
 
 
 def _check_model(spec: ModelSpec, name: str) -> None:
@@ -178,15 +189,22 @@ def intervene_job(config: dict[str, Any], run: RunContext) -> None:
     run.set_progress(min(run.step, total), total)
     if run.should_stop():
         return
-    base, teacher = load_pair(plan.base, plan.teacher)
-
     def on_event(event: dict[str, Any]) -> None:
-        run.set_progress(int(event["intervene/done"]), total)
+        if "intervene/done" in event and "lane/task" not in event:  # a shard's count is not the run's
+            run.set_progress(int(event["intervene/done"]), total)
         run.emit(event)
 
-    figure = run_figure2(base, teacher, problems, out, modes=plan.modes, sampling=plan.sampling, tau=plan.tau,
-                         template=plan.template, on_event=on_event, should_stop=run.should_stop,
-                         batch_size=plan.batch_size)
+    settings = dict(modes=plan.modes, sampling=plan.sampling, tau=plan.tau, template=plan.template,
+                    batch_size=plan.batch_size)
+    if plan.ray is not None:
+        from engine.recipes.shards import figure2_sharded
+
+        figure = figure2_sharded(plan.base, plan.teacher, plan.dataset, plan.limit, out, plan.ray, emit=on_event,
+                                 should_stop=run.should_stop, **settings)
+    else:
+        base, teacher = load_pair(plan.base, plan.teacher)
+        figure = run_figure2(base, teacher, problems, out, on_event=on_event, should_stop=run.should_stop,
+                             **settings)
     summary = {**figure.to_json(), "total": total, "complete": figure.problems == total}
     write_json_atomic(run.artifacts / SUMMARY, summary)
     run.emit({"intervene/summary": str(run.artifacts / SUMMARY), "intervene/complete": summary["complete"]})

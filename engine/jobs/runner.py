@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.core.diskfull import DiskFull, disk_full, is_disk_full
-from engine.core.errors import Diverged, RmxError
+from engine.core.errors import Diverged, RmxError, Stopped
 from engine.jobs.store import (
     EventWriter, JobStatus, RunContext, heartbeat_interval, json_bytes, process_started, read_spec, resolve_entry,
     write_json_atomic,
@@ -142,6 +142,8 @@ def run_job(run_dir: Path) -> int:
             kind.fn(dict(spec.config), run)
         if run.should_stop():
             state = "cancelled"
+    except Stopped:
+        state = "cancelled"  # every kind stops the one way: what it wrote is kept for `rmx jobs resume`
     except Diverged as exc:
         state, error = "diverged", _one_line(exc)
     except Exception as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.core.config import ModelSpec
-from engine.core.errors import RmxError
+from engine.core.errors import RmxError, Stopped
 from engine.core.io import atomic_open
 from engine.core.models import LoadedModel
 from engine.recipes.loop import Loop, StepMetrics, WindowLoss, finished_run, latest_checkpoint, write_summary
@@ -240,7 +240,7 @@ def distill(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec, out: str | P
         raise RmxError(f"distillation went numerically wrong at step {ran.step + 1}: {ran.reason}; "
                        "the last checkpoint is intact")
     if ran.state == "stopped":
-        raise RmxError(f"distillation stopped at step {ran.step} of {ran.total}: resume it to go on")
+        raise Stopped(f"distillation stopped at step {ran.step} of {ran.total}: resume it to go on")
     final = loop.save_adapter(out / "adapter")
     last_kl = ran.history[-1] if ran.history else math.nan
     result = DistillResult(str(final), ran.step, len(sequences), offsets[-1], last_kl, ran.seconds)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.core.config import ModelSpec
-from engine.core.errors import RmxError
+from engine.core.errors import RmxError, Stopped
 from engine.core.io import atomic_write, atomic_write_json
 
 AVG_BENCHMARKS = ("aime24", "amc23")
@@ -208,7 +208,7 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
         per_call = current.problems_per_call if averaged else current.greedy_batch
         for batch in in_calls(problems, set(items), per_call):
             if should_stop is not None and should_stop():
-                raise RmxError("evaluation stopped before it finished: resume it to go on")
+                raise Stopped("evaluation stopped before it finished: resume it to go on")
             requests = [SampleRequest(tuple(prompt_ids(current.tokenizer, p.problem, choice.template)), n,
                                       problem_seed(spec.seed, p.id), greedy=not averaged) for p in batch]
             for problem, samples in zip(batch, current.sample(requests)):

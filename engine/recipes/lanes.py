@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from engine.core.errors import RmxError
+from engine.core.errors import RmxError, Stopped
 
 RAY_INSTALL = "pip install 'rmx[ray]'"
 """What a user without Ray is told to run."""
@@ -181,7 +181,7 @@ def _drive(tasks: list[Task], get: Callable[..., tuple], running: Callable[[], b
     while len(results) < len(tasks):
         if should_stop is not None and should_stop():
             stop_all()
-            raise RmxError("stopped before every task finished: resume the run to go on")
+            raise Stopped("stopped before every task finished: resume the run to go on")
         try:
             kind, index, payload = get(timeout=POLL_S)
         except queues.Empty:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from engine.core.config import ModelSpec
 from engine.recipes.costs import Meter
-from engine.core.errors import Diverged, RmxError
+from engine.core.errors import Diverged, RmxError, Stopped
 from engine.core.io import atomic_write, atomic_write_json
 from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
 from engine.recipes.pool import PoolSpec, write_pool
@@ -155,7 +155,7 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
 
     stages["rollouts"] = _stage("rollouts", out, resume, rollouts_stage, emit)
     if stopped():
-        raise RmxError("pipeline stopped after the rollouts stage: resume it to go on")
+        raise Stopped("pipeline stopped after the rollouts stage: resume it to go on")
     stages["pool"] = _stage("pool", out, resume, lambda folder: write_pool(
         build_spec(PoolSpec, config.get("pool", {}), rollouts=stages["rollouts"]["path"]), folder / "pool.jsonl"), emit)
     train_spec = build_spec(TrainSpec, config["train"], rollouts=stages["pool"]["path"])
@@ -170,7 +170,7 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
             model, train_spec, folder, resume=resume, emit=emit, should_stop=should_stop)), emit)
         adapter = stages["train"]["adapter"]
     if stopped():
-        raise RmxError("pipeline stopped after training: resume it to go on")
+        raise Stopped("pipeline stopped after training: resume it to go on")
     eval_spec = build_spec(EvalSpec, config["eval"])
     stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate_on(model, eval_spec, folder),
                                  emit)
@@ -191,6 +191,8 @@ def check_trained(result: TrainResult) -> TrainResult:
     if result.state == "diverged":
         raise Diverged(f"training diverged at step {result.step}: {result.reason} "
                        f"(last good checkpoint: {result.last_checkpoint})")
+    if result.state == "stopped":
+        raise Stopped(f"training stopped at step {result.step} of {result.total}: resume to finish it")
     if result.state != "done":
         raise RmxError(f"training {result.state} at step {result.step} of {result.total}: resume to finish it")
     return result

@@ -139,3 +139,51 @@ def sample_rollouts_sharded(model: ModelSpec, spec: RolloutSpec, out: str | Path
     merged = sample_rollouts(model, spec, path, resume=True, emit=emit)
     tokens, seconds = sum(r.tokens for r in results), max(r.seconds for r in results)
     return replace(merged, tokens=tokens, seconds=seconds, tok_s=tokens / seconds if seconds > 0 else 0.0)
+
+
+# --- Figure 2 ----------------------------------------------------------------------------------------------
+
+
+def _figure2_shard(*, device: str, lane: str, emit: Callable[[dict], None],
+                   should_stop: Callable[[], bool] | None, base: ModelSpec, teacher: ModelSpec | None,
+                   dataset: str, limit: int | None, start: int, end: int, out: str, settings: dict[str, Any]) -> None:
+    from engine.core.data import load_problems
+    from engine.core.models import load_pair
+    from engine.recipes.experiments import run_figure2
+
+    problems = load_problems(dataset, limit=limit)[start:end]
+    base_model, teacher_model = load_pair(replace(base, device=device),
+                                          replace(teacher, device=device) if teacher is not None else None)
+    run_figure2(base_model, teacher_model, problems, out, on_event=emit, should_stop=should_stop, **settings)
+
+
+def figure2_sharded(base: ModelSpec, teacher: ModelSpec | None, dataset: str, limit: int | None,
+                    out: str | Path, ray: RaySpec, *, emit: Callable[[dict], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, **settings: Any):
+    """`run_figure2` with the problems sharded over the Ray cluster; `settings` are its keyword arguments
+    (modes, sampling, tau, template, batch_size). Each row's result does not depend on its batch, so the
+    merged file holds what one process writes; problems already complete in `out` are kept as they are."""
+    from engine.core.data import load_problems
+    from engine.core.models import load_pair
+    from engine.recipes.experiments import read_results, run_figure2
+
+    emit = emit or (lambda event: None)
+    path = Path(out)
+    problems = load_problems(dataset, limit=limit)
+    if not problems:
+        raise RmxError(f"no problems in {dataset}")
+    pool = RayLanes(ray)
+    shards_dir = path.with_name(f"{path.name}.{SHARDS}")
+    tasks = [Task(f"{Path(dataset).stem}[{start}:{end}]", _figure2_shard, {
+        "base": base, "teacher": teacher, "dataset": dataset, "limit": limit, "start": start, "end": end,
+        "out": str(shards_dir / f"shard-{index:04d}.jsonl"), "settings": settings})
+        for index, (start, end) in enumerate(slices(len(problems), pool.shard_count()))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    emit({"ray/shards": len(tasks)})
+    pool.run(tasks, emit, should_stop)
+    # The shards' lines follow what `out` already holds; a problem on file twice merges its modes when read.
+    _concatenate(([path] if path.exists() else []) + [Path(task.kwargs["out"]) for task in tasks], path)
+    read_results(path)
+    base_model, teacher_model = load_pair(base, teacher)
+    return run_figure2(base_model, teacher_model, problems, path, on_event=emit, should_stop=should_stop,
+                       **settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.core.config import ModelSpec
-from engine.core.errors import RmxError
+from engine.core.errors import RmxError, Stopped
 from engine.core.io import atomic_write_json
 from engine.recipes.evaluate import EvalSpec, evaluate, load_result
 from engine.recipes.lanes import LocalLanes, Pool, RayLanes, RaySpec, Task
@@ -144,10 +144,8 @@ def _on_lanes(pool: Pool, base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpe
         for tau in sweep_spec.taus]
     try:
         rows = pool.run(tasks, emit, should_stop)
-    except RmxError as error:
-        if "stopped before every task finished" in str(error):
-            raise RmxError("sweep stopped before every τ was trained") from None
-        raise
+    except Stopped:
+        raise Stopped("sweep stopped before every τ was trained") from None
     return [SweepRow(**row) for row in rows]
 
 
@@ -172,7 +170,7 @@ def sweep(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: str | Pa
         rows = []
         for tau in sweep_spec.taus:
             if should_stop is not None and should_stop():
-                raise RmxError("sweep stopped before every τ was trained")
+                raise Stopped("sweep stopped before every τ was trained")
             rows.append(_run_tau(replace(base, device=devices[0]), spec, sweep_spec, tau, out, out / "base_pass",
                                  resume, emit, should_stop))
     best = best_row(rows)

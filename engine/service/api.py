@@ -12,15 +12,29 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from engine.core.config import ModelSpec
-from engine.core.decode import SamplingSpec
+from engine.core.decode import MAX_NEW_TOKENS, MAX_STOP_CHARS, MAX_STOPS, SEED_LIMIT, SamplingSpec
 from engine.recipes.pool import DEFAULT_TAUS
 from engine.service.workbench import FORK_SAMPLING
 
 MAX_ROWS = 4096
 """The most sequences one decode or fork may ask for."""
+MAX_TEXT_CHARS = 1 << 20
+"""The longest text a request may carry (a prompt, a completion, a gold answer)."""
+MAX_NAME_CHARS = 256
+"""The longest name (a dtype, a device, a mode, a template, a job kind or entry)."""
+MAX_PATH_CHARS = 4096
+"""The longest path or model id."""
+MAX_IDS = 1 << 20
+"""The most token ids one list may carry: past any model's context."""
+MAX_FORCED = 1 << 16
+"""The most forced (position, token) pairs one request may carry."""
+MAX_TAUS = 64
+"""The most τ values one pool_stats request may ask for."""
+INT32 = 2**31
+"""Positions, token ids and sizes are below this (torch indexes with int64, tokenizers with int32)."""
 
 
 def _text(value: str) -> str:
@@ -31,72 +45,85 @@ def _text(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_text)]
-TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+Text = Annotated[str, AfterValidator(_text), Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, AfterValidator(_text), Field(max_length=MAX_NAME_CHARS)]
+PathText = Annotated[str, AfterValidator(_text), Field(max_length=MAX_PATH_CHARS)]
+TokenId = Annotated[int, Field(ge=0, lt=INT32)]
+"""Below 2^31 here; below the loaded model's vocabulary is checked where the model is known (the Workbench)."""
+TokenIds = Annotated[list[TokenId], Field(max_length=MAX_IDS)]
 TopK = Annotated[int, Field(ge=1, le=1000)]
+Count = Annotated[int, Field(ge=0, lt=INT32)]
 
 
-class ModelBody(BaseModel):
+class Body(BaseModel):
+    """Every request body: floats must be finite (JSON's 1e309 is inf), and the range checks below give 422s."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class ModelBody(Body):
     """engine.core.config.ModelSpec as JSON."""
 
-    source: Text
-    adapter: Text | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    revision: Text | None = None
+    source: PathText
+    adapter: PathText | None = None
+    dtype: Name = "auto"
+    device: Name = "auto"
+    revision: Name | None = None
     trust_remote_code: bool = False
 
     def spec(self) -> ModelSpec:
         return ModelSpec(**self.model_dump())
 
 
-class LoadBody(BaseModel):
+class LoadBody(Body):
     base: ModelBody
     teacher: ModelBody | None = None
 
 
-class ScoreBody(BaseModel):
-    prompt_ids: list[TokenId]
-    completion_ids: list[TokenId]
+class ScoreBody(Body):
+    prompt_ids: TokenIds
+    completion_ids: TokenIds
     top_k: TopK = 5
     with_teacher: bool = True
 
 
-class ScoreTextBody(BaseModel):
+class ScoreTextBody(Body):
     prompt: Text
     completion: Text
-    template: Text | None = "raw"
+    template: Name | None = "raw"
     top_k: TopK = 5
     with_teacher: bool = True
 
 
-class PromptBody(BaseModel):
+class PromptBody(Body):
     problem: Text
-    template: Text | None = "raw"
+    template: Name | None = "raw"
 
 
-class TemplateBody(BaseModel):
-    template: Text | None = "auto"
+class TemplateBody(Body):
+    template: Name | None = "auto"
 
 
-class TextBody(BaseModel):
+class TextBody(Body):
     text: Text
 
 
-class IdsBody(BaseModel):
-    ids: list[TokenId]
+class IdsBody(Body):
+    ids: TokenIds
 
 
-class SamplingBody(BaseModel):
+class SamplingBody(Body):
     """engine.core.decode.SamplingSpec as JSON; its own checks give the one-line reasons."""
 
     greedy: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    max_new_tokens: int = 512
-    stop: list[Text] = Field(default_factory=list)
+    top_k: Count = 0
+    seed: Annotated[int, Field(ge=0, lt=SEED_LIMIT)] = 0
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 512
+    stop: Annotated[list[Annotated[str, AfterValidator(_text), Field(max_length=MAX_STOP_CHARS)]],
+                    Field(max_length=MAX_STOPS)] = Field(default_factory=list)
+    ignore_eos: bool = False
 
     def spec(self) -> SamplingSpec:
         return SamplingSpec(**self.model_dump())
@@ -106,66 +133,67 @@ def _fork_sampling() -> SamplingBody:
     return SamplingBody(**asdict(FORK_SAMPLING))
 
 
-Rows = Annotated[int, Field(le=MAX_ROWS)]
-Pair = tuple[int, int]
+Rows = Annotated[int, Field(ge=1, le=MAX_ROWS)]
+Pair = tuple[Count, TokenId]
+Pairs = Annotated[list[Pair], Field(max_length=MAX_FORCED)]
 
 
-class DecodeBody(BaseModel):
-    prompt_ids: list[TokenId]
+class DecodeBody(Body):
+    prompt_ids: TokenIds
     sampling: SamplingBody = Field(default_factory=SamplingBody)
-    rollout: list[TokenId] = Field(default_factory=list)
-    force: list[Pair] = Field(default_factory=list)
+    rollout: TokenIds = Field(default_factory=list)
+    force: Pairs = Field(default_factory=list)
     n: Rows = 1
     top: TopK = 5
 
 
-class InterveneBody(BaseModel):
-    prompt_ids: list[TokenId]
-    mode: str
+class InterveneBody(Body):
+    prompt_ids: TokenIds
+    mode: Name
     sampling: SamplingBody = Field(default_factory=SamplingBody)
-    tau: Text | float | None = None
+    tau: Name | float | None = None
     gold: Text | None = None
-    force: list[Pair] = Field(default_factory=list)
-    rollout: list[TokenId] = Field(default_factory=list)
+    force: Pairs = Field(default_factory=list)
+    rollout: TokenIds = Field(default_factory=list)
     top: TopK = 5
 
 
-class ForkBody(BaseModel):
-    prompt_ids: list[TokenId]
-    rollout: list[TokenId]
-    pos: int
-    token: int
+class ForkBody(Body):
+    prompt_ids: TokenIds
+    rollout: TokenIds
+    pos: Count
+    token: TokenId
     gold: Text | None = None
     n: Rows = 8
     sampling: SamplingBody = Field(default_factory=_fork_sampling)
 
 
-class GradeBody(BaseModel):
+class GradeBody(Body):
     completion: Text
     gold: Text
-    finish: Text | None = None
-    extract: Text = "strict"
+    finish: Name | None = None
+    extract: Name = "strict"
 
 
-class PoolStatsBody(BaseModel):
+class PoolStatsBody(Body):
     """The arguments of Workbench.pool_stats; PoolSpec's own checks give the one-line reasons."""
 
-    rollouts: Text
-    size: int | None = None
+    rollouts: PathText
+    size: Count | None = None
     keep_shortest: float = 1.0
-    taus: list[Text] = Field(default_factory=lambda: list(DEFAULT_TAUS))
+    taus: Annotated[list[Name], Field(max_length=MAX_TAUS)] = Field(default_factory=lambda: list(DEFAULT_TAUS))
     with_base: bool = False
 
 
-class ProblemsBody(BaseModel):
-    dataset: Text
-    limit: int | None = None
+class ProblemsBody(Body):
+    dataset: PathText
+    limit: Count | None = None
 
 
-class SubmitBody(BaseModel):
-    kind: str
+class SubmitBody(Body):
+    kind: Name
     config: dict[str, Any] = Field(default_factory=dict)
-    entry: str | None = None
+    entry: Name | None = None
     """`module:function` of the kind, when the daemon has not imported the module that registers it."""
 
 

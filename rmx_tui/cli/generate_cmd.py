@@ -140,6 +140,9 @@ def intervene(
     trust_remote_code: opt.TrustRemoteCode = False,
     detach: Annotated[bool, typer.Option("--detach", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
     batch_size: opt.BatchSize = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Shard the problems over a Ray cluster (pip install 'rmx[ray]'): auto, local, or the head's host:port.")] = None,
+    ray_retries: Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a shard whose worker died is retried.")] = 2,
+    ray_shards: Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")] = None,
     json_output: opt.Json = False,
 ) -> None:
     """Figure 2: pass@1 of base, teacher, oracle, random and gated decoding over a benchmark."""
@@ -157,13 +160,18 @@ def intervene(
                                               trust_remote_code)
     if teacher_spec is None and any(m != "base" for m in chosen):
         raise RmxError("teacher, oracle, random and gated need a teacher: give --teacher and/or --teacher-adapter")
+    cluster = None
+    if ray is not None:
+        from engine.recipes.lanes import RaySpec, check_reachable
+
+        cluster = RaySpec(ray, max_retries=ray_retries, shards=ray_shards)
+        check_reachable(cluster)
     if detach:
         _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
-                          batch_size)
+                          batch_size, cluster)
         return
     problems = load_problems(dataset, limit=limit)
     out_path = out or f"intervene-{dataset.replace('/', '_')}-{base_spec.label}.jsonl"
-    base_model, teacher_model = load_pair(base_spec, teacher_spec)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -173,8 +181,15 @@ def intervene(
             console.print(f"intervene: {event['intervene/done']}/{event['intervene/total']} problems "
                           f"({event['intervene/problem']})", highlight=False)
 
-    figure = run_figure2(base_model, teacher_model, problems, out_path, modes=chosen, sampling=sampling, tau=gate,
-                         template=template, on_event=on_event, batch_size=batch_size)
+    settings = dict(modes=chosen, sampling=sampling, tau=gate, template=template, batch_size=batch_size)
+    if cluster is not None:
+        from engine.recipes.shards import figure2_sharded
+
+        figure = figure2_sharded(base_spec, teacher_spec, dataset, limit, out_path, cluster,
+                                 emit=lambda event: "lane/task" in event or on_event(event), **settings)
+    else:
+        base_model, teacher_model = load_pair(base_spec, teacher_spec)
+        figure = run_figure2(base_model, teacher_model, problems, out_path, on_event=on_event, **settings)
     if json_output:
         opt.print_json(figure.to_json())
         return
@@ -195,7 +210,7 @@ def _absolute(path: str | None) -> str | None:
 
 def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
                       template: str | None, sampling, out: str | None, json_output: bool,
-                      batch_size: int | None = None) -> None:
+                      batch_size: int | None = None, cluster=None) -> None:
     """`rmx intervene --detach`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
     from dataclasses import asdict, replace
     from pathlib import Path
@@ -220,6 +235,7 @@ def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, 
         "sampling": {**asdict(sampling), "stop": list(sampling.stop)},
         "out": str(Path(out).expanduser().resolve()) if out else None,
         "batch_size": batch_size,
+        "ray": asdict(cluster) if cluster is not None else None,
     }
     status = submit_job("intervene", config)
     if json_output:

@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from rmx_tui import workers
-from rmx_tui.gate import count_above
+from rmx_tui.gate import TauReference, count_above
 from rmx_tui.messages import (
     BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
     OutcomesSampled, ProblemsListed, RolloutScored,
@@ -200,22 +200,26 @@ class BrowserScreen(Screen):
         self.query_one(OutcomeBars).set_progress(None)
 
     def _ordered_entropies(self) -> list[float]:
-        """The active branch's entropies, sorted: what a quantile τ and the share above τ are taken over."""
+        """The entropies a quantile τ is taken over, sorted: the open problem's root rollout, for every branch."""
         branch = self.active
         if branch is None:
             return []
+        while branch.parent is not None:
+            branch = branch.parent
         key = (branch.key, len(branch.tokens), branch.scored)
         if self._ordered[:3] != key:
             self._ordered = (*key, sorted([token.entropy for token in branch.tokens]))
+            self.app.tau_reference = TauReference("the root rollout", self._ordered[3])
         return self._ordered[3]
 
     def _update_gate(self) -> None:
-        ordered = self._ordered_entropies()
+        reference = self._ordered_entropies()
         gate = self.app.gate
-        nats = gate.nats(ordered)
+        nats = gate.nats(reference)
         for column in self._columns():
             column.view.set_tau(nats)
-        self.query_one(StatusBar).set_gate(gate.describe(nats), count_above(ordered, nats), len(ordered))
+        shown = sorted(token.entropy for token in self.active.tokens) if self.active is not None else []
+        self.query_one(StatusBar).set_gate(self.app.describe_tau(), count_above(shown, nats), len(shown))
         self._inspect(self.current_view())
 
     def _inspect(self, view: TokenView) -> None:

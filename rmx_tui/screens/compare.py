@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
+from engine.core.config import Tau
 from engine.core.scoring import gate_quality, summarize
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -64,37 +65,35 @@ class CompareScreen(Screen):
     def on_screen_resume(self) -> None:
         self.refresh_tables()
 
-    def _entropies(self) -> list[float]:
-        return sorted(t.entropy for rollout in self.app.session.scored_roots() for t in rollout.tokens)
 
     def action_tau(self, steps: int) -> None:
         self.app.gate = self.app.gate.moved(steps)
 
     def action_tau_mode(self) -> None:
-        self.app.gate = self.app.gate.toggled(self._entropies())
+        self.app.gate = self.app.gate.toggled(self.app.tau_reference.ordered)
 
     def refresh_tables(self) -> None:
         rollouts = self.app.session.scored_roots()
         tokens = [t for rollout in rollouts for t in rollout.tokens]
         ordered = sorted(t.entropy for t in tokens)
-        gate = self.app.gate
         info = self.app.info
         status = self.query_one(StatusBar)
-        nats = gate.nats(ordered)
-        status.set_gate(gate.describe(nats), count_above(ordered, nats), len(ordered))
+        # The browser's τ, resolved over its one reference rollout: never re-resolved over these rollouts.
+        nats = self.app.tau_nats()
+        status.set_gate(self.app.describe_tau(), count_above(ordered, nats), len(ordered))
         if info is not None and info.base is not None:
             status.set_models(info.base.label, info.teacher.label if info.teacher else None)
         plural = "" if len(rollouts) == 1 else "s"
         self.query_one("#compare-title", Static).update(
             f"Table 2 over {len(rollouts)} scored root rollout{plural} ({len(tokens)} tokens; forks left out), "
-            "τ pooled over them · esc returns")
+            "the status bar's τ · esc returns")
         table2 = self.query_one("#table2", DataTable)
         table2.clear()
         if not rollouts:
             table2.add_row("no scored rollouts yet", "open or decode one")
             self._gate_rows(None)
             return
-        summary = summarize(rollouts, gate.tau)
+        summary = summarize(rollouts, Tau(nats) if nats is not None else None)
         for row in (
             ("sequences", _fmt(summary.sequences)), ("tokens", _fmt(summary.tokens)),
             ("mean base entropy", _fmt(summary.mean_entropy, " nats")), ("τ", _fmt(summary.tau, " nats")),

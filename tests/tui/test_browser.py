@@ -33,7 +33,7 @@ async def test_opens_on_a_scored_rollout_at_the_first_decision_point(make_app):
         assert view.cursor == first
         assert view.has_focus
         status = screen.query_one(StatusBar)
-        assert status.gate.startswith("τ q0.9 =") and "above" in status.share
+        assert status.gate.startswith("τ q0.9 of the root rollout =") and "above" in status.share
         assert "base llama" in status.models and "teacher llama+" in status.models
         assert screen.query_one(Inspector).index == first
         tree = screen.query_one(ProblemList)
