@@ -66,6 +66,18 @@ class RmxApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(BrowserScreen())
+        if self.settings.tour:
+            from rmx_tui.preferences import load_preferences
+
+            if not load_preferences().tour_dismissed:
+                self.action_tour()
+
+    def action_tour(self) -> None:
+        """Open the first-run tour (the help screen's T)."""
+        from rmx_tui.screens.tour import TourScreen
+
+        if not isinstance(self.screen, TourScreen):
+            self.push_screen(TourScreen())
 
     def action_jobs(self) -> None:
         """Open the jobs screen: through the daemon when connected to one, else on the run dirs directly."""

@@ -37,3 +37,5 @@ class Settings:
     autostart: bool = True
     """Decode a rollout of the first problem as soon as the models are loaded."""
     export_dir: Path = field(default_factory=Path.cwd)
+    tour: bool = False
+    """Open with the first-run tour unless it was dismissed before (`rmx demo` asks for it)."""

@@ -12,6 +12,7 @@ import pytest
 
 from engine.core.config import ModelSpec
 from engine.core.models import DEMO_TEACHER_SHA256, demo_teacher_path
+from tests.test_pipeline import coin_grader  # noqa: F401  (a fixture: a random model's rollouts get mixed success)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,19 +51,13 @@ def test_the_demo_teacher_shares_the_base_weights_and_disagrees_on_the_first_smo
     assert result.gate is not None and result.gate.disagreements >= 1
 
 
-def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("coin_grader")
+def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_path):
     """examples/demo-teacher.toml as written (every key it sets), shrunk to a tiny model and a few tokens."""
     import torch
 
-    import engine.core.grading as grading
     from engine.recipes.pipeline import check_pipeline, load_pipeline, run_pipeline
 
-    def coin(completion, gold, timeout_s=5.0):  # random weights never solve anything: make success mixed
-        right = len(completion) % 2 == 0
-        return grading.GradeResult("x", gold, right, "match" if right else "mismatch", "math-verify")
-
-    monkeypatch.setattr(grading, "grade", coin)
-    monkeypatch.setattr(grading, "grade_sympy", coin)
     config = load_pipeline(ROOT / "examples" / "demo-teacher.toml")
     assert config["model"]["base"] == "demo" and config["train"]["lora_r"] <= 16
     config["model"] = {"base": str(tiny_llama), "dtype": "float32"}
@@ -78,3 +73,28 @@ def test_the_example_config_runs_a_few_steps_on_a_tiny_model(tiny_llama, tmp_pat
     assert result.stages["train"]["state"] == "done" and result.stages["train"]["step"] == 2
     assert (Path(result.adapter) / "adapter_model.safetensors").exists()
     assert tomllib.loads((ROOT / "examples" / "demo-teacher.toml").read_text())["train"]["seed"] == 0
+
+
+@pytest.mark.parametrize("args, adapter", [([], True), (["--teacher", "none"], False)])
+def test_rmx_demo_opens_on_the_shipped_teacher_unless_told_none(args, adapter, capsys, monkeypatch):
+    """What `rmx demo` asks the app for (the app itself is not run: the TUI tests drive it)."""
+    from rmx_tui.app import RmxApp
+    from tests.test_cli_score import run_cli
+
+    opened = []
+    monkeypatch.setattr(RmxApp, "run", lambda self: opened.append(self.settings))
+    code, out, err = run_cli(["demo", *args], capsys, monkeypatch)
+    assert code == 0, err
+    [settings] = opened
+    assert settings.base == ModelSpec("demo") and settings.tour
+    if adapter:
+        assert settings.teacher == ModelSpec("demo", adapter=str(demo_teacher_path()))
+    else:
+        assert settings.teacher == settings.base
+
+
+def test_rmx_demo_refuses_none_with_a_teacher_adapter(capsys, monkeypatch):
+    from tests.test_cli_score import run_cli
+
+    code, out, err = run_cli(["demo", "--teacher", "none", "--teacher-adapter", "x"], capsys, monkeypatch)
+    assert code == 2 and "contradict" in err

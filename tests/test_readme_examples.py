@@ -21,12 +21,14 @@ NOT_RUN_HERE = {
     "eval": "needs a trained adapter from `rmx train` (tests/test_rollouts_eval.py)",
     "distill": "needs a teacher's rollouts file and a teacher T (tests/test_train.py)",
     "pool": "needs rollouts with mixed success, more than a seconds-long run samples (tests/test_pool.py)",
+    "demo": "opens the workbench (tests/tui/test_tour.py and tests/tui/* drive it)",
 }
 """Subcommands whose README lines need a long run or its output; each names the test that covers it."""
 SHORTER = {"--max-new-tokens": "8", "--limit": "1", "--k": "2"}
 """Options forced small so that each example takes seconds on a CPU."""
 SHRINKS = {"generate": ("--max-new-tokens",), "intervene": ("--max-new-tokens",),
-           "analyze": ("--max-new-tokens",), "rollouts": ("--max-new-tokens", "--limit")}
+           "analyze": ("--max-new-tokens",), "rollouts": ("--max-new-tokens", "--limit"),
+           "overlap": ("--max-new-tokens", "--limit")}
 """Where an example leaves an option at its (long) default, the options added to it."""
 
 
@@ -65,7 +67,7 @@ def test_the_readme_has_demo_examples_and_each_is_run_or_names_its_test():
     for example in examples:
         command = shlex.split(example)[1]
         assert command in NOT_RUN_HERE or command in {"generate", "score", "analyze", "intervene",
-                                                     "rollouts"}, f"README example not covered here: {example}"
+                                                     "rollouts", "overlap"}, f"README example not covered here: {example}"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("example", [e for e in demo_examples() if shlex.split(e)[1] not in NOT_RUN_HERE
-                                     and "--detach" not in e])
+                                     and "--job" not in e])
 def test_readme_example_runs_and_prints_a_completion(example, workdir, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("RMX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RMX_RUNTIME_DIR", str(tmp_path / "rt"))

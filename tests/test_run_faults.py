@@ -82,6 +82,9 @@ def test_each_kind_of_damaged_run_is_listed_with_its_reason_and_never_hides_the_
         line = next(line for line in result.output.splitlines() if line.startswith(job_id))
         assert "damaged" in line and reason in line
 
+    status = CliRunner().invoke(cli_app, ["engine", "status"])  # no daemon: it still counts the active jobs
+    assert status.exit_code == 1 and status.output.strip() == "engine: not running (0 active jobs)"
+
     api = TestClient(create_app(Workbench()))
     listing = api.get("/jobs")
     assert listing.status_code == 200 and {j["id"] for j in listing.json()} == set(listed)

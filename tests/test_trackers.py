@@ -13,7 +13,7 @@ import pytest
 
 from engine.core.errors import RmxError
 from engine.jobs.store import list_runs
-from engine.recipes.trackers import ReportSpec, event_metrics, event_step
+from engine.recipes.trackers import Mirror, ReportSpec, event_metrics, own_step
 from tests.test_pipeline import _config, coin_grader  # noqa: F401  (a fixture, used by name)
 from tests.test_train import make_rollouts
 
@@ -50,12 +50,24 @@ def test_events_become_scalars_at_their_own_step():
     event = {"t": 1.0, "step": 3, "train/step": 4, "train/loss": 0.5, "train/lr": 1e-3, "train/warning": "x",
              "train/flag": True, "train/grad_norm": float("nan")}
     assert event_metrics(event) == {"train/step": 4.0, "train/loss": 0.5, "train/lr": 1e-3}
-    assert event_step(event) == 4 and event_step({"step": 2}) == 2
+    assert own_step(event) == 4 and own_step({"step": 2}) is None
     assert event_metrics({"eval/benchmark": "gsm8k", "eval/score": 0.5}) == {"eval/gsm8k/score": 0.5}
     assert ReportSpec(("none",)).report_to == () and ReportSpec(("tensorboard,trackio",)).report_to == (
         "tensorboard", "trackio")
     with pytest.raises(RmxError, match="unknown tracker 'mlflow'"):
         ReportSpec(("mlflow",))
+
+
+def test_a_stage_event_without_its_own_step_is_filed_at_the_stage_s_last_step(tmp_path):
+    """A pipeline reports no progress: rollouts/tok_s goes where rollouts/done last was, not all at step 0."""
+    mirror = Mirror(ReportSpec(("tensorboard",)), "run", tmp_path, {})
+    for done in (1, 2):
+        mirror.log({"step": 0, "rollouts/done": done, "rollouts/correct": done})
+        mirror.log({"step": 0, "rollouts/tok_s": 10.0 * done})
+    mirror.log({"step": 5, "eval/benchmark": "smoke", "eval/score": 0.5})
+    mirror.close()
+    assert _scalars(tmp_path / "tensorboard", "rollouts/tok_s") == [(1, 10.0), (2, 20.0)]
+    assert _scalars(tmp_path / "tensorboard", "eval/smoke/score") == [(5, 0.5)]
 
 
 def test_a_pipeline_is_mirrored_to_tensorboard_and_trackio(tiny_llama, tmp_path, coin_grader, trackio_dir):  # noqa: F811

@@ -127,9 +127,11 @@ def edit_kinds(teacher_tokens: Sequence[TokenScore], adapter_tokens: Sequence[To
 
 
 def _edits(token: TokenScore) -> bool:
+    """Whether the second model picks another token than the base's greedy one. The rollout's own token is the
+    base's argmax as decoding saw it: a tie the scorer's full-sequence pass orders the other way is no edit."""
     if token.teacher is None:
         raise RmxError("a token was scored without a second model: nothing to compare")
-    return token.teacher.id != token.top[0].id
+    return token.teacher.id != token.id
 
 
 def _profile(entropies: list[float], tau: float) -> EntropyProfile:
@@ -169,7 +171,7 @@ def compare_edits(base: LoadedModel, teacher: LoadedModel, adapter: LoadedModel,
     for problem_id, by_teacher, by_adapter in scored:
         for kind, t, a in zip(edit_kinds(by_teacher, by_adapter), by_teacher, by_adapter):
             if kind is not None:
-                edits.append(PositionEdit(problem_id, t.pos, kind, t.top[0].id, t.teacher.id, a.teacher.id,
+                edits.append(PositionEdit(problem_id, t.pos, kind, t.id, t.teacher.id, a.teacher.id,
                                           t.entropy))
     sets = {
         "all": entropies,

@@ -18,8 +18,9 @@ from engine.core.errors import RmxError
 TRACKERS = ("tensorboard", "trackio", "wandb")
 PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
 """The module each tracker imports; its pip extra is rmx[<tracker>]."""
-STEP_KEYS = ("train/step", "distill/step")
-"""Events that count their own optimizer steps: the tracker's x axis, rather than the run's progress."""
+STEP_KEYS = ("train/step", "distill/step", "rollouts/done")
+"""Keys that count a stage's own steps (optimizer steps, problems sampled): the tracker's x axis, rather than the
+run's progress; an event without one (rollouts/tok_s) is filed at the last such step of its stage."""
 
 
 def parse_report_to(values: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -162,10 +163,15 @@ def event_metrics(event: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def event_step(event: dict[str, Any]) -> int:
+def own_step(event: dict[str, Any]) -> int | None:
+    """The event's own step count (one of STEP_KEYS), or None."""
     for key in STEP_KEYS:
         if isinstance(event.get(key), (int, float)) and not isinstance(event.get(key), bool):
             return int(event[key])
+    return None
+
+
+def run_step(event: dict[str, Any]) -> int:
     step = event.get("step")
     return int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else 0
 
@@ -187,6 +193,8 @@ class Mirror:
     logdir: Path | None = None
     """Where TensorBoard logs go (default folder/tensorboard), a sweep's lanes in tau-X/ under it."""
     _lanes: dict[str | None, list[Tracker]] = field(default_factory=dict)
+    _steps: dict[tuple[str | None, str], int] = field(default_factory=dict)
+    """The last own step seen per (lane, stage prefix), for the stage's events that carry none."""
 
     def _open(self, tau: str | None) -> list[Tracker]:
         name = self.name if tau is None else f"{self.name}-tau-{tau}"
@@ -209,11 +217,17 @@ class Mirror:
             return
         tau = event.get("sweep/tau")
         tau = None if tau is None else str(tau)
+        stage = (tau, next(iter(metrics)).split("/")[0])
+        step = own_step(event)
+        if step is None:
+            step = self._steps.get(stage, run_step(event))
+        else:
+            self._steps[stage] = step
         try:
             if tau not in self._lanes:
                 self._lanes[tau] = self._open(tau)
             for tracker in self._lanes[tau]:
-                tracker.log(metrics, event_step(event))
+                tracker.log(metrics, step)
         except Exception as error:  # a tracker must never cost the run: it stops, the run goes on
             logging.getLogger("rmx").warning(f"tracker stopped, the run goes on: {type(error).__name__}: {error}")
             self.spec = ReportSpec((), self.spec.project)

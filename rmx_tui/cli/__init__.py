@@ -70,12 +70,13 @@ def _command_of(args: list[str]):
 
 
 def _resume_hint(args: list[str]) -> str | None:
-    """The command line that continues an interrupted run, when the command has --resume and an --out to resume."""
+    """The command line that continues an interrupted run, when the command has --resume (its --out, given or
+    default, holds what was done)."""
     import shlex
 
     command, _ = _command_of(args)
     options = {opt for param in getattr(command, "params", []) for opt in getattr(param, "opts", [])}
-    if "--resume" not in options or not any(a == "--out" or a.startswith("--out=") for a in args):
+    if "--resume" not in options:
         return None
     return shlex.join(["rmx", *args, *([] if "--resume" in args else ["--resume"])])
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -146,6 +148,7 @@ def rollouts(
     dataset: Annotated[str, typer.Option("--dataset", help="Bundled dataset (smoke, math_train_pool_150, …) or a problem file.")],
     base: opt.Base = "demo",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
     k: Annotated[int, typer.Option("--k", help="Samples per problem.")] = 20,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass.")] = 0.95,
@@ -171,7 +174,7 @@ def rollouts(
     from engine.recipes.rollouts import RolloutSpec, sample_rollouts
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = RolloutSpec(dataset, limit, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+    spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                        template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
     cluster = _ray(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
@@ -292,12 +295,48 @@ def _train_spec(rollouts: str, **values):
     return TrainSpec(rollouts, **values)
 
 
+TRAINING: dict[str, tuple[Any, Any]] = {
+    "kl_weight": (KlWeight, 0.2), "adv_clip": (AdvClip, 2.5), "objective": (Objective, "contrastive"),
+    "negative": (Negative, "signed"), "anchor": (Anchor, "all"), "order": (Order, "shuffle"), "lr": (Lr, 1e-4),
+    "weight_decay": (WeightDecay, 0.01), "warmup_ratio": (WarmupRatio, 0.4), "grad_accum": (GradAccum, 8),
+    "epochs": (Epochs, 1), "max_steps": (MaxSteps, None), "seed": (Seed, 0), "lora_r": (LoraR, 32),
+    "lora_alpha": (LoraAlpha, 64), "lora_dropout": (LoraDropout, 0.0), "lora_targets": (LoraTargets, None),
+    "max_tokens": (MaxTokens, None), "checkpoint_every": (CheckpointEvery, 0), "chunk_elements": (ChunkElements, 1 << 24),
+    "cache_base": (CacheBase, True), "alarm_abs": (AlarmAbs, 100.0), "alarm_ratio": (AlarmRatio, 20.0),
+}
+"""TrainSpec's fields (τ aside) as options, written once for `train` and `sweep` (tests/test_cli_specs.py holds
+their names and defaults to the spec's)."""
+
+
+def with_options(options: dict[str, tuple[Any, Any]], after: str):
+    """Give a command `options` (name: (annotated type, default)) after its parameter `after`; the command
+    receives them in its `**values` parameter."""
+
+    def wrap(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = [p.name for p in own].index(after) + 1
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                 for name, (kind, default) in options.items()]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])  # type: ignore[attr-defined]
+        return run
+
+    return wrap
+
+
 def _diverged(result) -> None:
     print(f"rmx: training diverged at step {result.step}: {result.reason}; last good checkpoint: "
           f"{result.last_checkpoint or 'none'}", file=sys.stderr)
     raise typer.Exit(1)
 
 
+@with_options(TRAINING, after="tau_wrong")
 def train(
     rollouts: Rollouts,
     base: opt.Base = "demo",
@@ -305,29 +344,6 @@ def train(
     tau: Annotated[str, typer.Option("--tau", help="Decision gate: nats (1.4) or a quantile of the pool's base entropies (q0.97).")] = "1.4",
     tau_correct: Annotated[Optional[str], typer.Option("--tau-correct", help="τ for correct rollouts (default --tau).")] = None,
     tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong", help="τ for wrong rollouts (default --tau).")] = None,
-    kl_weight: KlWeight = 0.2,
-    adv_clip: AdvClip = 2.5,
-    objective: Objective = "contrastive",
-    negative: Negative = "signed",
-    anchor: Anchor = "all",
-    order: Order = "shuffle",
-    lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.4,
-    grad_accum: GradAccum = 8,
-    epochs: Epochs = 1,
-    max_steps: MaxSteps = None,
-    seed: Seed = 0,
-    lora_r: LoraR = 32,
-    lora_alpha: LoraAlpha = 64,
-    lora_dropout: LoraDropout = 0.0,
-    lora_targets: LoraTargets = None,
-    max_tokens: MaxTokens = None,
-    checkpoint_every: CheckpointEvery = 0,
-    chunk_elements: ChunkElements = 1 << 24,
-    cache_base: CacheBase = True,
-    alarm_abs: AlarmAbs = 100.0,
-    alarm_ratio: AlarmRatio = 20.0,
     resume: Resume = False,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
@@ -336,18 +352,13 @@ def train(
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
+    **training: Any,
 ) -> None:
     """Train a ReasonMaxxer LoRA: advantage-weighted loss at entropy-gated decision points, KL anchor elsewhere."""
     from engine.recipes.train import train as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, kl_weight=kl_weight,
-                       adv_clip=adv_clip, objective=objective, negative=negative, anchor=anchor, order=order, lr=lr,
-                       weight_decay=weight_decay, warmup_ratio=warmup_ratio, grad_accum=grad_accum, epochs=epochs,
-                       max_steps=max_steps, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
-                       lora_dropout=lora_dropout, lora_targets=lora_targets, max_tokens=max_tokens,
-                       checkpoint_every=checkpoint_every, chunk_elements=chunk_elements, cache_base=cache_base,
-                       alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
+    spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, **training)
     config = _reported({"model": asdict(model), "train": asdict(spec)}, report_to)
     if job:
         _submit("train", config, json_output)
@@ -364,6 +375,7 @@ def train(
         _diverged(result)
 
 
+@with_options(TRAINING, after="template")
 def sweep(
     rollouts: Rollouts,
     base: opt.Base = "demo",
@@ -374,19 +386,6 @@ def sweep(
     holdout_offset: Annotated[int, typer.Option("--holdout-offset", help="First holdout problem (450+: disjoint from math_train_pool_150).")] = 450,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
     template: Template = "auto",
-    kl_weight: KlWeight = 0.2,
-    objective: Objective = "contrastive",
-    negative: Negative = "signed",
-    anchor: Anchor = "all",
-    order: Order = "shuffle",
-    lr: Lr = 1e-4,
-    grad_accum: GradAccum = 8,
-    epochs: Epochs = 1,
-    max_steps: MaxSteps = None,
-    seed: Seed = 0,
-    lora_r: LoraR = 32,
-    lora_alpha: LoraAlpha = 64,
-    max_tokens: MaxTokens = None,
     devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
     ray: RayAddress = None,
@@ -398,15 +397,14 @@ def sweep(
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
+    **training: Any,
 ) -> None:
     """Train one adapter per τ, score each on a holdout (greedy pass@1), and keep the best."""
     from engine.recipes.sweep import SweepSpec
     from engine.recipes.sweep import sweep as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = _train_spec(rollouts, kl_weight=kl_weight, objective=objective, negative=negative, anchor=anchor,
-                       order=order, lr=lr, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed,
-                       lora_r=lora_r, lora_alpha=lora_alpha, max_tokens=max_tokens)
+    spec = _train_spec(rollouts, **training)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     cluster = _ray(ray, ray_retries)
     config = _reported(_with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},

@@ -23,23 +23,12 @@ Autostart = Annotated[bool, typer.Option("--autostart/--no-autostart",
                                          help="Decode the first problem as soon as the models load.")]
 
 
-def _client(ctx: typer.Context | None, default_local: bool):
-    """The engine the app talks to: `--connect` target, the daemon (started if needed), or in-process."""
-    options = (ctx.obj if ctx is not None and isinstance(ctx.obj, dict) else {}) or {}
-    if options.get("connect"):
-        from engine.service.daemon import connect
-
-        return connect(options["connect"])
-    if options.get("local") or default_local:
-        return None
-    from engine.service.daemon import ensure_daemon
-
-    return ensure_daemon()
+_client = opt.engine_client
 
 
 def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec, dataset: str,
          rollouts: str | None, limit: int | None, tau: str, max_new_tokens: int, samples: int, sample: bool,
-         seed: int, template: str, theme: str, autostart: bool) -> None:
+         seed: int, template: str, theme: str, autostart: bool, tour: bool = False) -> None:
     from dataclasses import replace
 
     from engine.core.config import Tau
@@ -54,7 +43,7 @@ def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec
     defaults = Settings()
     settings = Settings(
         base=base_spec, teacher=teacher_spec, dataset=dataset, rollouts=rollouts, limit=limit, template=template,
-        tau=Tau.parse(tau), samples=samples, seed=seed, autostart=autostart,
+        tau=Tau.parse(tau), samples=samples, seed=seed, autostart=autostart, tour=tour,
         sampling=SamplingSpec(greedy=not sample, seed=seed, max_new_tokens=max_new_tokens),
         outcome_sampling=replace(defaults.outcome_sampling, max_new_tokens=max_new_tokens),
     )
@@ -133,7 +122,7 @@ def demo(
         teacher_spec = ModelSpec(teacher or "demo", adapter=teacher_adapter, dtype=dtype, device=device)
     # The demo runs in-process unless `--connect` names a daemon: nothing is left running after it.
     _run(ctx, True, base_spec, teacher_spec, dataset, None, None, tau, max_new_tokens, samples, sample, seed, "chat",
-         theme, True)
+         theme, True, tour=True)
 
 
 def register(app: typer.Typer) -> None:
