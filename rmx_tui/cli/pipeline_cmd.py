@@ -107,11 +107,20 @@ def _emit(event: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) -> Iterator[Any]:
-    """Run here, in a run folder like a job's; events go to stderr as lines, or to stdout as NDJSON with --json."""
+    """Run here, in a run folder like a job's; events go to stderr as live bars on a terminal, else as lines,
+    or to stdout as NDJSON with --json."""
     import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
     from engine.jobs.foreground import foreground_run
 
-    with foreground_run(kind, config, out, opt.print_json if json_output else _emit) as run:
+    if json_output or not sys.stderr.isatty():  # pipes, CI and --json keep one plain line per event
+        with foreground_run(kind, config, out, opt.print_json if json_output else _emit) as run:
+            yield run
+        return
+    from rich.console import Console
+
+    from rmx_tui.cli.progress import LiveProgress
+
+    with LiveProgress(Console(stderr=True), _event_line) as live, foreground_run(kind, config, out, live) as run:
         yield run
 
 
