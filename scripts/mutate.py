@@ -159,7 +159,7 @@ def main() -> int:
             results.append((mutation, verdict, seconds, tail))
             print(f"{mutation.key:<4} {verdict:<9} {seconds:6.1f}s  {mutation.what}", flush=True)
     print("\n| mutation | what | test | result |\n|---|---|---|---|")
-    for mutation, verdict, seconds, tail in results:
+    for mutation, verdict, _seconds, tail in results:
         print(f"| {mutation.key} | {mutation.what} | `{' '.join(mutation.tests)}` | {verdict} ({tail}) |")
     return 0 if all(verdict == "killed" for _, verdict, _, _ in results) else 1
 

@@ -46,3 +46,12 @@ def test_job_is_the_one_detached_flag_and_detach_a_hidden_alias():
         flags = {o: p for p in commands[name].params for o in p.opts}
         assert "--job" in flags and not flags["--job"].hidden, name
         assert "--detach" not in flags or flags["--detach"].hidden, name
+
+
+def test_connect_is_refused_by_a_command_that_would_ignore_it():
+    from typer.testing import CliRunner
+
+    from engine.core.errors import RmxError
+
+    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "generate", "--prompt-text", "1+1"])
+    assert isinstance(result.exception, RmxError) and "--connect applies to rmx tui" in str(result.exception)
