@@ -1,7 +1,7 @@
 """Rollout sampling on the CPU: the paged backend vs the step decoder vs HF generate, interleaved in one run.
 
 Usage (repository root): python benchmarks/bench_paged.py [--base demo] [--prompts 4] [--k 8] [--max-new-tokens 64]
-    [--reps 3] [--threads 2] [--out benchmarks/results_paged.md]
+    [--reps 3] [--threads 2] [--dtype float32] [--out benchmarks/results_paged.md]
 
 The workload is a small rollout run: K samples (temperature 0.6, top-p 0.95) of each of a few
 smoke-set prompts. The step decoder (--backend hf) and HF generate take one prompt's K samples per
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", help="model dtype (bf16 matmuls are slow on many CPUs)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results_paged.md"))
     args = parser.parse_args()
     import torch
@@ -46,7 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     load_at_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    model = load_model(ModelSpec(args.base))
+    model = load_model(ModelSpec(args.base, dtype=args.dtype))
     settings = dict(temperature=0.6, top_p=0.95, max_new_tokens=args.max_new_tokens)
     step = HFSampler(None, loaded=model, **settings)
     paged = PagedSampler(None, loaded=model, **settings)
@@ -77,8 +78,10 @@ def main() -> None:
 
     runs = {"paged backend (--backend paged)": paged_backend, "step decoder (--backend hf)": step_decoder,
             "HF generate": generate}
-    for fn in runs.values():
+    for name, fn in runs.items():
+        t0 = time.perf_counter()
         fn()  # warm-up
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.reps):
         for name, fn in runs.items():
@@ -93,7 +96,8 @@ def main() -> None:
         "# Rollout sampling on the CPU: paged backend vs step decoder vs HF generate",
         "",
         f"Measured by `python benchmarks/bench_paged.py --base {args.base} --prompts {args.prompts} --k {args.k} "
-        f"--max-new-tokens {args.max_new_tokens} --reps {args.reps} --threads {args.threads}`, one run.",
+        f"--max-new-tokens {args.max_new_tokens} --reps {args.reps} --threads {args.threads} --dtype {args.dtype}`, "
+        "one run.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other work "
         f"(load average {load_at_start} at start, {load_at_end} at end), torch {torch.__version__}, "
         f"{args.threads} threads, model {model.info().architecture} "

@@ -141,6 +141,8 @@ WHAT = {
     ("JobsScreen", "app.pop_screen"): "back to the workbench",
     ("RunScreen", "app.pop_screen"): "back to the jobs",
     ("RunScreen", "follow"): "pause or resume redrawing the plots (events keep arriving)",
+    ("RunScreen", "cycle"): "plot the next / previous listed series alone",
+    ("RunScreen", "plot_all"): "plot every listed series (again: back to one)",
     ("LaunchJob", "launch"): "submit the job with this config (a refused config says why and keeps your text)",
     ("LaunchJob", "dismiss"): "close without launching",
     ("PoolScreen", "score"): "score the pool under the base: decision-point rate per τ, correct vs wrong rollouts",

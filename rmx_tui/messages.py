@@ -30,11 +30,12 @@ class ProblemsListed(Message):
 
 
 class EngineLoaded(Message):
-    """The base (and teacher) are loaded and ready."""
+    """The base (and teacher) are loaded and ready; `running_jobs` jobs are using the machine meanwhile."""
 
-    def __init__(self, info: WorkbenchInfo) -> None:
+    def __init__(self, info: WorkbenchInfo, running_jobs: int = 0) -> None:
         super().__init__()
         self.info = info
+        self.running_jobs = running_jobs
 
 
 class BranchExtended(Message):

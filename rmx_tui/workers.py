@@ -105,9 +105,20 @@ def load(client: EngineClient, job: LoadJob, post: Post) -> None:
             info = client.load(job.base, job.teacher)
         else:
             info = client.info()
-        post(EngineLoaded(info))
+        post(EngineLoaded(info, running_jobs(client)))
     except Exception as error:
         post(EngineFailed("load", describe(error)))
+
+
+def running_jobs(client: EngineClient) -> int:
+    """How many jobs are running: through the daemon when connected to one, else on the run dirs directly."""
+    from engine.jobs.store import JobsClient, LocalJobs
+
+    try:
+        jobs = client if isinstance(client, JobsClient) else LocalJobs()
+        return sum(status.active for status in jobs.list_jobs())
+    except Exception:  # an unreadable run dir must not keep the workbench from opening
+        return 0
 
 
 def _text(client: EngineClient, ids: Sequence[int], ended: str | None) -> str:

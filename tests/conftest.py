@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import build_adapter, build_model
+from tests.tiny import build_adapter, build_answerer, build_model, write_answered
 
 
 def pytest_configure(config):
@@ -63,6 +63,18 @@ def tiny_gpt2(tiny_root) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2_adapter(tiny_root, tiny_gpt2) -> Path:
     return build_adapter(tiny_root / "gpt2-adapter", tiny_gpt2)
+
+
+@pytest.fixture(scope="session")
+def tiny_answerer(tiny_root, tiny_llama) -> Path:
+    """The tiny Llama fine-tuned to answer tests.tiny.ANSWERED right: a teacher (or model) whose pass@1 is 1."""
+    return build_answerer(tiny_root / "llama-answerer", tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def answered_dataset(tiny_root) -> Path:
+    """tests.tiny.ANSWERED as a .jsonl dataset."""
+    return write_answered(tiny_root / "answered.jsonl")
 
 
 @pytest.fixture(scope="session")

@@ -38,3 +38,20 @@ def test_every_spec_field_has_an_option_with_the_specs_default(command):
             if isinstance(default, tuple) and isinstance(given, str):
                 given = tuple(given.split(",")) if given else ()  # comma-separated options of tuple fields
             assert given == default, f"rmx {command} --{param.name}: default {given!r}, {spec.__name__} says {default!r}"
+
+
+def test_job_is_the_one_detached_flag_and_detach_a_hidden_alias():
+    commands = typer.main.get_command(app).commands
+    for name in ("rollouts", "train", "sweep", "eval", "distill", "pipeline", "intervene"):
+        flags = {o: p for p in commands[name].params for o in p.opts}
+        assert "--job" in flags and not flags["--job"].hidden, name
+        assert "--detach" not in flags or flags["--detach"].hidden, name
+
+
+def test_connect_is_refused_by_a_command_that_would_ignore_it():
+    from typer.testing import CliRunner
+
+    from engine.core.errors import RmxError
+
+    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "generate", "--prompt-text", "1+1"])
+    assert isinstance(result.exception, RmxError) and "--connect applies to rmx tui" in str(result.exception)

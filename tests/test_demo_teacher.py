@@ -44,7 +44,7 @@ def test_the_demo_teacher_shares_the_base_weights_and_disagrees_on_the_first_smo
         base, teacher = load_pair(ModelSpec("demo"), ModelSpec("demo", adapter=str(demo_teacher_path())))
         assert teacher.module is base.module  # one copy of the weights
         first = load_problems("smoke", limit=1)
-        result = analyze(base, teacher, first, tau=Tau.parse("q0.9"), template="chat", max_new_tokens=64)
+        result = analyze(base, teacher, first, tau=Tau.parse("q0.9"), template="chat", max_new_tokens=40)
     finally:
         torch.set_num_threads(threads)
     assert result.table.reranked_pct + result.table.shifted_pct > 0

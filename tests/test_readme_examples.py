@@ -79,7 +79,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("example", [e for e in demo_examples() if shlex.split(e)[1] not in NOT_RUN_HERE
-                                     and "--detach" not in e])
+                                     and "--job" not in e])
 def test_readme_example_runs_and_prints_a_completion(example, workdir, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("RMX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RMX_RUNTIME_DIR", str(tmp_path / "rt"))

@@ -308,3 +308,20 @@ def test_ndjson_response_streams_frames_and_ends_with_done():
         {"decode/token": 1}, {"decode/token": 2}, {"decode/token": 3}, {"decode/token": 4}, {"done": True}]
     frames = [json.loads(line) for line in client.get("/fail").text.splitlines()]
     assert frames == [{"decode/token": 1}, {"decode/token": 2}, {"done": True, "error": "the model ran out of context"}]
+
+
+def test_rmx_score_with_connect_scores_in_the_daemon(daemon, tiny_llama, monkeypatch):
+    import engine.service.workbench as workbench
+
+    def no_local_model(*args, **kwargs):
+        raise AssertionError("rmx --connect score loaded a model in its own process")
+
+    monkeypatch.setattr(workbench, "load_pair", no_local_model)
+    args = ["--connect", daemon.card.socket, "score", "--base", str(tiny_llama), "--device", "cpu", "--dtype",
+            "float32", "--prompt-text", "What is 1+1?", "--completion-text", "It is 2.", "--template", "raw", "--json"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    want = daemon.client.score_text("What is 1+1?", "It is 2.", "raw")
+    assert got["template"] == "raw" and [t["id"] for t in got["tokens"]] == list(want.completion_ids)
+    assert [t["entropy"] for t in got["tokens"]] == [t.entropy for t in want.tokens]

@@ -105,3 +105,53 @@ def build_adapter(folder: Path, base_folder: Path, seed: int = 1, scale: float =
     config["base_model_name_or_path"] = base_name or str(base_folder)
     config_file.write_text(json.dumps(config, indent=2))
     return Path(folder)
+
+
+ANSWERED = {"What is 3 + 4?": "7", "Sam has 5 pencils and gets 4 more. How many pencils?": "9"}
+"""The synthetic task `build_answerer` learns: problem → answer."""
+
+
+def build_answerer(folder: Path, base_folder: Path, problems: dict[str, str] = ANSWERED, seed: int = 0) -> Path:
+    """A copy of the tiny model fine-tuned until its greedy decode answers each problem (raw prompt) with
+    " The answer is \\boxed{ANSWER}." and EOS: a teacher that is actually right, so pass@1 is not 0 = 0."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    rows = []
+    for problem, answer in problems.items():
+        prompt = tokenizer(problem, add_special_tokens=True)["input_ids"]
+        target = tokenizer(f" The answer is \\boxed{{{answer}}}.", add_special_tokens=False)["input_ids"]
+        rows.append((prompt, target + [tokenizer.eos_token_id]))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(300):
+        loss = 0.0
+        for prompt, target in rows:
+            ids = torch.tensor([prompt + target])
+            labels = torch.tensor([[-100] * len(prompt) + target])
+            loss = loss + model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.01 * len(rows):
+            break
+    model.eval()
+    with torch.no_grad():
+        for prompt, target in rows:
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=len(target), do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            assert out[0, len(prompt):].tolist() == target, "the answerer did not learn its task"
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def write_answered(path: Path, problems: dict[str, str] = ANSWERED) -> Path:
+    """The answerer's task as a dataset file (`problem`, `answer`, `id` per line)."""
+    with Path(path).open("w") as handle:
+        for index, (problem, answer) in enumerate(problems.items()):
+            handle.write(json.dumps({"id": f"answered_{index}", "problem": problem, "answer": answer}) + "\n")
+    return Path(path)

@@ -151,11 +151,12 @@ def eval_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("eval", run.artifacts):
         ray = ray_of(config)
         if ray is not None:
-            evaluate_sharded(model, spec, output_of(config, run), ray, resume=run.resumed, emit=run.emit,
-                             should_stop=run.should_stop)
+            result = evaluate_sharded(model, spec, output_of(config, run), ray, resume=run.resumed, emit=run.emit,
+                                      should_stop=run.should_stop)
         else:
-            evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
-                     should_stop=run.should_stop, progress=run.set_progress)
+            result = evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
+                              should_stop=run.should_stop, progress=run.set_progress)
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 @_mirrored("distill")
@@ -170,7 +171,9 @@ def distill_job(config: dict[str, Any], run: RunContext) -> None:
 @_mirrored("pipeline")
 def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
     checked = check_pipeline(config.get("pipeline") or {}, "job config")
-    run_pipeline(checked, output_of(config, run), resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
+    result = run_pipeline(checked, output_of(config, run), resume=run.resumed, emit=run.emit,
+                          should_stop=run.should_stop)
+    atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
 register_job_kind("rollouts", rollouts_job, _validator("model", "rollouts"))

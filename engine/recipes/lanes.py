@@ -326,29 +326,46 @@ def connect(spec: RaySpec):
 
 
 def _reachable(address: str) -> None:
-    """Refuse, within CONNECT_TIMEOUT_S, an address where no Ray cluster answers (ray.init alone retries for a
-    minute or more). The probe is Ray's own health check, in a child process that can be given up on."""
-    import subprocess
-    import sys
-
+    """Refuse, within CONNECT_TIMEOUT_S, an address where no Ray cluster answers: ray.init alone retries for a
+    minute or more. A cluster that answers, even to refuse a missing token, is left to ray.init."""
     host, port = host_port(address)
     started = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
-        probe = ("import sys; from ray.scripts.scripts import main; "
-                 f"sys.argv = ['ray', 'health-check', '--address', {f'{host}:{port}'!r}, '--skip-version-check']; "
-                 "main()")
-        left = max(1.0, CONNECT_TIMEOUT_S - (time.monotonic() - started))
-        answered = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=left).returncode == 0
-        reason = "no Ray cluster answers there"
     except OSError as error:
-        answered, reason = False, error.strerror or str(error)
-    except subprocess.TimeoutExpired:
-        answered, reason = False, "no answer"
-    if not answered:
-        raise RmxError(f"cannot reach the Ray cluster at {address}: {reason} "
-                       f"(after {time.monotonic() - started:.1f} s)")
+        raise RmxError(f"cannot reach the Ray cluster at {address}: {error.strerror or error} "
+                       f"(after {time.monotonic() - started:.1f} s)") from None
+    try:
+        from ray._raylet import GcsClient  # private, but the one way to ask a cluster's GCS with a deadline
+    except ImportError:
+        return
+    left = max(1.0, CONNECT_TIMEOUT_S - (time.monotonic() - started))
+    try:
+        with _native_stderr_silenced():  # the GCS client logs each failed try on fd 2
+            GcsClient(address=f"{host}:{port}").internal_kv_get(b"session_name", namespace=None, timeout=left)
+    except Exception as error:
+        if "Authentication" in type(error).__name__ or "AuthToken" in str(error):
+            return
+        raise RmxError(f"cannot reach the Ray cluster at {address}: no Ray cluster answers there "
+                       f"(after {time.monotonic() - started:.1f} s)") from None
+
+
+class _native_stderr_silenced:
+    """fd 2 pointed at /dev/null for a native call's duration, then restored."""
+
+    def __enter__(self) -> None:
+        import os
+
+        self._saved = os.dup(2)
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
 
 
 def describe(ray) -> str:

@@ -73,6 +73,11 @@ class SweepRow:
     """Holdout pass@1 (math-verify); None when training did not finish."""
 
 
+def best_row(rows: list[SweepRow]) -> SweepRow | None:
+    """The τ with the highest holdout score (ties keep the first τ given); None when none finished."""
+    return max((r for r in rows if r.score is not None), key=lambda r: r.score, default=None)
+
+
 @dataclass(frozen=True)
 class SweepResult:
     rows: list[SweepRow]
@@ -168,8 +173,7 @@ def sweep(base: ModelSpec, spec: TrainSpec, sweep_spec: SweepSpec, out: str | Pa
                 raise Stopped("sweep stopped before every τ was trained")
             rows.append(_run_tau(replace(base, device=devices[0]), spec, sweep_spec, tau, out, out / "base_pass",
                                  resume, emit, should_stop))
-    scored_rows = [r for r in rows if r.score is not None]
-    best = max(scored_rows, key=lambda r: r.score, default=None)  # ties keep the first τ given
+    best = best_row(rows)
     result = SweepResult(rows, best.tau if best else None, best.adapter if best else None,
                          f"{sweep_spec.holdout_dataset}[{sweep_spec.holdout_offset}:"
                          f"{sweep_spec.holdout_offset + sweep_spec.holdout}]")

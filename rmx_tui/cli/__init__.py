@@ -24,6 +24,10 @@ app = typer.Typer(
 )
 
 
+CLIENT_COMMANDS = ("tui", "demo", "serve", "score")
+"""The commands that reach the engine through its client: `--connect` sends their work to a daemon."""
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
@@ -38,6 +42,9 @@ def _root(
     With no command, rmx opens the workbench on the engine daemon, starting one (detached) if none runs,
     so loaded models and jobs outlive the terminal.
     """
+    if connect and ctx.invoked_subcommand not in (None, *CLIENT_COMMANDS):
+        raise RmxError(f"--connect applies to rmx {', '.join(CLIENT_COMMANDS)}; rmx {ctx.invoked_subcommand} runs in "
+                       "this process (or as a detached job with --job)")
     ctx.obj = {"connect": connect, "local": local}
     if ctx.invoked_subcommand is None:
         from rmx_tui.cli.tui_cmd import tui

@@ -138,7 +138,8 @@ def intervene(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
-    detach: Annotated[bool, typer.Option("--detach", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
+    job: Annotated[bool, typer.Option("--job", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", hidden=True, help="The old name of --job.")] = False,
     batch_size: opt.BatchSize = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Shard the problems over a Ray cluster (pip install 'rmx[ray]'): auto, local, or the head's host:port.")] = None,
     ray_retries: Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a shard whose worker died is retried.")] = 2,
@@ -166,7 +167,7 @@ def intervene(
 
         cluster = RaySpec(ray, max_retries=ray_retries, shards=ray_shards)
         check_reachable(cluster)
-    if detach:
+    if job or detach:
         _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
                           batch_size, cluster)
         return
@@ -211,7 +212,7 @@ def _absolute(path: str | None) -> str | None:
 def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
                       template: str | None, sampling, out: str | None, json_output: bool,
                       batch_size: int | None = None, cluster=None) -> None:
-    """`rmx intervene --detach`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
+    """`rmx intervene --job`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
     from dataclasses import asdict, replace
     from pathlib import Path
 

@@ -41,3 +41,19 @@ def print_json(data: Any) -> None:
     """One JSON document on stdout (NaN-free; floats as Python writes them)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def engine_client(ctx: typer.Context | None, default_local: bool) -> Any:
+    """The engine a command talks to, the same way for every command: `rmx --connect TARGET …` attaches to that
+    daemon, `rmx --local …` runs the engine in this process (None: the caller makes its Workbench), and otherwise
+    `default_local` decides between this process and the daemon (started if needed)."""
+    options = (ctx.obj if ctx is not None and isinstance(ctx.obj, dict) else {}) or {}
+    if options.get("connect"):
+        from engine.service.daemon import connect
+
+        return connect(options["connect"])
+    if options.get("local") or default_local:
+        return None
+    from engine.service.daemon import ensure_daemon
+
+    return ensure_daemon()

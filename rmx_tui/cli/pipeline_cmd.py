@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -105,11 +107,20 @@ def _emit(event: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) -> Iterator[Any]:
-    """Run here, in a run folder like a job's; events go to stderr as lines, or to stdout as NDJSON with --json."""
+    """Run here, in a run folder like a job's; events go to stderr as live bars on a terminal, else as lines,
+    or to stdout as NDJSON with --json."""
     import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
     from engine.jobs.foreground import foreground_run
 
-    with foreground_run(kind, config, out, opt.print_json if json_output else _emit) as run:
+    if json_output or not sys.stderr.isatty():  # pipes, CI and --json keep one plain line per event
+        with foreground_run(kind, config, out, opt.print_json if json_output else _emit) as run:
+            yield run
+        return
+    from rich.console import Console
+
+    from rmx_tui.cli.progress import LiveProgress
+
+    with LiveProgress(Console(stderr=True), _event_line) as live, foreground_run(kind, config, out, live) as run:
         yield run
 
 
@@ -293,12 +304,48 @@ def _train_spec(rollouts: str, **values):
     return TrainSpec(rollouts, **values)
 
 
+TRAINING: dict[str, tuple[Any, Any]] = {
+    "kl_weight": (KlWeight, 0.2), "adv_clip": (AdvClip, 2.5), "objective": (Objective, "contrastive"),
+    "negative": (Negative, "signed"), "anchor": (Anchor, "all"), "order": (Order, "shuffle"), "lr": (Lr, 1e-4),
+    "weight_decay": (WeightDecay, 0.01), "warmup_ratio": (WarmupRatio, 0.4), "grad_accum": (GradAccum, 8),
+    "epochs": (Epochs, 1), "max_steps": (MaxSteps, None), "seed": (Seed, 0), "lora_r": (LoraR, 32),
+    "lora_alpha": (LoraAlpha, 64), "lora_dropout": (LoraDropout, 0.0), "lora_targets": (LoraTargets, None),
+    "max_tokens": (MaxTokens, None), "checkpoint_every": (CheckpointEvery, 0), "chunk_elements": (ChunkElements, 1 << 24),
+    "cache_base": (CacheBase, True), "alarm_abs": (AlarmAbs, 100.0), "alarm_ratio": (AlarmRatio, 20.0),
+}
+"""TrainSpec's fields (τ aside) as options, written once for `train` and `sweep` (tests/test_cli_specs.py holds
+their names and defaults to the spec's)."""
+
+
+def with_options(options: dict[str, tuple[Any, Any]], after: str):
+    """Give a command `options` (name: (annotated type, default)) after its parameter `after`; the command
+    receives them in its `**values` parameter."""
+
+    def wrap(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = [p.name for p in own].index(after) + 1
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                 for name, (kind, default) in options.items()]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])  # type: ignore[attr-defined]
+        return run
+
+    return wrap
+
+
 def _diverged(result) -> None:
     print(f"rmx: training diverged at step {result.step}: {result.reason}; last good checkpoint: "
           f"{result.last_checkpoint or 'none'}", file=sys.stderr)
     raise typer.Exit(1)
 
 
+@with_options(TRAINING, after="tau_wrong")
 def train(
     rollouts: Rollouts,
     base: opt.Base = "demo",
@@ -306,29 +353,6 @@ def train(
     tau: Annotated[str, typer.Option("--tau", help="Decision gate: nats (1.4) or a quantile of the pool's base entropies (q0.97).")] = "1.4",
     tau_correct: Annotated[Optional[str], typer.Option("--tau-correct", help="τ for correct rollouts (default --tau).")] = None,
     tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong", help="τ for wrong rollouts (default --tau).")] = None,
-    kl_weight: KlWeight = 0.2,
-    adv_clip: AdvClip = 2.5,
-    objective: Objective = "contrastive",
-    negative: Negative = "signed",
-    anchor: Anchor = "all",
-    order: Order = "shuffle",
-    lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.4,
-    grad_accum: GradAccum = 8,
-    epochs: Epochs = 1,
-    max_steps: MaxSteps = None,
-    seed: Seed = 0,
-    lora_r: LoraR = 32,
-    lora_alpha: LoraAlpha = 64,
-    lora_dropout: LoraDropout = 0.0,
-    lora_targets: LoraTargets = None,
-    max_tokens: MaxTokens = None,
-    checkpoint_every: CheckpointEvery = 0,
-    chunk_elements: ChunkElements = 1 << 24,
-    cache_base: CacheBase = True,
-    alarm_abs: AlarmAbs = 100.0,
-    alarm_ratio: AlarmRatio = 20.0,
     resume: Resume = False,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
@@ -337,18 +361,13 @@ def train(
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
+    **training: Any,
 ) -> None:
     """Train a ReasonMaxxer LoRA: advantage-weighted loss at entropy-gated decision points, KL anchor elsewhere."""
     from engine.recipes.train import train as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, kl_weight=kl_weight,
-                       adv_clip=adv_clip, objective=objective, negative=negative, anchor=anchor, order=order, lr=lr,
-                       weight_decay=weight_decay, warmup_ratio=warmup_ratio, grad_accum=grad_accum, epochs=epochs,
-                       max_steps=max_steps, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
-                       lora_dropout=lora_dropout, lora_targets=lora_targets, max_tokens=max_tokens,
-                       checkpoint_every=checkpoint_every, chunk_elements=chunk_elements, cache_base=cache_base,
-                       alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
+    spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, **training)
     config = _reported({"model": asdict(model), "train": asdict(spec)}, report_to)
     if job:
         _submit("train", config, json_output)
@@ -365,6 +384,7 @@ def train(
         _diverged(result)
 
 
+@with_options(TRAINING, after="template")
 def sweep(
     rollouts: Rollouts,
     base: opt.Base = "demo",
@@ -375,29 +395,6 @@ def sweep(
     holdout_offset: Annotated[int, typer.Option("--holdout-offset", help="First holdout problem (450+: disjoint from math_train_pool_150).")] = 450,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
     template: Template = "auto",
-    kl_weight: KlWeight = 0.2,
-    adv_clip: AdvClip = 2.5,
-    objective: Objective = "contrastive",
-    negative: Negative = "signed",
-    anchor: Anchor = "all",
-    order: Order = "shuffle",
-    lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.4,
-    grad_accum: GradAccum = 8,
-    epochs: Epochs = 1,
-    max_steps: MaxSteps = None,
-    seed: Seed = 0,
-    lora_r: LoraR = 32,
-    lora_alpha: LoraAlpha = 64,
-    lora_dropout: LoraDropout = 0.0,
-    lora_targets: LoraTargets = None,
-    max_tokens: MaxTokens = None,
-    checkpoint_every: CheckpointEvery = 0,
-    chunk_elements: ChunkElements = 1 << 24,
-    cache_base: CacheBase = True,
-    alarm_abs: AlarmAbs = 100.0,
-    alarm_ratio: AlarmRatio = 20.0,
     devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
     ray: RayAddress = None,
@@ -409,18 +406,14 @@ def sweep(
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
+    **training: Any,
 ) -> None:
     """Train one adapter per τ, score each on a holdout (greedy pass@1), and keep the best."""
     from engine.recipes.sweep import SweepSpec
     from engine.recipes.sweep import sweep as run
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
-    spec = _train_spec(rollouts, kl_weight=kl_weight, adv_clip=adv_clip, objective=objective, negative=negative,
-                       anchor=anchor, order=order, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                       grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, seed=seed, lora_r=lora_r,
-                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-                       max_tokens=max_tokens, checkpoint_every=checkpoint_every, chunk_elements=chunk_elements,
-                       cache_base=cache_base, alarm_abs=alarm_abs, alarm_ratio=alarm_ratio)
+    spec = _train_spec(rollouts, **training)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     cluster = _ray(ray, ray_retries)
     config = _reported(_with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},

@@ -24,6 +24,7 @@ def _read(path: str | None, text: str | None, what: str) -> str | None:
 
 
 def score(
+    ctx: typer.Context,
     base: opt.Base = "demo",
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
@@ -67,10 +68,14 @@ def score(
         raise RmxError("empty completion: there is nothing to score")
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    client = Workbench()
-    client.load(base_spec, teacher_spec)
-    choice = client.template_choice(template or "auto")
-    rollout = client.score(client.prompt_ids(prompt, choice.template), client.tokenize(completion), top_k=top_k)
+    client = opt.engine_client(ctx, default_local=True) or Workbench()  # `rmx --connect …`: the daemon's models
+    try:
+        client.load(base_spec, teacher_spec)
+        choice = client.template_choice(template or "auto")
+        rollout = client.score(client.prompt_ids(prompt, choice.template), client.tokenize(completion), top_k=top_k)
+    finally:
+        if hasattr(client, "close"):
+            client.close()
     rollout = replace(rollout, summary=summarize([rollout], gate))
     if json_output:
         opt.print_json({**rollout.to_json(), **choice.to_json()})

@@ -23,18 +23,7 @@ Autostart = Annotated[bool, typer.Option("--autostart/--no-autostart",
                                          help="Decode the first problem as soon as the models load.")]
 
 
-def _client(ctx: typer.Context | None, default_local: bool):
-    """The engine the app talks to: `--connect` target, the daemon (started if needed), or in-process."""
-    options = (ctx.obj if ctx is not None and isinstance(ctx.obj, dict) else {}) or {}
-    if options.get("connect"):
-        from engine.service.daemon import connect
-
-        return connect(options["connect"])
-    if options.get("local") or default_local:
-        return None
-    from engine.service.daemon import ensure_daemon
-
-    return ensure_daemon()
+_client = opt.engine_client
 
 
 def _run(ctx: typer.Context | None, default_local: bool, base_spec, teacher_spec, dataset: str,

@@ -372,6 +372,17 @@ class BrowserScreen(Screen):
                 "Models loaded. Pick a problem on the left and press [b $accent]enter[/] to decode a rollout."
                 if self.loaded else "No model is loaded: press [b $accent]L[/] to load one."))
         if self.loaded and self.app.settings.autostart and self.active is None:
+            if message.running_jobs:
+                # Decoding now would compete with them for the CPU/GPU: wait for the user to pick a problem.
+                plural = "s are" if message.running_jobs > 1 else " is"
+                self._set_notice(Content.from_markup(
+                    f"{message.running_jobs} job{plural} running ([b $accent]J[/] shows them), so nothing is "
+                    "decoded until you ask: pick a problem on the left and press [b $accent]enter[/]."))
+                problems = self.query_one(ProblemList)
+                problems.display = True
+                problems.focus()
+                problems.cursor_line = 0  # enter decodes the first problem; ↑ ↓ pick another
+                return
             self._autostart()
 
     def _autostart(self) -> None:

@@ -60,7 +60,7 @@ class JobsScreen(Screen):
     DEFAULT_CSS = """
     JobsScreen #jobs-title { height: auto; padding: 0 1; background: $panel; }
     JobsScreen #job-detail { height: auto; padding: 0 1; color: $foreground-muted; }
-    JobsScreen #tau-grid { border-top: hkey $foreground 20%; }
+    JobsScreen #tau-grid { border-top: solid $foreground 20%; }
     """
 
     BINDINGS = [

@@ -73,7 +73,7 @@ class PoolScreen(Screen):
     PoolScreen #pool-notice.-busy { color: $warning; }
     PoolScreen #pool-notice.-error { color: $error; }
     PoolScreen #pool-body { height: 1fr; }
-    PoolScreen #pool-histogram { width: 1fr; border-right: vkey $foreground 20%; }
+    PoolScreen #pool-histogram { width: 1fr; border-right: solid $foreground 20%; }
     PoolScreen #pool-tables { width: 1fr; }
     PoolScreen DataTable { height: auto; margin: 0 1 1 1; }
     PoolScreen #pool-decision-hint { height: auto; padding: 0 1; color: $foreground-muted; }

@@ -112,6 +112,9 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back"),
         Binding("f", "follow", "follow", tooltip="Pause or resume redrawing the plots (events keep arriving)"),
+        Binding("s", "cycle(1)", "next series", tooltip="Plot the next listed series alone (S: the previous one)"),
+        Binding("S", "cycle(-1)", "previous series", show=False),
+        Binding("a", "plot_all", "all series", tooltip="Plot every listed series, or back to one"),
     ]
 
     def __init__(self, client: JobsClient, job_id: str) -> None:
@@ -147,7 +150,7 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#run-keys", SelectionList).border_title = "keys · space toggles a plot"
+        self.query_one("#run-keys", SelectionList).border_title = "space toggles · s next · a all"
         self._stream = self._follow(0)
         self._poll_status()
         self.set_interval(STATUS_S, self._poll_status)
@@ -254,6 +257,30 @@ class RunScreen(Screen):
         self.query_one("#run-empty", Static).display = not self.plots
 
     # --- actions and drawing ----------------------------------------------------------------
+
+    def _listed(self) -> list[str]:
+        keys = self.query_one("#run-keys", SelectionList)
+        return [keys.get_option_at_index(index).value for index in range(keys.option_count)]
+
+    def action_cycle(self, step: int) -> None:
+        """Plot one series: the one after (or before) the first plotted, in the list's order."""
+        listed = self._listed()
+        if not listed:
+            self.notify("no numeric series yet", timeout=3)
+            return
+        keys = self.query_one("#run-keys", SelectionList)
+        current = next((index for index, key in enumerate(listed) if key in keys.selected), -step)
+        chosen = listed[(current + step) % len(listed)]
+        keys.deselect_all()
+        keys.select(chosen)
+        keys.highlighted = listed.index(chosen)
+
+    def action_plot_all(self) -> None:
+        keys = self.query_one("#run-keys", SelectionList)
+        if len(keys.selected) == keys.option_count:
+            self.action_cycle(0)
+        else:
+            keys.select_all()
 
     def action_follow(self) -> None:
         self.following = not self.following

@@ -220,7 +220,7 @@ async def test_palette_lists_every_screen_action(make_app):
         commands = {command.title: command.help for command in app.get_system_commands(app.screen)}
         for expected in ("Next decision point: base entropy above τ", "Fork here with the teacher's pick",
                          "Sample continuations from this token and grade them: P(correct | token)",
-                         "Back up to the parent branch", "Export SVG", "Export JSON", "Search", "Table 2",
+                         "Back up to the parent branch", "Export SVG", "Export", "Search", "Table 2",
                          "Fork with a seeded draw from the base top-20, argmax excluded", "Force a typed token",
                          "Cancel decoding"):
             assert expected in commands, expected

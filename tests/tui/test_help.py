@@ -9,6 +9,7 @@ from textual.widgets import Markdown
 
 from rmx_tui import keymap
 from rmx_tui.screens.help import HelpScreen
+from rmx_tui.screens.tour import TourScreen
 from tests.tui.harness import SIZE, rollout_ready
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "keys.md"
@@ -45,3 +46,9 @@ async def test_f1_and_question_mark_open_rmx_help(make_app):
         await pilot.press("question_mark")
         await pilot.pause()
         assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        await pilot.pause()
+        assert "T the first-run tour" in str(app.screen.query_one("#help-hint").render())
+        await pilot.press("T")
+        await pilot.pause()
+        assert isinstance(app.screen, TourScreen)

@@ -337,3 +337,27 @@ async def test_a_damaged_run_is_listed_with_its_reason_next_to_the_others():
         await pilot.pause()
         await until(pilot, lambda: "status.json: not an object" in str(
             pilot.app.screen.query_one("#job-detail").render()), timeout=5)
+
+
+async def test_the_run_view_cycles_through_every_series_it_lists_and_plots_them_all():
+    normalised_run(4)
+    app = Host()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one(JobTable)
+        await until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("enter")
+        run = app.screen
+        await until(pilot, lambda: run.ended and bool(run.plots))
+        listed = run._listed()
+        assert len(listed) > 2 and list(run.plots) == ["selftest/value"]
+        seen = []
+        for _ in listed:
+            await pilot.press("s")
+            await pilot.pause()
+            assert len(run.plots) == 1
+            seen += list(run.plots)
+        assert sorted(seen) == sorted(listed)  # every listed series gets its plot in turn
+        await pilot.press("a")
+        await pilot.pause()
+        assert sorted(run.plots) == sorted(listed)

@@ -106,3 +106,23 @@ async def test_slash_on_the_problem_list_searches_the_problems(make_app):
         await until(pilot, lambda: screen.active is not None and screen.active.state == "done")
         assert screen.active.problem.id == shown[0]
         assert len(problems.root.children) == len(app.session.entries)
+
+
+@pytest.mark.anyio
+async def test_with_jobs_running_rmx_waits_for_a_choice_and_says_so(make_app):
+    import engine.jobs.selftest  # noqa: F401  (registers the selftest kind in this process)
+    from engine.jobs.store import cancel_job, submit_job
+
+    job = submit_job("selftest", {"count": 600, "sleep": 0.1})
+    try:
+        app = make_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: screen.loaded)
+            await pilot.pause(0.3)
+            assert screen.active is None and not app.session.branches  # nothing decoded
+            assert "1 job is running" in screen_text(app)
+            await pilot.press("enter")
+            await until(pilot, lambda: screen.active is not None and screen.active.state == "done")
+    finally:
+        cancel_job(job.id)
