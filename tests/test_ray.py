@@ -142,6 +142,22 @@ def test_figure2_sharded_writes_what_one_process_writes(cluster, tiny_llama, tin
     assert spread.modes == one.modes and spread.touches == one.touches and spread.problems == 4
 
 
+def test_table2_sharded_equals_one_process(cluster, tiny_llama, tiny_llama_teacher):
+    from engine.core.config import Tau
+    from engine.core.data import load_problems
+    from engine.core.models import load_pair
+    from engine.recipes.analysis import analyze
+    from engine.recipes.lanes import RaySpec
+    from engine.recipes.shards import analyze_sharded
+
+    base = ModelSpec(str(tiny_llama), dtype="float32", device="cpu")
+    teacher = ModelSpec(str(tiny_llama_teacher), dtype="float32", device="cpu")
+    settings = dict(tau=Tau.parse("1.4"), template="raw", max_new_tokens=8, batch_size=4)
+    alone = analyze(*load_pair(base, teacher), load_problems("smoke", limit=5), **settings)
+    spread = analyze_sharded(base, teacher, "smoke", 5, RaySpec("local", shards=2), **settings)
+    assert spread.to_json() == alone.to_json() and len(spread.problems) == 5
+
+
 def test_a_stop_cancels_the_tasks(cluster, tiny_llama, tmp_path):
     from engine.recipes.evaluate import EvalSpec
     from engine.recipes.lanes import RaySpec

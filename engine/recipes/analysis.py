@@ -96,10 +96,15 @@ def analyze(base: LoadedModel, teacher: LoadedModel | None, problems: Sequence[P
         done += 1
         if on_progress is not None:
             on_progress(done, total)
-    analyzed = [by_index[i] for i in sorted(by_index)]
+    return tabulate([by_index[i] for i in sorted(by_index)], tau, teacher is not None, choice)
+
+
+def tabulate(analyzed: Sequence[AnalyzedProblem], tau: Tau, with_teacher: bool,
+             template: TemplateChoice | None) -> Analysis:
+    """Table 2, the gate's quality and pass@1 over analysed problems (one run's, or a sharded run's in order)."""
     rollouts = [p.rollout for p in analyzed]
     table = summarize(rollouts, tau)
     tokens = [t for r in rollouts for t in r.tokens]
-    gate = gate_quality(tokens, table.tau) if teacher is not None and table.tau is not None else None
-    pass_at_1 = sum(p.correct for p in analyzed) / total if total else 0.0
-    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed), template=choice)
+    gate = gate_quality(tokens, table.tau) if with_teacher and table.tau is not None else None
+    pass_at_1 = sum(p.correct for p in analyzed) / len(analyzed) if analyzed else 0.0
+    return Analysis(table=table, gate=gate, pass_at_1=pass_at_1, problems=tuple(analyzed), template=template)

@@ -187,3 +187,42 @@ def figure2_sharded(base: ModelSpec, teacher: ModelSpec | None, dataset: str, li
     base_model, teacher_model = load_pair(base, teacher)
     return run_figure2(base_model, teacher_model, problems, path, on_event=emit, should_stop=should_stop,
                        **settings)
+
+
+# --- Table 2 -----------------------------------------------------------------------------------------------
+
+
+def _analyze_shard(*, device: str, lane: str, emit: Callable[[dict], None],
+                   should_stop: Callable[[], bool] | None, base: ModelSpec, teacher: ModelSpec, dataset: str,
+                   limit: int | None, start: int, end: int, settings: dict[str, Any]):
+    from engine.core.data import load_problems
+    from engine.core.models import load_pair
+    from engine.recipes.analysis import analyze
+
+    base_model, teacher_model = load_pair(replace(base, device=device), replace(teacher, device=device))
+    problems = load_problems(dataset, limit=limit)[start:end]
+    return analyze(base_model, teacher_model, problems,
+                   on_progress=lambda done, total: emit({"analyze/done": done, "analyze/total": total}), **settings)
+
+
+def analyze_sharded(base: ModelSpec, teacher: ModelSpec, dataset: str, limit: int | None, ray: RaySpec, *,
+                    tau, emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                    **settings: Any):
+    """`analyze` with the problems sharded over the Ray cluster: each shard's problems come back in order and
+    Table 2 is tabulated over all of them, as one process does (`settings`: template, max_new_tokens,
+    batch_size)."""
+    from engine.core.data import load_problems
+    from engine.recipes.analysis import tabulate
+
+    emit = emit or (lambda event: None)
+    count = len(load_problems(dataset, limit=limit))
+    if not count:
+        raise RmxError(f"no problems in {dataset}")
+    pool = RayLanes(ray)
+    tasks = [Task(f"{Path(dataset).stem}[{start}:{end}]", _analyze_shard, {
+        "base": base, "teacher": teacher, "dataset": dataset, "limit": limit, "start": start, "end": end,
+        "settings": {"tau": tau, **settings}})
+        for start, end in slices(count, pool.shard_count())]
+    emit({"ray/shards": len(tasks)})
+    parts = pool.run(tasks, emit, should_stop)
+    return tabulate([problem for part in parts for problem in part.problems], tau, True, parts[0].template)

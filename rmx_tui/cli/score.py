@@ -102,6 +102,9 @@ def analyze(
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Shard the problems over a Ray cluster (pip install 'rmx[ray]'): auto, local, or the head's host:port.")] = None,
+    ray_retries: Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a shard whose worker died is retried.")] = 2,
+    ray_shards: Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")] = None,
     json_output: opt.Json = False,
 ) -> None:
     """Table 2: greedy base rollouts on a benchmark, scored against the teacher."""
@@ -118,7 +121,6 @@ def analyze(
     problems = load_problems(dataset, limit=limit)
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    base_model, teacher_model = load_pair(base_spec, teacher_spec)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -126,8 +128,18 @@ def analyze(
     def progress(done: int, total: int) -> None:
         console.print(f"analyzed {done}/{total} problems", highlight=False)
 
-    result = run_analysis(base_model, teacher_model, problems, tau=gate, template=template,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, on_progress=progress)
+    if ray is not None:
+        from engine.recipes.lanes import RaySpec, check_reachable
+        from engine.recipes.shards import analyze_sharded
+
+        cluster = RaySpec(ray, max_retries=ray_retries, shards=ray_shards)
+        check_reachable(cluster)
+        result = analyze_sharded(base_spec, teacher_spec, dataset, limit, cluster, tau=gate, template=template,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    else:
+        base_model, teacher_model = load_pair(base_spec, teacher_spec)
+        result = run_analysis(base_model, teacher_model, problems, tau=gate, template=template,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_progress=progress)
     if json_output:
         opt.print_json(result.to_json())
         return
