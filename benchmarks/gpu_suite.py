@@ -353,7 +353,7 @@ def bench_train(model, sizes: Sizes, device: str) -> dict:
 
     import torch
 
-    from engine.core.scoring import _logit_transform
+    from engine.core.scoring import logit_transform
     from engine.recipes.train import Example, TrainSpec, _Sequence, _sequence_backward, lora_model
 
     rng = random.Random(0)
@@ -363,7 +363,7 @@ def bench_train(model, sizes: Sizes, device: str) -> dict:
     peft_model = lora_model(model.module, spec, model.spec.source)
     peft_model.eval()
     core = peft_model.get_base_model()
-    head, transform = core.get_output_embeddings(), _logit_transform(core.config)
+    head, transform = core.get_output_embeddings(), logit_transform(core.config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     # About 5% decision points, the paper's τ = 1.4 rate on Qwen2.5-1.5B.

@@ -32,8 +32,9 @@ STALE_HEARTBEATS = 3
 """A job whose heartbeat is older than this many intervals is dead."""
 QUEUED_GRACE_S = 30.0
 """How long a job may stay queued (its process importing) before a missing process counts as dead."""
-EXIT_GRACE_S = 5.0
-"""How long resume waits for a job that wrote its final state to finish exiting."""
+EXIT_GRACE_S = 30.0
+"""How long resume waits for a job that wrote its final state to finish exiting: tearing down torch and the
+grading worker took 4–5 s on a loaded 2-core machine, so 5 s made resume refuse a job that was already over."""
 POLL_S = 0.05
 """How often a follower looks for new events while the log is idle."""
 ENTRY_PACKAGES = ("engine", "rmx_tui")
