@@ -93,9 +93,9 @@ def test_serve_renders_in_headless_chromium_and_keys_move_the_cursor(served, tmp
 
     frames: list[bytes] = []
 
-    def wait_for_screen(text: str, timeout: float = 90.0) -> None:
+    def wait_for_screen(text: str, timeout: float = 90.0, since: int = 0) -> None:
         deadline = time.monotonic() + timeout
-        while text not in _screen_text(frames):
+        while text not in _screen_text(frames[since:]):
             assert time.monotonic() < deadline, f"{text!r} never reached the browser:\n{_screen_text(frames)[-2000:]}"
             page.wait_for_timeout(100)
 
@@ -110,9 +110,13 @@ def test_serve_renders_in_headless_chromium_and_keys_move_the_cursor(served, tmp
             page.wait_for_selector(".xterm-screen", timeout=30_000)
             wait_for_screen("token 0 of")  # the inspector on the first token of a decoded, scored rollout
             wait_for_screen("entropy")
+            wait_for_screen("of the root rollout")  # τ resolved: the cursor has gone to the first decision point
+            page.wait_for_timeout(1000)
+            cursor = int(re.findall(r"token (\d+) of", _screen_text(frames))[-1])
             page.focus(".xterm-helper-textarea")
+            pressed = len(frames)
             page.keyboard.press("ArrowRight")
-            wait_for_screen("token 1 of")
+            wait_for_screen(f"token {cursor + 1} of", since=pressed)
             page.wait_for_timeout(500)
             shot = Path(os.environ.get("RMX_SERVE_SCREENSHOT") or tmp_path / "serve.png")
             page.screenshot(path=str(shot))
