@@ -28,3 +28,18 @@ def test_a_150_problem_rollout_run_shows_rate_eta_and_the_last_verdict():
     assert "smoke_3: 3/8 correct" in shown
     assert "▸ rollouts" in shown and "running" in shown  # the pipeline's bar for its stage
     assert "checkpoint: run/checkpoints/step-3" in shown  # what counts nothing stays a plain line
+
+
+def test_figure2_and_table2_runs_draw_their_own_bars():
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160, color_system=None)
+    with LiveProgress(console, lambda event: None) as live:
+        for done in (1, 2):
+            live({"intervene/done": done, "intervene/total": 500, "intervene/problem": f"test/{done}",
+                  "intervene/pass@1/oracle": done / 2})
+        live({"analyze/done": 7, "analyze/total": 40})
+        live.progress.refresh()
+        assert (live.progress.tasks[live.tasks["intervene"]].completed,
+                live.progress.tasks[live.tasks["analyze"]].total) == (2, 40)
+    shown = screen.getvalue()
+    assert "2/500" in shown and "test/2  oracle pass@1 1.00" in shown and "7/40" in shown

@@ -173,27 +173,28 @@ def intervene(
         return
     problems = load_problems(dataset, limit=limit)
     out_path = out or f"intervene-{dataset.replace('/', '_')}-{base_spec.label}.jsonl"
-    from rich.console import Console
+    from rmx_tui.cli.progress import live_or_plain
 
-    console = Console(stderr=True)
-
-    def on_event(event: dict) -> None:
-        if "intervene/problem" in event:
-            console.print(f"intervene: {event['intervene/done']}/{event['intervene/total']} problems "
-                          f"({event['intervene/problem']})", highlight=False)
+    def line(event: dict) -> str | None:
+        if "intervene/problem" not in event:
+            return None
+        return f"intervene: {event['intervene/done']}/{event['intervene/total']} problems ({event['intervene/problem']})"
 
     settings = dict(modes=chosen, sampling=sampling, tau=gate, template=template, batch_size=batch_size)
-    if cluster is not None:
-        from engine.recipes.shards import figure2_sharded
+    with live_or_plain(line) as on_event:
+        if cluster is not None:
+            from engine.recipes.shards import figure2_sharded
 
-        figure = figure2_sharded(base_spec, teacher_spec, dataset, limit, out_path, cluster,
-                                 emit=lambda event: None if "lane/task" in event else on_event(event), **settings)
-    else:
-        base_model, teacher_model = load_pair(base_spec, teacher_spec)
-        figure = run_figure2(base_model, teacher_model, problems, out_path, on_event=on_event, **settings)
+            figure = figure2_sharded(base_spec, teacher_spec, dataset, limit, out_path, cluster,
+                                     emit=lambda event: None if "lane/task" in event else on_event(event), **settings)
+        else:
+            base_model, teacher_model = load_pair(base_spec, teacher_spec)
+            figure = run_figure2(base_model, teacher_model, problems, out_path, on_event=on_event, **settings)
     if json_output:
         opt.print_json(figure.to_json())
         return
+    from rich.console import Console
+
     from rmx_tui.render import figure2_table
 
     Console().print(figure2_table(figure, f"Figure 2 — {base_spec.label} on {dataset} (τ={gate}), results in {out_path}"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import sys
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -13,6 +15,8 @@ STAGE_COUNTERS = {
     "rollouts": ("rollouts/done", "rollouts/total"),
     "train": ("train/step", "train/total"),
     "distill": ("distill/step", "distill/total"),
+    "intervene": ("intervene/done", "intervene/total"),
+    "analyze": ("analyze/done", "analyze/total"),
 }
 """Stages whose events count items: (done key, total key)."""
 
@@ -25,6 +29,9 @@ def _last_item(stage: str, event: dict[str, Any]) -> str | None:
         return f"loss {event['train/loss']:.4f}"
     if stage == "distill" and "distill/kl" in event:
         return f"KL {event['distill/kl']:.4f}"
+    if stage == "intervene" and "intervene/problem" in event:
+        oracle = event.get("intervene/pass@1/oracle")
+        return event["intervene/problem"] + ("" if oracle is None else f"  oracle pass@1 {oracle:.2f}")
     return None
 
 
@@ -78,3 +85,18 @@ class LiveProgress:
             line = self.plain(event)
             if line is not None:
                 self.progress.console.print(line, markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def live_or_plain(plain: Callable[[dict[str, Any]], str | None]) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """An emit callback: live bars on a terminal, else `plain`'s one line per event on stderr (pipes, CI)."""
+    if not sys.stderr.isatty():
+        def emit(event: dict[str, Any]) -> None:
+            line = plain(event)
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+
+        yield emit
+        return
+    with LiveProgress(Console(stderr=True), plain) as live:
+        yield live

@@ -108,10 +108,8 @@ def analyze(
     json_output: opt.Json = False,
 ) -> None:
     """Table 2: greedy base rollouts on a benchmark, scored against the teacher."""
-    from engine.recipes.analysis import analyze as run_analysis
     from engine.core.config import Tau
     from engine.core.data import load_problems
-    from engine.core.models import load_pair
 
     gate = Tau.parse(tau)
     if limit is not None and limit < 1:
@@ -121,12 +119,24 @@ def analyze(
     problems = load_problems(dataset, limit=limit)
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    from rich.console import Console
 
-    console = Console(stderr=True)
+    from rmx_tui.cli.progress import live_or_plain
 
-    def progress(done: int, total: int) -> None:
-        console.print(f"analyzed {done}/{total} problems", highlight=False)
+    def line(event: dict) -> str | None:
+        return f"analyzed {event['analyze/done']}/{event['analyze/total']} problems" if "analyze/done" in event else None
+
+    with live_or_plain(line) as emit:
+        result = _analysis(base_spec, teacher_spec, problems, dataset, limit, gate, template, max_new_tokens,
+                           batch_size, ray, ray_retries, ray_shards,
+                           lambda done, total: emit({"analyze/done": done, "analyze/total": total}))
+    _print_analysis(result, base_spec, teacher_spec, dataset, gate, len(problems), json_output)
+
+
+def _analysis(base_spec, teacher_spec, problems, dataset, limit, gate, template, max_new_tokens, batch_size, ray,
+              ray_retries, ray_shards, progress):
+    """Table 2 in this process, or sharded over a Ray cluster."""
+    from engine.core.models import load_pair
+    from engine.recipes.analysis import analyze as run_analysis
 
     if ray is not None:
         from engine.recipes.lanes import RaySpec, check_reachable
@@ -140,6 +150,12 @@ def analyze(
         base_model, teacher_model = load_pair(base_spec, teacher_spec)
         result = run_analysis(base_model, teacher_model, problems, tau=gate, template=template,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, on_progress=progress)
+    return result
+
+
+def _print_analysis(result, base_spec, teacher_spec, dataset, gate, count: int, json_output: bool) -> None:
+    from rich.console import Console
+
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -147,7 +163,7 @@ def analyze(
 
     out = Console()
     out.print(table2(result.table, f"Table 2 — {base_spec.label} vs {teacher_spec.label} on {dataset} (τ={gate})"))
-    out.print(f"base pass@1: {100 * result.pass_at_1:.1f}% over {len(problems)} problems")
+    out.print(f"base pass@1: {100 * result.pass_at_1:.1f}% over {count} problems")
     if result.gate is not None:
         precision = "—" if result.gate.precision is None else f"{result.gate.precision:.3f}"
         recall = "—" if result.gate.recall is None else f"{result.gate.recall:.3f}"
