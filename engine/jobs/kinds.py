@@ -11,14 +11,14 @@ from engine.jobs.foreground import output_of
 from engine.jobs.store import RunContext, register_job_kind
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
-from engine.recipes.evaluate import EvalSpec, evaluate
+from engine.recipes.evaluate import EvalSpec
 from engine.core.io import atomic_write_json
 from engine.recipes.lanes import RaySpec, check_ray_installed
 from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
 from engine.core.records import read_rollouts
-from engine.recipes.rollouts import RolloutSpec, sample_rollouts
-from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
+from engine.recipes.rollouts import RolloutSpec
+from engine.recipes.shards import evaluate_on, sample_rollouts_on
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainSpec, train
 from engine.recipes.trackers import Mirror, report_spec_of
@@ -107,13 +107,9 @@ def _mirrored(kind: str) -> Callable[[Callable[[dict, RunContext], None]], Calla
 def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "rollouts")
     with Meter("rollouts", run.artifacts):
-        ray = ray_of(config)
-        if ray is not None:
-            result = sample_rollouts_sharded(model, spec, output_of(config, run, "rollouts.jsonl"), ray,
-                                             resume=run.resumed, emit=run.emit, should_stop=run.should_stop)
-        else:
-            result = sample_rollouts(model, spec, output_of(config, run, "rollouts.jsonl"), resume=run.resumed,
-                                     emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
+        result = sample_rollouts_on(ray_of(config), model, spec, output_of(config, run, "rollouts.jsonl"),
+                                    resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
+                                    progress=run.set_progress)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 
@@ -149,13 +145,8 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
 def eval_job(config: dict[str, Any], run: RunContext) -> None:
     model, spec = _job_config(config, "model", "eval")
     with Meter("eval", run.artifacts):
-        ray = ray_of(config)
-        if ray is not None:
-            result = evaluate_sharded(model, spec, output_of(config, run), ray, resume=run.resumed, emit=run.emit,
-                                      should_stop=run.should_stop)
-        else:
-            result = evaluate(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
-                              should_stop=run.should_stop, progress=run.set_progress)
+        result = evaluate_on(ray_of(config), model, spec, output_of(config, run), resume=run.resumed,
+                             emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
     atomic_write_json(run.artifacts / "result.json", result.to_json())
 
 

@@ -12,11 +12,11 @@ from engine.core.config import ModelSpec
 from engine.recipes.costs import Meter
 from engine.core.errors import Diverged, RmxError, Stopped
 from engine.core.io import atomic_write, atomic_write_json
-from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table, evaluate
+from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table
 from engine.recipes.pool import PoolSpec, write_pool
-from engine.recipes.rollouts import RolloutSpec, sample_rollouts
+from engine.recipes.rollouts import RolloutSpec
 from engine.recipes.lanes import RaySpec
-from engine.recipes.shards import evaluate_sharded, sample_rollouts_sharded
+from engine.recipes.shards import evaluate_on, sample_rollouts_on
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainResult, TrainSpec, train
 from engine.recipes.trackers import ReportSpec
@@ -137,21 +137,12 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     ray = build_spec(RaySpec, config["ray"]) if "ray" in config else None
     stages: dict[str, Any] = {}
 
-    def evaluate_on(spec: ModelSpec, eval_spec: EvalSpec, folder: Path):
-        if ray is not None:
-            return evaluate_sharded(spec, eval_spec, folder, ray, resume=resume, emit=emit, should_stop=should_stop)
-        return evaluate(spec, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop)
-
     def stopped() -> bool:
         return should_stop is not None and should_stop()
 
     def rollouts_stage(folder: Path):
-        spec = build_spec(RolloutSpec, config["rollouts"])
-        if ray is not None:
-            return sample_rollouts_sharded(model, spec, folder / "rollouts.jsonl", ray, resume=resume, emit=emit,
-                                           should_stop=should_stop)
-        return sample_rollouts(model, spec, folder / "rollouts.jsonl", resume=resume, emit=emit,
-                               should_stop=should_stop)
+        return sample_rollouts_on(ray, model, build_spec(RolloutSpec, config["rollouts"]), folder / "rollouts.jsonl",
+                                  resume=resume, emit=emit, should_stop=should_stop)
 
     stages["rollouts"] = _stage("rollouts", out, resume, rollouts_stage, emit)
     if stopped():
@@ -172,12 +163,13 @@ def run_pipeline(config: dict[str, dict[str, Any]], out: str | Path, *, resume: 
     if stopped():
         raise Stopped("pipeline stopped after training: resume it to go on")
     eval_spec = build_spec(EvalSpec, config["eval"])
-    stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate_on(model, eval_spec, folder),
-                                 emit)
+    stages["eval_base"] = _stage("eval_base", out, resume, lambda folder: evaluate_on(
+        ray, model, eval_spec, folder, resume=resume, emit=emit, should_stop=should_stop), emit)
     comparison = None
     if adapter is not None:
         stages["eval_tuned"] = _stage("eval_tuned", out, resume, lambda folder: evaluate_on(
-            replace(model, adapter=adapter), eval_spec, folder), emit)
+            ray, replace(model, adapter=adapter), eval_spec, folder, resume=resume, emit=emit,
+            should_stop=should_stop), emit)
         comparison = compare([("base", EvalResult.from_json(stages["eval_base"])),
                               ("tuned", EvalResult.from_json(stages["eval_tuned"]))])
     report = out / "report.md"

@@ -62,6 +62,26 @@ def _refuse_existing(paths: list[Path], resume: bool) -> None:
         raise RmxError(f"{existing[0]} already exists: pass --resume to continue it, or choose another --out")
 
 
+
+def evaluate_on(ray: RaySpec | None, model: ModelSpec, spec: EvalSpec, out: str | Path, *, resume: bool = False,
+                emit: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """`evaluate` in this process, or sharded over the Ray cluster `ray` names (its shards report no progress)."""
+    if ray is None:
+        return evaluate(model, spec, out, resume=resume, emit=emit, should_stop=should_stop, progress=progress)
+    return evaluate_sharded(model, spec, out, ray, resume=resume, emit=emit, should_stop=should_stop)
+
+
+def sample_rollouts_on(ray: RaySpec | None, model: ModelSpec, spec: RolloutSpec, out: str | Path, *,
+                       resume: bool = False, emit: Callable[[dict], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> RolloutResult:
+    """`sample_rollouts` in this process, or sharded over the Ray cluster `ray` names."""
+    if ray is None:
+        return sample_rollouts(model, spec, out, resume=resume, emit=emit, should_stop=should_stop,
+                               progress=progress)
+    return sample_rollouts_sharded(model, spec, out, ray, resume=resume, emit=emit, should_stop=should_stop)
+
 # --- eval --------------------------------------------------------------------------------------------------
 
 

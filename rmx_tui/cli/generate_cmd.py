@@ -122,8 +122,8 @@ def intervene(
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
     teacher_adapter: opt.TeacherAdapter = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")] = "smoke",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    dataset: opt.Dataset = "smoke",
+    limit: opt.Limit = None,
     modes: Annotated[str, typer.Option("--modes", help="Comma-separated: base, teacher, oracle, random, gated.")] = "base,teacher,oracle,random,gated",
     tau: Annotated[str, typer.Option("--tau", help="Gate threshold: nats (1.2) or a quantile per problem (q0.97).")] = "1.2",
     template: Template = "auto",
@@ -141,9 +141,9 @@ def intervene(
     job: Annotated[bool, typer.Option("--job", help="Run as a background job (rmx jobs show/logs/cancel/resume ID); prints its id.")] = False,
     detach: Annotated[bool, typer.Option("--detach", hidden=True, help="The old name of --job.")] = False,
     batch_size: opt.BatchSize = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Shard the problems over a Ray cluster (pip install 'rmx[ray]'): auto, local, or the head's host:port.")] = None,
-    ray_retries: Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a shard whose worker died is retried.")] = 2,
-    ray_shards: Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")] = None,
+    ray: opt.RayAddress = None,
+    ray_retries: opt.RayRetries = 2,
+    ray_shards: opt.RayShards = None,
     json_output: opt.Json = False,
 ) -> None:
     """Figure 2: pass@1 of base, teacher, oracle, random and gated decoding over a benchmark."""
@@ -161,12 +161,7 @@ def intervene(
                                               trust_remote_code)
     if teacher_spec is None and any(m != "base" for m in chosen):
         raise RmxError("teacher, oracle, random and gated need a teacher: give --teacher and/or --teacher-adapter")
-    cluster = None
-    if ray is not None:
-        from engine.recipes.lanes import RaySpec, check_reachable
-
-        cluster = RaySpec(ray, max_retries=ray_retries, shards=ray_shards)
-        check_reachable(cluster)
+    cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     if job or detach:
         _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
                           batch_size, cluster)

@@ -37,6 +37,27 @@ def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_ada
     return base_spec, ModelSpec(teacher or base, adapter=teacher_adapter, **common)
 
 
+# Problem sets, prompts and Ray: the same options on every command that walks a benchmark.
+Dataset = Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")]
+Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")]
+Template = Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
+RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
+RayShards = Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")]
+
+
+def ray_spec(address: str | None, retries: int = 2, shards: int | None = None) -> Any:
+    """The Ray cluster asked for, checked (Ray importable, the address answering) before any run folder is made;
+    None runs in this process."""
+    if address is None:
+        return None
+    from engine.recipes.lanes import RaySpec, check_reachable
+
+    spec = RaySpec(address, max_retries=retries, shards=shards)
+    check_reachable(spec)
+    return spec
+
+
 def print_json(data: Any) -> None:
     """One JSON document on stdout (NaN-free; floats as Python writes them)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")

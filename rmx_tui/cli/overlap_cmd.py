@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,10 +15,10 @@ def overlap(
     base: opt.Base = "demo",
     teacher: opt.Teacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")] = "smoke",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    dataset: opt.Dataset = "smoke",
+    limit: opt.Limit = None,
     tau: Annotated[str, typer.Option("--tau", help="The gate whose coverage is reported: nats (1.4) or a quantile (q0.9).")] = "q0.9",
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")] = "auto",
+    template: opt.Template = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy base tokens per problem.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Problems decoded together.")] = 8,
     dtype: opt.Dtype = "auto",

@@ -45,9 +45,6 @@ CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="K
 AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
 AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
 Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
-RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
-RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
-RayShards = Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")]
 Backend = Annotated[str, typer.Option("--backend", help="auto (default: paged on CUDA, else hf), hf (engine.core.decode's step decoder), paged (transformers' continuous batching, paged KV cache) or vllm (pip install 'rmx[vllm]', CUDA only).")]
 
 
@@ -55,17 +52,6 @@ def _model(base: str, adapter: str | None, dtype: str, device: str, revision: st
     from engine.core.config import ModelSpec
 
     return ModelSpec(base, adapter=adapter, dtype=dtype, device=device, revision=revision, trust_remote_code=trust)
-
-
-def _ray(address: str | None, retries: int = 2, shards: int | None = None):
-    """The Ray cluster asked for, checked (and Ray importable) before any run folder is made; None: this process."""
-    if address is None:
-        return None
-    from engine.recipes.lanes import RaySpec, check_reachable
-
-    spec = RaySpec(address, max_retries=retries, shards=shards)
-    check_reachable(spec)
-    return spec
 
 
 def _with_ray(config: dict[str, Any], ray) -> dict[str, Any]:
@@ -168,9 +154,9 @@ def rollouts(
     grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for the grader.")] = 5.0,
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
-    ray: RayAddress = None,
-    ray_retries: RayRetries = 2,
-    ray_shards: RayShards = None,
+    ray: opt.RayAddress = None,
+    ray_retries: opt.RayRetries = 2,
+    ray_shards: opt.RayShards = None,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -180,25 +166,20 @@ def rollouts(
     json_output: opt.Json = False,
 ) -> None:
     """Sample K completions per problem from the base, grade them, and write rollouts.jsonl (resumable per problem)."""
-    from engine.recipes.rollouts import RolloutSpec, sample_rollouts
+    from engine.recipes.rollouts import RolloutSpec
+    from engine.recipes.shards import sample_rollouts_on
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                        template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
-    cluster = _ray(ray, ray_retries, ray_shards)
+    cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
     if job:
         _submit("rollouts", config, json_output)
         return
     with _foreground("rollouts", config, out, json_output) as run:
-        if cluster is not None:
-            from engine.recipes.shards import sample_rollouts_sharded
-
-            result = sample_rollouts_sharded(model, spec, out, cluster, resume=resume, emit=run.emit,
-                                             should_stop=run.should_stop)
-        else:
-            result = sample_rollouts(model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
-                                     progress=run.set_progress)
+        result = sample_rollouts_on(cluster, model, spec, out, resume=resume, emit=run.emit,
+                                    should_stop=run.should_stop, progress=run.set_progress)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -397,8 +378,8 @@ def sweep(
     template: Template = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
     resume: Resume = False,
-    ray: RayAddress = None,
-    ray_retries: RayRetries = 2,
+    ray: opt.RayAddress = None,
+    ray_retries: opt.RayRetries = 2,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
@@ -415,7 +396,7 @@ def sweep(
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = _train_spec(rollouts, **training)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
-    cluster = _ray(ray, ray_retries)
+    cluster = opt.ray_spec(ray, ray_retries)
     config = _reported(_with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
                                  cluster), report_to)
     if job:
@@ -459,9 +440,9 @@ def eval_run(
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
     resume: Resume = False,
-    ray: RayAddress = None,
-    ray_retries: RayRetries = 2,
-    ray_shards: RayShards = None,
+    ray: opt.RayAddress = None,
+    ray_retries: opt.RayRetries = 2,
+    ray_shards: opt.RayShards = None,
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -471,25 +452,20 @@ def eval_run(
         return
     if model is None:
         raise RmxError("rmx eval needs --model (or a subcommand: rmx eval compare RUN RUN …)")
-    from engine.recipes.evaluate import EvalSpec, evaluate, markdown_table
+    from engine.recipes.evaluate import EvalSpec, markdown_table
+    from engine.recipes.shards import evaluate_on
 
     spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
                     seed, backend, grade_timeout)
-    cluster = _ray(ray, ray_retries, ray_shards)
+    cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), report_to)
     if job:
         _submit("eval", config, json_output)
         return
     with _foreground("eval", config, out, json_output) as run:
-        if cluster is not None:
-            from engine.recipes.shards import evaluate_sharded
-
-            result = evaluate_sharded(spec_model, spec, out, cluster, resume=resume, emit=run.emit,
-                                      should_stop=run.should_stop)
-        else:
-            result = evaluate(spec_model, spec, out, resume=resume, emit=run.emit, should_stop=run.should_stop,
-                              progress=run.set_progress)
+        result = evaluate_on(cluster, spec_model, spec, out, resume=resume, emit=run.emit,
+                             should_stop=run.should_stop, progress=run.set_progress)
     _result(result, json_output, markdown_table(result))
 
 
@@ -622,10 +598,10 @@ def pipeline(
     checked = load_pipeline(config)
     if ray is not None:
         section = checked.get("ray", {})
-        cluster = _ray(ray, section.get("max_retries", 2), section.get("shards"))
+        cluster = opt.ray_spec(ray, section.get("max_retries", 2), section.get("shards"))
         checked = {**checked, "ray": {**section, "address": cluster.address}}
     elif "ray" in checked:
-        _ray(checked["ray"].get("address", "auto"))
+        opt.ray_spec(checked["ray"].get("address", "auto"))
     if report_to is not None:  # --report-to overrides the TOML's [report]
         from engine.recipes.trackers import ReportSpec
 

@@ -92,19 +92,19 @@ def analyze(
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
     teacher_adapter: opt.TeacherAdapter = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")] = "smoke",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
+    dataset: opt.Dataset = "smoke",
+    limit: opt.Limit = None,
     tau: Annotated[str, typer.Option("--tau", help="Decision threshold: nats (1.4) or a quantile (q0.97).")] = "1.4",
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")] = "auto",
+    template: opt.Template = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy tokens per problem.")] = 512,
     batch_size: opt.BatchSize = None,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Shard the problems over a Ray cluster (pip install 'rmx[ray]'): auto, local, or the head's host:port.")] = None,
-    ray_retries: Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a shard whose worker died is retried.")] = 2,
-    ray_shards: Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")] = None,
+    ray: opt.RayAddress = None,
+    ray_retries: opt.RayRetries = 2,
+    ray_shards: opt.RayShards = None,
     json_output: opt.Json = False,
 ) -> None:
     """Table 2: greedy base rollouts on a benchmark, scored against the teacher."""
@@ -139,11 +139,9 @@ def _analysis(base_spec, teacher_spec, problems, dataset, limit, gate, template,
     from engine.recipes.analysis import analyze as run_analysis
 
     if ray is not None:
-        from engine.recipes.lanes import RaySpec, check_reachable
         from engine.recipes.shards import analyze_sharded
 
-        cluster = RaySpec(ray, max_retries=ray_retries, shards=ray_shards)
-        check_reachable(cluster)
+        cluster = opt.ray_spec(ray, ray_retries, ray_shards)
         result = analyze_sharded(base_spec, teacher_spec, dataset, limit, cluster, tau=gate, template=template,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     else:
