@@ -18,9 +18,11 @@ from typing import Any, Callable
 
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
-from engine.recipes.evaluate import ITEMS_FILE, EvalResult, EvalSpec, evaluate
+# By module, not by name: the recipe functions are looked up when called, as the CLI's callers expect.
+from engine.recipes import evaluate as evaluation, rollouts as sampling
+from engine.recipes.evaluate import ITEMS_FILE, EvalResult, EvalSpec
 from engine.recipes.lanes import RayLanes, RaySpec, Task
-from engine.recipes.rollouts import RolloutResult, RolloutSpec, sample_rollouts
+from engine.recipes.rollouts import RolloutResult, RolloutSpec
 
 SHARDS = "shards"
 """The folder, beside a run's output, that holds one sub-folder per shard."""
@@ -68,7 +70,8 @@ def evaluate_on(ray: RaySpec | None, model: ModelSpec, spec: EvalSpec, out: str 
                 progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """`evaluate` in this process, or sharded over the Ray cluster `ray` names (its shards report no progress)."""
     if ray is None:
-        return evaluate(model, spec, out, resume=resume, emit=emit, should_stop=should_stop, progress=progress)
+        return evaluation.evaluate(model, spec, out, resume=resume, emit=emit, should_stop=should_stop,
+                                   progress=progress)
     return evaluate_sharded(model, spec, out, ray, resume=resume, emit=emit, should_stop=should_stop)
 
 
@@ -78,7 +81,7 @@ def sample_rollouts_on(ray: RaySpec | None, model: ModelSpec, spec: RolloutSpec,
                        progress: Callable[[int, int], None] | None = None) -> RolloutResult:
     """`sample_rollouts` in this process, or sharded over the Ray cluster `ray` names."""
     if ray is None:
-        return sample_rollouts(model, spec, out, resume=resume, emit=emit, should_stop=should_stop,
+        return sampling.sample_rollouts(model, spec, out, resume=resume, emit=emit, should_stop=should_stop,
                                progress=progress)
     return sample_rollouts_sharded(model, spec, out, ray, resume=resume, emit=emit, should_stop=should_stop)
 
@@ -88,7 +91,7 @@ def sample_rollouts_on(ray: RaySpec | None, model: ModelSpec, spec: RolloutSpec,
 def _eval_shard(*, device: str, lane: str, emit: Callable[[dict], None], should_stop: Callable[[], bool] | None,
                 model: ModelSpec, spec: EvalSpec, out: str) -> None:
     # Always resumable: a retried shard (its worker died) keeps the problems it had finished.
-    evaluate(replace(model, device=device), spec, out, resume=True, emit=emit, should_stop=should_stop)
+    evaluation.evaluate(replace(model, device=device), spec, out, resume=True, emit=emit, should_stop=should_stop)
 
 
 def evaluate_sharded(model: ModelSpec, spec: EvalSpec, out: str | Path, ray: RaySpec, *, resume: bool = False,
@@ -118,7 +121,7 @@ def evaluate_sharded(model: ModelSpec, spec: EvalSpec, out: str | Path, ray: Ray
     emit({"ray/shards": len(tasks)})
     pool.run(tasks, emit, should_stop)
     _concatenate([Path(task.kwargs["out"]) / ITEMS_FILE for task in tasks], out / ITEMS_FILE)
-    return evaluate(model, spec, out, resume=True, emit=emit)
+    return evaluation.evaluate(model, spec, out, resume=True, emit=emit)
 
 
 # --- rollouts ----------------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def evaluate_sharded(model: ModelSpec, spec: EvalSpec, out: str | Path, ray: Ray
 def _rollouts_shard(*, device: str, lane: str, emit: Callable[[dict], None],
                     should_stop: Callable[[], bool] | None, model: ModelSpec, spec: RolloutSpec,
                     out: str) -> dict[str, Any]:
-    result = sample_rollouts(replace(model, device=device), spec, out, resume=True, emit=emit,
+    result = sampling.sample_rollouts(replace(model, device=device), spec, out, resume=True, emit=emit,
                              should_stop=should_stop)
     return result.to_json()
 
@@ -156,7 +159,7 @@ def sample_rollouts_sharded(model: ModelSpec, spec: RolloutSpec, out: str | Path
     emit({"ray/shards": len(tasks)})
     results = [RolloutResult(**result) for result in pool.run(tasks, emit, should_stop)]
     _concatenate([Path(task.kwargs["out"]) for task in tasks], path)
-    merged = sample_rollouts(model, spec, path, resume=True, emit=emit)
+    merged = sampling.sample_rollouts(model, spec, path, resume=True, emit=emit)
     tokens, seconds = sum(r.tokens for r in results), max(r.seconds for r in results)
     return replace(merged, tokens=tokens, seconds=seconds, tok_s=tokens / seconds if seconds > 0 else 0.0)
 
