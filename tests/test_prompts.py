@@ -70,7 +70,7 @@ def test_auto_follows_appendix_c_per_family(tokenizers, model_type, name, tokeni
 
 
 def test_each_template_builds_the_papers_text(tokenizers):
-    tok = tokenizers["qwen+chat"]
+    tok = tokenizers["qwen3+chat"]
     problem = "What is 12 + 30?"
     text = {"qwen": QWEN_RAW, "qwen3": QWEN_RAW, "mistral": MISTRAL}
     for name, template in text.items():

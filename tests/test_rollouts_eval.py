@@ -99,7 +99,7 @@ def test_rollouts_grade_with_the_extract_mode_asked_for_and_resume_only_with_it(
     lenient = read_rollouts(sample_rollouts(model, _spec(extract="lenient", **spec), lenient_out).path)
     assert [r.completion_ids for r in strict] == [r.completion_ids for r in lenient]  # same seeds, same samples
     for mode, rollouts in (("strict", strict), ("lenient", lenient)):
-        assert [r.answer for r in rollouts] == [extract_answer(r.completion, r.finish, mode)[0] for r in rollouts]
+        assert [r.answer for r in rollouts] == [extract_answer(r.text, r.finish, mode)[0] for r in rollouts]
     # The random model's cut-off completions carry stray digits: only lenient takes one as the answer.
     assert sum(r.answer is not None for r in lenient) > sum(r.answer is not None for r in strict)
     meta = json.loads((tmp_path / "lenient.jsonl.meta.json").read_text())
