@@ -110,6 +110,13 @@ def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) 
         yield run
 
 
+def _record(run: Any, kind: str, result: Any, out: str) -> None:
+    """artifacts/result.json, listing the outputs, as a detached job of the kind writes it."""
+    from engine.jobs.kinds import record_result
+
+    record_result(kind, result, run.context.artifacts, out)
+
+
 def _reported(config: dict[str, Any], report_to: list[str] | None) -> dict[str, Any]:
     """The job config with its trackers (checked now: a missing package is one line before any work)."""
     from engine.recipes.trackers import ReportSpec
@@ -180,6 +187,7 @@ def rollouts(
     with _foreground("rollouts", config, out, json_output) as run:
         result = sample_rollouts_on(cluster, model, spec, out, resume=resume, emit=run.emit,
                                     should_stop=run.should_stop, progress=run.set_progress)
+        _record(run, "rollouts", result, out)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -356,6 +364,7 @@ def train(
     with _foreground("train", config, out, json_output) as fg:
         result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
+        _record(fg, "train", result, out)
         if result.state == "diverged":
             fg.diverged(result.reason or "diverged")
     _result(result, json_output, f"{result.state} after {result.step}/{result.total} steps on {result.sequences} "
@@ -405,6 +414,7 @@ def sweep(
     with _foreground("sweep", config, out, json_output) as fg:
         result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      ray=cluster)
+        _record(fg, "sweep", result, out)
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -466,6 +476,7 @@ def eval_run(
     with _foreground("eval", config, out, json_output) as run:
         result = evaluate_on(cluster, spec_model, spec, out, resume=resume, emit=run.emit,
                              should_stop=run.should_stop, progress=run.set_progress)
+        _record(run, "eval", result, out)
     _result(result, json_output, markdown_table(result))
 
 
@@ -539,6 +550,7 @@ def distill(
     with _foreground("distill", config, out, json_output) as fg:
         result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
+        _record(fg, "distill", result, out)
     _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
             f"final KL {result.final_kl:.4f}")
 
@@ -613,6 +625,7 @@ def pipeline(
     try:
         with _foreground("pipeline", {"pipeline": checked}, out, json_output) as run:
             result = run_pipeline(checked, out, resume=resume, emit=run.emit, should_stop=run.should_stop)
+            _record(run, "pipeline", result, out)
     except Diverged as error:
         print(f"rmx: {error}", file=sys.stderr)
         raise typer.Exit(1) from None
