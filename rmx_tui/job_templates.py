@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.core.errors import RmxError
-from engine.jobs.store import JobStatus
+from engine.jobs.store import JobStatus, run_outputs
 from engine.service.workbench import WorkbenchInfo
 
 KINDS = ("selftest", "intervene", "rollouts", "pool", "train", "sweep", "eval", "distill", "pipeline")
@@ -28,9 +28,9 @@ class Defaults:
     """The demo ships one model: it is its own teacher, as in `rmx demo`."""
     teacher_adapter: str | None = None
     rollouts: str | None = None
-    """artifacts/rollouts.jsonl of the newest finished rollouts run."""
+    """The rollouts file the newest finished rollouts run lists in its result.json."""
     pool: str | None = None
-    """artifacts/pool.jsonl of the newest finished pool run."""
+    """The pool file the newest finished pool run lists in its result.json."""
 
     @classmethod
     def of(cls, info: WorkbenchInfo | None, statuses: Iterable[JobStatus], runs: Path) -> "Defaults":
@@ -40,13 +40,14 @@ class Defaults:
         teacher = (info.teacher or base) if info is not None else None
         finished = sorted((s for s in statuses if s.state == "done"), key=lambda s: (s.created, s.id))
 
-        def newest(kind: str, name: str) -> str | None:
-            run = next((s for s in reversed(finished) if s.kind == kind), None)
-            return str(runs / run.id / "artifacts" / name) if run is not None else None
+        def newest(kind: str) -> str | None:
+            """The `kind` output of the newest finished run of that kind, as its result.json lists it."""
+            return next((output for s in reversed(finished) if s.kind == kind
+                         for output in [run_outputs(runs / s.id).get(kind)] if output), None)
 
         return cls(base=base.source if base else "demo", base_adapter=base.adapter if base else None,
                    teacher=teacher.source if teacher else "demo", teacher_adapter=teacher.adapter if teacher else None,
-                   rollouts=newest("rollouts", "rollouts.jsonl"), pool=newest("pool", "pool.jsonl"))
+                   rollouts=newest("rollouts"), pool=newest("pool"))
 
 
 def _quoted(text: str) -> str:

@@ -14,7 +14,7 @@ from textual.widgets import Label, OptionList, TextArea
 
 from engine.service.daemon import client_for, daemon_status, start_daemon, stop_daemon
 from engine.core.errors import RmxError
-from engine.jobs.store import JobStatus, list_runs, resolve_entry, submit_job
+from engine.jobs.store import JobStatus, list_runs, resolve_entry, submit_job, write_result
 from engine.core.records import ModelInfo, Rollout
 from engine.service.workbench import WorkbenchInfo
 from rmx_tui.job_templates import KINDS, NO_ROLLOUTS, Defaults, job_config, template
@@ -135,10 +135,15 @@ def test_templates_take_the_loaded_models_and_the_newest_finished_outputs(tiny_l
             run("20260101-120100-rollouts-0002", "rollouts", "done", 2.0),
             run("20260101-120200-rollouts-0003", "rollouts", "failed", 3.0),
             run("20260101-120300-pool-0004", "pool", "done", 4.0)]
+    for status in runs:  # each lists its output in result.json, wherever it wrote it (a failed run lists none)
+        if status.state == "done":
+            write_result(tmp_path / status.id / "artifacts", {}, {status.kind: f"/out/{status.id}.jsonl"})
     defaults = Defaults.of(info, runs, tmp_path)
-    newest = str(tmp_path / "20260101-120100-rollouts-0002" / "artifacts" / "rollouts.jsonl")
-    pool = str(tmp_path / "20260101-120300-pool-0004" / "artifacts" / "pool.jsonl")
+    newest, pool = "/out/20260101-120100-rollouts-0002.jsonl", "/out/20260101-120300-pool-0004.jsonl"
     assert (defaults.rollouts, defaults.pool) == (newest, pool)
+    # A finished run whose result.json is missing has no output to offer: nothing is guessed from its folder.
+    (tmp_path / "20260101-120100-rollouts-0002" / "artifacts" / "result.json").unlink()
+    assert Defaults.of(info, runs, tmp_path).rollouts == "/out/20260101-120000-rollouts-0001.jsonl"
 
     base = {"source": str(tiny_llama), "dtype": "auto", "device": "auto"}
     teacher = {**base, "adapter": str(tiny_llama_adapter)}
