@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from engine.core.config import ModelSpec, Tau
 from engine.core.data import Problem
+from engine.core.fielddocs import field_docs
 from engine.core.decode import MAX_NEW_TOKENS, MAX_STOP_CHARS, MAX_STOPS, SEED_LIMIT, SamplingSpec, Step
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult
@@ -122,8 +123,9 @@ _MODEL_TEXT = {"source": PathText, "adapter": PathText}
 
 
 def _model_body() -> type[_ModelBodyBase]:
-    """ModelBody, generated from ModelSpec's fields and defaults so that the two cannot drift."""
+    """ModelBody, generated from ModelSpec's fields, defaults and field docstrings so that the two cannot drift."""
     hints = typing.get_type_hints(ModelSpec)
+    docs = field_docs(ModelSpec.__module__, ModelSpec.__name__)
     fields: dict[str, Any] = {}
     for spec_field in dataclasses.fields(ModelSpec):
         hint = hints[spec_field.name]
@@ -135,7 +137,7 @@ def _model_body() -> type[_ModelBodyBase]:
         elif hint is not bool:
             raise TypeError(f"ModelSpec.{spec_field.name}: {hint} has no JSON form in the API yet")
         default = ... if spec_field.default is dataclasses.MISSING else spec_field.default
-        fields[spec_field.name] = (hint, default)
+        fields[spec_field.name] = (hint, Field(default, description=docs.get(spec_field.name)))
     return create_model("ModelBody", __base__=_ModelBodyBase, __doc__="engine.core.config.ModelSpec as JSON.",
                         **fields)
 
