@@ -6,20 +6,19 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
 from engine.jobs.foreground import output_of
 from engine.jobs.store import RunContext, register_job_kind, write_result
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
-from engine.recipes.evaluate import RESULT_FILE as EVAL_FILE, TABLE_FILE, EvalSpec
+from engine.recipes.evaluate import RESULT_FILE as EVAL_FILE, TABLE_FILE
 from engine.recipes.lanes import RaySpec, check_ray_installed
 from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
+from engine.recipes.schema import build_table
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
 from engine.core.records import read_rollouts
-from engine.recipes.rollouts import RolloutSpec
 from engine.recipes.shards import evaluate_on, sample_rollouts_on
-from engine.recipes.sweep import SWEEP_FILE, SweepSpec, sweep
+from engine.recipes.sweep import SWEEP_FILE, sweep
 from engine.recipes.train import TrainSpec, train
 from engine.recipes.trackers import Mirror, report_spec_of
 
@@ -53,15 +52,10 @@ def _job_config(config: dict[str, Any], *names: str) -> list[Any]:
     """Build each named spec of a job config; a bad config is one RmxError line before any process starts."""
     built = []
     for name in names:
-        cls = {"model": ModelSpec, "teacher": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec,
-               "train": TrainSpec, "sweep": SweepSpec, "eval": EvalSpec, "distill": DistillSpec}[name]
         values = config.get(name)
         if not isinstance(values, dict):
             raise RmxError(f"job config needs a '{name}' object")
-        try:
-            built.append(build_spec(cls, values))
-        except TypeError as error:
-            raise RmxError(f"job config '{name}': {error}") from None
+        built.append(build_table(name, values))
     return built
 
 
