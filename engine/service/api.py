@@ -168,6 +168,13 @@ class ForkBody(Body):
     sampling: SamplingBody = Field(default_factory=_fork_sampling)
 
 
+class EditOverlapBody(Body):
+    prompt_ids: TokenIds
+    adapter: PathText
+    """A PEFT adapter folder for the loaded base, on the daemon's machine."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256
+
+
 class GradeBody(Body):
     completion: Text
     gold: Text
@@ -223,6 +230,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("decode", "POST", "/decode", DecodeBody),
     Operation("intervene", "POST", "/intervene/stream", InterveneBody),
     Operation("fork_outcomes", "POST", "/fork/stream", ForkBody),
+    Operation("edit_overlap", "POST", "/edit_overlap", EditOverlapBody),
     Operation("pool_stats", "POST", "/pool_stats", PoolStatsBody),
     Operation("grade", "POST", "/grade", GradeBody),
     Operation("problems", "POST", "/problems", ProblemsBody),

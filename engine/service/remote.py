@@ -20,6 +20,7 @@ from engine.core.errors import RmxError
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, Interrupted, ShouldStop
 from engine.jobs.store import JobConflict, JobNotFound, JobStatus, JobView, job_entry
+from engine.recipes.overlap import RolloutEdits
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
@@ -339,6 +340,13 @@ class RemoteClient:
             return ForkEstimate.from_json(self._stoppable("/fork/stream", body, should_stop))
         data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
         return ForkEstimate.from_json(data)
+
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The overlap from the daemon (`adapter` is a path on its machine); no read timeout, as decoding and
+        scoring twice answers only when done."""
+        body = {"prompt_ids": list(prompt_ids), "adapter": str(adapter), "max_new_tokens": max_new_tokens}
+        return RolloutEdits.from_json(self._call("POST", "/edit_overlap", body,
+                                                 timeout=httpx.Timeout(None, connect=5.0)))
 
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:

@@ -29,7 +29,7 @@ from engine.jobs.store import (
     json_bytes, list_runs, load_run, resume_job, rmx_version, submit_job,
 )
 from engine.service.api import (
-    DecodeBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
+    DecodeBody, EditOverlapBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
     PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import Workbench, WorkbenchInfo
@@ -496,6 +496,11 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
                                            sampling, should_stop=should_stop).to_json(with_ids=True)
 
         return ndjson_response(_stoppable(run))
+
+    @app.post("/edit_overlap")
+    def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
+        """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
+        return workbench.edit_overlap(body.prompt_ids, body.adapter, body.max_new_tokens).to_json()
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:
