@@ -273,8 +273,8 @@ def test_a_slow_step_gets_keepalive_lines_meanwhile(monkeypatch):
     monkeypatch.setattr("engine.service.server.KEEPALIVE_S", 0.05)
 
     class Slow(_Scripted):
-        def decode(self, *args):
-            steps = super().decode(*args)
+        def decode(self, *args, **kwargs):
+            steps = super().decode(*args, **kwargs)
 
             def slow():
                 with closing(steps):
@@ -297,7 +297,7 @@ def test_a_stoppable_call_streams_blank_lines_then_its_answer_then_done(monkeypa
     result = InterventionResult(mode="base", steps=(step,), completion_ids=(1,), text="x", touched=())
 
     class Slow:
-        def intervene(self, prompt_ids, mode, *args, should_stop):
+        def intervene(self, prompt_ids, mode, *args, should_stop, **kwargs):
             time.sleep(0.3)
             if mode == "manual":
                 raise RmxError("the device ran out of memory (simulated)")

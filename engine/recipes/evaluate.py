@@ -35,6 +35,7 @@ class EvalSpec:
     offset: int = 0
     """Skip this many problems of each benchmark first (a holdout slice of a training set)."""
     max_new_tokens: int = 4096
+    """Longest completion."""
     template: str | None = "auto"
     """Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw, or auto."""
     avg_k: int = 8
@@ -44,11 +45,14 @@ class EvalSpec:
     temperature: float = 0.6
     """Sampling temperature of the avg@k generations."""
     top_p: float = 0.95
+    """Nucleus mass of the avg@k generations."""
     seed: int = 0
+    """Seed of the avg@k generations."""
     backend: str = "auto"
     """auto (paged on CUDA, else hf), hf (engine.core.decode), paged (transformers' continuous batching) or vllm
     (optional extra, CUDA only)."""
     grade_timeout_s: float = 5.0
+    """Per-answer grading timeout in seconds, for each grader."""
 
     def __post_init__(self) -> None:
         from engine.core.backends import BACKENDS

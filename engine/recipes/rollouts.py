@@ -27,7 +27,9 @@ class RolloutSpec:
     k: int = 20
     """Samples per problem."""
     temperature: float = 0.6
+    """Sampling temperature."""
     top_p: float = 0.95
+    """Nucleus sampling mass."""
     max_new_tokens: int = 8192
     """Longest completion (the authors' recipe allows 8192)."""
     template: str | None = "auto"

@@ -1,7 +1,7 @@
-"""EngineClient: the one interface the TUI and the CLI use to reach the engine.
+"""EngineClient: the one interface the TUI and the CLI use to reach the engine, its models and its jobs.
 
 In process, `Workbench` is the client; across a socket, `RemoteClient` is (engine.service.api ties each method to
-its route).
+its request body, response type and route).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from engine.core.prompts import TemplateChoice
 from engine.recipes.overlap import RolloutEdits
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
+from engine.jobs.store import JobsClient
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
 
 @runtime_checkable
-class EngineClient(Protocol):
-    """What a UI may ask of the engine. Every answer is a plain record; none is a tensor."""
+class EngineClient(JobsClient, Protocol):
+    """What a UI may ask of the engine: the model operations here, and the job operations of JobsClient (submit,
+    list, status, events, cancel, resume). Every answer is a plain record; none is a tensor."""
 
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo: ...
 

@@ -25,8 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.core.diskfull import DiskFull, disk_full, is_disk_full
 from engine.core.errors import RmxError
 from engine.jobs.store import (
-    POLL_S, EventTail, JobConflict, JobNotFound, JobView, RunDamaged, cancel_job, check_outputs, data_dir, find_run,
-    json_bytes, list_runs, load_run, resume_job, rmx_version, submit_job,
+    POLL_S, EventTail, JobConflict, JobNotFound, RunDamaged, check_outputs, data_dir, find_run,
+    json_bytes, load_run, rmx_version,
 )
 from engine.service.api import (
     DecodeBody, EditOverlapBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
@@ -395,40 +395,37 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         if remote_code and not policy.allow_remote_code:
             raise RmxError("trust_remote_code is refused over the API: it runs the checkpoint's own code in the "
                            "engine; start the engine with --allow-remote-code if you trust every caller")
-        return info_json(workbench.load(body.base.spec(), body.teacher.spec() if body.teacher else None))
+        return info_json(workbench.load(**body.arguments()))
 
     @app.post("/prompt_ids")
     def prompt_ids(body: PromptBody) -> dict[str, Any]:
-        return {"ids": workbench.prompt_ids(body.problem, body.template),
-                **workbench.template_choice(body.template).to_json()}
+        return {"ids": workbench.prompt_ids(**body.arguments()), **workbench.template_choice(body.template).to_json()}
 
     @app.post("/template")
     def template(body: TemplateBody) -> dict[str, Any]:
-        return workbench.template_choice(body.template).to_json()
+        return workbench.template_choice(**body.arguments()).to_json()
 
     @app.post("/tokenize")
     def tokenize(body: TextBody) -> dict[str, Any]:
-        return {"ids": workbench.tokenize(body.text)}
+        return {"ids": workbench.tokenize(**body.arguments())}
 
     @app.post("/detokenize")
     def detokenize(body: IdsBody) -> dict[str, Any]:
         check_ids(body.ids)
-        return {"text": workbench.detokenize(body.ids)}
+        return {"text": workbench.detokenize(**body.arguments())}
 
     @app.post("/token_texts")
     def token_texts(body: IdsBody) -> dict[str, Any]:
         check_ids(body.ids)
-        return {"texts": workbench.token_texts(body.ids)}
+        return {"texts": workbench.token_texts(**body.arguments())}
 
     @app.post("/score")
     def score(body: ScoreBody) -> dict[str, Any]:
-        scored = workbench.score(body.prompt_ids, body.completion_ids, body.top_k, body.with_teacher)
-        return scored.to_json(with_ids=True)
+        return workbench.score(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/score_text")
     def score_text(body: ScoreTextBody) -> dict[str, Any]:
-        scored = workbench.score_text(body.prompt, body.completion, body.template, body.top_k, body.with_teacher)
-        return scored.to_json(with_ids=True)
+        return workbench.score_text(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/decode", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
     def decode(body: DecodeBody):
@@ -437,7 +434,7 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         A problem found before the first step (bad input, a prompt too long) is a 400; one met later ends the
         stream with `{"done": true, "error": ...}`. Closing the connection stops the decode and frees the engine.
         """
-        steps = workbench.decode(body.prompt_ids, body.sampling.spec(), body.rollout, body.force, body.n, body.top)
+        steps = workbench.decode(**body.arguments())
         try:
             first = next(steps)
         except StopIteration:
@@ -461,15 +458,11 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/intervene")
     def intervene(body: InterveneBody) -> dict[str, Any]:
-        result = workbench.intervene(body.prompt_ids, body.mode, body.sampling.spec(), body.tau, body.gold,
-                                     body.force, body.rollout, body.top)
-        return result.to_json(with_ids=True)
+        return workbench.intervene(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/fork")
     def fork(body: ForkBody) -> dict[str, Any]:
-        estimate = workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
-                                           body.sampling.spec())
-        return estimate.to_json(with_ids=True)
+        return workbench.fork_outcomes(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/intervene/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
@@ -477,11 +470,10 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         """/intervene as NDJSON: blank lines while it runs, then the result, then done. Closing the connection
         stops the run at its next step and frees the engine. A malformed request is a 4xx; a problem the engine
         finds ends the stream with `{"done": true, "error": ...}`."""
-        sampling = body.sampling.spec()
+        arguments = body.arguments()
 
         def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.intervene(body.prompt_ids, body.mode, sampling, body.tau, body.gold, body.force,
-                                       body.rollout, body.top, should_stop=should_stop).to_json(with_ids=True)
+            return workbench.intervene(**arguments, should_stop=should_stop).to_json(with_ids=True)
 
         return ndjson_response(_stoppable(run))
 
@@ -489,48 +481,46 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
               responses={200: {"content": {"application/x-ndjson": {}}}})
     async def fork_stream(body: ForkBody):
         """/fork as NDJSON, as /intervene/stream: blank lines, the estimate, done; closing the connection stops it."""
-        sampling = body.sampling.spec()
+        arguments = body.arguments()
 
         def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
-                                           sampling, should_stop=should_stop).to_json(with_ids=True)
+            return workbench.fork_outcomes(**arguments, should_stop=should_stop).to_json(with_ids=True)
 
         return ndjson_response(_stoppable(run))
 
     @app.post("/edit_overlap")
     def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
         """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
-        return workbench.edit_overlap(body.prompt_ids, body.adapter, body.max_new_tokens).to_json()
+        return workbench.edit_overlap(**body.arguments()).to_json()
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:
         """The pass-rate histogram, lengths and trim of a rollouts.jsonl on this machine; with_base adds the
         decision-point rate per τ under the loaded base."""
-        return workbench.pool_stats(body.rollouts, body.size, body.keep_shortest, body.taus,
-                                    body.with_base).to_json()
+        return workbench.pool_stats(**body.arguments()).to_json()
 
     @app.post("/grade")
     def grade(body: GradeBody) -> dict[str, Any]:
-        return asdict(workbench.grade(body.completion, body.gold, body.finish, body.extract))
+        return asdict(workbench.grade(**body.arguments()))
 
     @app.post("/problems")
     def problems(body: ProblemsBody) -> dict[str, Any]:
-        found = workbench.problems(body.dataset, body.limit)
+        found = workbench.problems(**body.arguments())
         return {"problems": [{"id": p.id, "problem": p.problem, "answer": p.answer, "source": p.source,
                               "meta": _jsonable(dict(p.meta))} for p in found]}
 
     @app.get("/jobs")
     def jobs() -> list[dict[str, Any]]:
-        return [status.to_json() for status in list_runs()]
+        return [status.to_json() for status in workbench.list_jobs()]
 
     @app.post("/jobs", status_code=201)
     def submit(body: SubmitBody) -> dict[str, Any]:
         check_outputs(body.config, [data_dir()])  # an API caller writes under the data folder, nowhere else
-        return submit_job(body.kind, body.config, body.entry).to_json()
+        return workbench.submit_job(**body.arguments()).to_json()
 
     @app.get("/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:
-        return JobView(*load_run(find_run(job_id))).to_json()
+        return workbench.job(job_id).to_json()
 
     @app.get("/jobs/{job_id}/events", response_class=StreamingResponse,
              responses={200: {"content": {"application/x-ndjson": {}}}})
@@ -541,11 +531,11 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/jobs/{job_id}/cancel")
     def cancel(job_id: str) -> dict[str, Any]:
-        return cancel_job(job_id).to_json()
+        return workbench.cancel_job(job_id).to_json()
 
     @app.post("/jobs/{job_id}/resume")
     def resume(job_id: str) -> dict[str, Any]:
-        return resume_job(job_id).to_json()
+        return workbench.resume_job(job_id).to_json()
 
     return app
 

@@ -1,4 +1,4 @@
-"""The loaded models and the interactive operations on them: what the daemon serves and clients call."""
+"""The loaded models, the interactive operations on them, and the jobs: what the daemon serves and clients call."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from engine.core.errors import RmxError
 from engine.core.grading import GradeResult, grade
 from engine.core.interventions import RUN_MODES, ForkEstimate, InterventionResult, ShouldStop, fork, run_mode
 from engine.core.models import LoadedModel, load_pair, load_views
+from engine.jobs.store import LocalJobs
 from engine.recipes.overlap import RolloutEdits, rollout_edits
 from engine.recipes.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
 from engine.core.prompts import TemplateChoice, choose_template, completion_ids, prompt_ids
@@ -47,8 +48,9 @@ class WorkbenchInfo:
                    teacher=ModelInfo(**data["teacher"]) if data.get("teacher") else None)
 
 
-class Workbench:
-    """Holds a base and an optional teacher; model calls are serialised on one lock (one device, one model).
+class Workbench(LocalJobs):
+    """The in-process EngineClient: holds a base and an optional teacher, and reaches this machine's jobs (the job
+    operations are LocalJobs'). Model calls are serialised on one lock (one device, one model).
 
     The lock is a plain Lock, never re-entered: a decode stream may be closed from another thread
     than the one that opened it (a cancelled TUI worker), and only a Lock may be released there.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional, get_args, get_origin
 
 import typer
+from typer.models import OptionInfo
 
 from engine.core.config import ModelSpec
+from engine.core.fielddocs import field_docs
 
 Base = Annotated[str, typer.Option("--base", help="Base model: a hub id, a folder, a .gguf file, or 'demo'.")]
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model (same tokenizer as the base).")]
@@ -24,6 +28,40 @@ BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size",
     help="Rows decoded together (default: as many as fit in free memory, at most 64; README, 'Batch size').")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+RENAMED = {"grade_timeout": "grade_timeout_s"}
+"""Options whose name predates the spec's name for the field (a public contract: `--grade-timeout`)."""
+
+
+def spec_help(*specs: tuple[str, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give each option of the decorated command that sets a field of one of `specs` ((module, class), first wins)
+    that field's docstring as its help, so the spec is the one source of the text (tests/test_cli_specs.py)."""
+
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        params = []
+        for param in signature.parameters.values():
+            field = RENAMED.get(param.name, param.name)
+            doc = next((docs[field] for docs in (field_docs(*spec) for spec in specs) if field in docs), None)
+            if doc is not None and get_origin(param.annotation) is Annotated:
+                kind, *extras = get_args(param.annotation)
+                extras = [_helped(extra, doc) for extra in extras]
+                param = param.replace(annotation=Annotated[tuple([kind, *extras])])  # type: ignore[valid-type]
+            params.append(param)
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return command
+
+    return wrap
+
+
+def _helped(extra: Any, doc: str) -> Any:
+    """A copy of a typer option with `doc` as its help (the option may be shared by commands of other specs)."""
+    if not isinstance(extra, OptionInfo):
+        return extra
+    helped = copy.copy(extra)
+    helped.help = doc
+    return helped
 
 
 def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_adapter: str | None,

@@ -20,32 +20,39 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue the run already
 ReportTo = Annotated[Optional[list[str]], typer.Option(
     "--report-to", help="Mirror metrics and config to trackers: none, tensorboard, trackio, wandb (repeat or comma-separate).")]
 
-# Training options, shared by `rmx train` and `rmx sweep`; each maps onto a TrainSpec field.
-KlWeight = Annotated[float, typer.Option("--kl-weight", help="λ in L = L_dec + λ·L_anchor.")]
-AdvClip = Annotated[float, typer.Option("--adv-clip", help="Clip advantages to [−clip, clip].")]
-Objective = Annotated[str, typer.Option("--objective", help="contrastive (paper) or positive-only (its ablation: correct rollouts only).")]
-Negative = Annotated[str, typer.Option("--negative", help="signed: −A·log p (paper; unbounded below for A < 0). bounded: |A|·(−log(1 − p)) for A < 0 (rmx's fix for divergence).")]
-Anchor = Annotated[str, typer.Option("--anchor", help="all: KL anchor on every non-decision token, prompt included (paper). completion: generated tokens only.")]
-Order = Annotated[str, typer.Option("--order", help="shuffle (seeded) or clarity (the authors' curriculum: |advantage| × decision fraction, descending).")]
-Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
-WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps of linear warmup, then linear decay to 0.")]
-GradAccum = Annotated[int, typer.Option("--grad-accum", help="Sequences per optimizer step (batch 1, accumulated).")]
-Epochs = Annotated[int, typer.Option("--epochs", help="Passes over the training sequences.")]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the data order, LoRA init and every RNG.")]
-LoraR = Annotated[int, typer.Option("--lora-r", help="LoRA rank.")]
-LoraAlpha = Annotated[int, typer.Option("--lora-alpha", help="LoRA α.")]
-LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout.")]
-LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="Regex over full module paths (default: every linear layer inside attention).")]
-MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", help="Truncate prompt+completion to this many tokens.")]
-CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Optimizer steps between checkpoints (0: every 15% of the run).")]
-ChunkElements = Annotated[int, typer.Option("--chunk-elements", help="Most positions × vocab fp32 logits alive at once.")]
-CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="Keep the base's hidden states from the scoring pass on disk instead of a base forward every step.")]
-AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
-AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
-Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
-Backend = Annotated[str, typer.Option("--backend", help="auto (default: paged on CUDA, else hf), hf (engine.core.decode's step decoder), paged (transformers' continuous batching, paged KV cache) or vllm (pip install 'rmx[vllm]', CUDA only).")]
+ROLLOUT_SPEC = ("engine.recipes.rollouts", "RolloutSpec")
+TRAIN_SPEC = ("engine.recipes.train", "TrainSpec")
+SWEEP_SPEC = ("engine.recipes.sweep", "SweepSpec")
+EVAL_SPEC = ("engine.recipes.evaluate", "EvalSpec")
+DISTILL_SPEC = ("engine.recipes.distill", "DistillSpec")
+"""The spec behind each command's options: their help is its field docstrings (opt.spec_help)."""
+
+# Training options, shared by `rmx train`, `rmx sweep` and `rmx distill`; each maps onto a TrainSpec (or DistillSpec)
+# field, whose docstring is the option's help (opt.spec_help).
+KlWeight = Annotated[float, typer.Option("--kl-weight")]
+AdvClip = Annotated[float, typer.Option("--adv-clip")]
+Objective = Annotated[str, typer.Option("--objective")]
+Negative = Annotated[str, typer.Option("--negative")]
+Anchor = Annotated[str, typer.Option("--anchor")]
+Order = Annotated[str, typer.Option("--order")]
+Lr = Annotated[float, typer.Option("--lr")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay")]
+WarmupRatio = Annotated[float, typer.Option("--warmup-ratio")]
+GradAccum = Annotated[int, typer.Option("--grad-accum")]
+Epochs = Annotated[int, typer.Option("--epochs")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps")]
+Seed = Annotated[int, typer.Option("--seed")]
+LoraR = Annotated[int, typer.Option("--lora-r")]
+LoraAlpha = Annotated[int, typer.Option("--lora-alpha")]
+LoraDropout = Annotated[float, typer.Option("--lora-dropout")]
+LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets")]
+MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens")]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every")]
+ChunkElements = Annotated[int, typer.Option("--chunk-elements")]
+CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base")]
+AlarmAbs = Annotated[float, typer.Option("--alarm-abs")]
+AlarmRatio = Annotated[float, typer.Option("--alarm-ratio")]
+Backend = Annotated[str, typer.Option("--backend")]
 
 
 def _model(base: str, adapter: str | None, dtype: str, device: str, revision: str | None, trust: bool):
@@ -110,6 +117,13 @@ def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) 
         yield run
 
 
+def _record(run: Any, kind: str, result: Any, out: str) -> None:
+    """artifacts/result.json, listing the outputs, as a detached job of the kind writes it."""
+    from engine.jobs.kinds import record_result
+
+    record_result(kind, result, run.context.artifacts, out)
+
+
 def _reported(config: dict[str, Any], report_to: list[str] | None) -> dict[str, Any]:
     """The job config with its trackers (checked now: a missing package is one line before any work)."""
     from engine.recipes.trackers import ReportSpec
@@ -139,19 +153,20 @@ def _result(result, json_output: bool, summary: str) -> None:
 # --- rollouts -----------------------------------------------------------------------------------------------
 
 
+@opt.spec_help(ROLLOUT_SPEC)
 def rollouts(
-    dataset: Annotated[str, typer.Option("--dataset", help="Bundled dataset (smoke, math_train_pool_150, …) or a problem file.")],
+    dataset: opt.Dataset,
     base: opt.Base = "demo",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
-    k: Annotated[int, typer.Option("--k", help="Samples per problem.")] = 20,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 8192,
-    template: Template = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Base seed; each problem draws from its own derived seed.")] = 0,
+    limit: opt.Limit = None,
+    offset: Annotated[int, typer.Option("--offset")] = 0,
+    k: Annotated[int, typer.Option("--k")] = 20,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 8192,
+    template: opt.Template = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
-    grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for the grader.")] = 5.0,
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
     ray: opt.RayAddress = None,
@@ -180,6 +195,7 @@ def rollouts(
     with _foreground("rollouts", config, out, json_output) as run:
         result = sample_rollouts_on(cluster, model, spec, out, resume=resume, emit=run.emit,
                                     should_stop=run.should_stop, progress=run.set_progress)
+        _record(run, "rollouts", result, out)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -326,14 +342,15 @@ def _diverged(result) -> None:
     raise typer.Exit(1)
 
 
+@opt.spec_help(TRAIN_SPEC)
 @with_options(TRAINING, after="tau_wrong")
 def train(
     rollouts: Rollouts,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Run folder: checkpoints/, adapter/, base_pass/, train_summary.json.")] = "train",
-    tau: Annotated[str, typer.Option("--tau", help="Decision gate: nats (1.4) or a quantile of the pool's base entropies (q0.97).")] = "1.4",
-    tau_correct: Annotated[Optional[str], typer.Option("--tau-correct", help="τ for correct rollouts (default --tau).")] = None,
-    tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong", help="τ for wrong rollouts (default --tau).")] = None,
+    tau: Annotated[str, typer.Option("--tau")] = "1.4",
+    tau_correct: Annotated[Optional[str], typer.Option("--tau-correct")] = None,
+    tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong")] = None,
     resume: Resume = False,
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
@@ -356,6 +373,7 @@ def train(
     with _foreground("train", config, out, json_output) as fg:
         result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
+        _record(fg, "train", result, out)
         if result.state == "diverged":
             fg.diverged(result.reason or "diverged")
     _result(result, json_output, f"{result.state} after {result.step}/{result.total} steps on {result.sequences} "
@@ -365,18 +383,19 @@ def train(
         _diverged(result)
 
 
+@opt.spec_help(TRAIN_SPEC, SWEEP_SPEC)
 @with_options(TRAINING, after="template")
 def sweep(
     rollouts: Rollouts,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Sweep folder: one tau-X/ run per τ, sweep.json.")] = "sweep",
-    taus: Annotated[str, typer.Option("--taus", help="τ values to try (nats or qX), comma-separated.")] = "1.2,1.4,1.6,1.8",
-    holdout: Annotated[int, typer.Option("--holdout", help="Holdout problems each adapter is scored on.")] = 50,
-    holdout_dataset: Annotated[str, typer.Option("--holdout-dataset", help="Where the holdout comes from.")] = "math_train_pool_500",
-    holdout_offset: Annotated[int, typer.Option("--holdout-offset", help="First holdout problem (450+: disjoint from math_train_pool_150).")] = 450,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
-    template: Template = "auto",
-    devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
+    taus: Annotated[str, typer.Option("--taus")] = "1.2,1.4,1.6,1.8",
+    holdout: Annotated[int, typer.Option("--holdout")] = 50,
+    holdout_dataset: Annotated[str, typer.Option("--holdout-dataset")] = "math_train_pool_500",
+    holdout_offset: Annotated[int, typer.Option("--holdout-offset")] = 450,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 4096,
+    template: opt.Template = "auto",
+    devices: Annotated[str, typer.Option("--devices")] = "",
     resume: Resume = False,
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
@@ -405,6 +424,7 @@ def sweep(
     with _foreground("sweep", config, out, json_output) as fg:
         result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      ray=cluster)
+        _record(fg, "sweep", result, out)
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -418,22 +438,23 @@ def sweep(
 # --- eval ---------------------------------------------------------------------------------------------------
 
 
+@opt.spec_help(EVAL_SPEC)
 def eval_run(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", help="The model: a hub id, a folder, a .gguf file or 'demo'.")] = None,
     adapter: opt.Adapter = None,
-    benchmarks: Annotated[str, typer.Option("--benchmarks", help="Comma-separated: math500,gsm8k,minerva,olympiadbench,aime24,amc23 or files.")] = "math500",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems of each benchmark.")] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems of each benchmark first.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 4096,
-    template: Template = "auto",
-    avg_k: Annotated[int, typer.Option("--avg-k", help="Samples per problem on the avg@k benchmarks.")] = 8,
-    avg_benchmarks: Annotated[str, typer.Option("--avg-benchmarks", help="Benchmarks scored as avg@k (the rest: greedy pass@1).")] = "aime24,amc23",
-    temperature: Annotated[float, typer.Option("--temperature", help="Temperature of the avg@k samples.")] = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass of the avg@k samples.")] = 0.95,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the avg@k samples.")] = 0,
+    benchmarks: Annotated[str, typer.Option("--benchmarks")] = "math500",
+    limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+    offset: Annotated[int, typer.Option("--offset")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 4096,
+    template: opt.Template = "auto",
+    avg_k: Annotated[int, typer.Option("--avg-k")] = 8,
+    avg_benchmarks: Annotated[str, typer.Option("--avg-benchmarks")] = "aime24,amc23",
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
-    grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for each grader.")] = 5.0,
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
     out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
@@ -466,6 +487,7 @@ def eval_run(
     with _foreground("eval", config, out, json_output) as run:
         result = evaluate_on(cluster, spec_model, spec, out, resume=resume, emit=run.emit,
                              should_stop=run.should_stop, progress=run.set_progress)
+        _record(run, "eval", result, out)
     _result(result, json_output, markdown_table(result))
 
 
@@ -491,15 +513,16 @@ def eval_compare(
 # --- distill ------------------------------------------------------------------------------------------------
 
 
+@opt.spec_help(DISTILL_SPEC)
 def distill(
-    rollouts: Annotated[str, typer.Option("--rollouts", help="Completions to distill on, sampled from the teacher.")],
+    rollouts: Annotated[str, typer.Option("--rollouts")],
     teacher: opt.Teacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Folder for teacher_topk.npz, adapter/ and distill_summary.json.")] = "distill",
-    top_k: Annotated[int, typer.Option("--top-k", help="Teacher logits kept per position.")] = 64,
+    top_k: Annotated[int, typer.Option("--top-k")] = 64,
     epochs: Epochs = 3,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 2,
     grad_accum: GradAccum = 8,
     lr: Lr = 1e-4,
     weight_decay: WeightDecay = 0.01,
@@ -539,6 +562,7 @@ def distill(
     with _foreground("distill", config, out, json_output) as fg:
         result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
+        _record(fg, "distill", result, out)
     _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
             f"final KL {result.final_kl:.4f}")
 
@@ -613,6 +637,7 @@ def pipeline(
     try:
         with _foreground("pipeline", {"pipeline": checked}, out, json_output) as run:
             result = run_pipeline(checked, out, resume=resume, emit=run.emit, should_stop=run.should_stop)
+            _record(run, "pipeline", result, out)
     except Diverged as error:
         print(f"rmx: {error}", file=sys.stderr)
         raise typer.Exit(1) from None

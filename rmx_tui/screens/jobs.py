@@ -7,7 +7,7 @@ import time
 from engine.service.client import EngineClient
 from engine.service.workbench import Workbench
 from engine.core.errors import RmxError
-from engine.jobs.store import JobsClient, JobStatus, read_spec, runs_dir
+from engine.jobs.store import JobsClient, JobStatus, read_spec, run_outputs, runs_dir
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -280,10 +280,10 @@ class JobsScreen(Screen):
         except (OSError, RmxError, ValueError, KeyError, TypeError):  # a daemon on another machine keeps its run dirs there
             self.notify(f"the run dir of {status.id} is not on this machine", severity="warning")
             return
-        path = rollouts_file_of(run_dir, status.kind, config)
+        path = rollouts_file_of(run_outputs(run_dir), status.kind, config)
         if path is None:
-            self.notify(f"a {status.kind} run has no pool: p inspects rollouts, pool and pipeline runs",
-                        severity="warning")
+            self.notify(f"a {status.kind} run has no pool: p inspects finished rollouts and pipeline runs, "
+                        "and pool runs", severity="warning")
             return
         pool = config.get("pool") if status.kind == "pool" and isinstance(config.get("pool"), dict) else {}
         engine = getattr(self.app, "client", None)

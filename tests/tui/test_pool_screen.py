@@ -15,6 +15,7 @@ from engine.service.client import EngineClient
 from engine.service.workbench import Workbench
 from engine.core.config import ModelSpec
 from engine.core.records import Rollout
+from engine.jobs.store import run_outputs, write_result
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
 from rmx_tui.widgets.pass_rate_histogram import PassRateHistogram
 from tests.tui.harness import SIZE, until
@@ -95,12 +96,31 @@ async def read(pilot) -> PoolScreen:
 
 def test_rollouts_file_of_each_kind(tmp_path):
     run = tmp_path / "runs" / "20260101-120000-rollouts-0001"
-    assert rollouts_file_of(run, "rollouts", {}) == run / "artifacts" / "rollouts.jsonl"
-    assert rollouts_file_of(run, "pipeline", {"pipeline": {}}) == run / "artifacts" / "rollouts" / "rollouts.jsonl"
-    assert rollouts_file_of(run, "pool", {"pool": {"rollouts": "out/r.jsonl", "size": 50}}) == Path("out/r.jsonl")
-    assert rollouts_file_of(run, "pool", {"pool": "broken"}) is None
-    assert rollouts_file_of(run, "pool", {}) is None
-    assert rollouts_file_of(run, "train", {"train": {"rollouts": "pool.jsonl"}}) is None
+    write_result(run / "artifacts", {}, {"rollouts": "/elsewhere/r.jsonl"})
+    assert rollouts_file_of(run_outputs(run), "rollouts", {}) == Path("/elsewhere/r.jsonl")  # listed, not guessed
+    assert rollouts_file_of(run_outputs(run), "pipeline", {"pipeline": {}}) == Path("/elsewhere/r.jsonl")
+    assert rollouts_file_of({}, "rollouts", {}) is None  # not finished: no result.json yet
+    assert rollouts_file_of({}, "pool", {"pool": {"rollouts": "out/r.jsonl", "size": 50}}) == Path("out/r.jsonl")
+    assert rollouts_file_of({}, "pool", {"pool": "broken"}) is None
+    assert rollouts_file_of({}, "pool", {}) is None
+    assert rollouts_file_of({"adapter": "a"}, "train", {"train": {"rollouts": "pool.jsonl"}}) is None
+
+
+def test_outputs_of_a_result_json_written_before_outputs_existed_are_read_from_its_fields(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    old = tmp_path / "artifacts" / "result.json"
+    old.write_text(json.dumps({"path": "/r/rollouts.jsonl", "samples": 4}))
+    assert run_outputs(tmp_path) == {"rollouts": "/r/rollouts.jsonl"}
+    old.write_text(json.dumps({"path": "/r/pool.jsonl", "stats": {}}))
+    assert run_outputs(tmp_path) == {"pool": "/r/pool.jsonl"}
+    old.write_text(json.dumps({"stages": {"rollouts": {"path": "/p/r.jsonl"}, "pool": {"path": "/p/pool.jsonl"}},
+                               "adapter": "/p/adapter", "report": "/p/report.md", "comparison": None}))
+    assert run_outputs(tmp_path) == {"rollouts": "/p/r.jsonl", "pool": "/p/pool.jsonl", "adapter": "/p/adapter",
+                                     "report": "/p/report.md"}
+    old.write_text(json.dumps({"rows": [], "best_tau": "1.4", "best_adapter": "/s/tau_1.4/adapter"}))
+    assert run_outputs(tmp_path) == {"adapter": "/s/tau_1.4/adapter"}
+    old.write_text("{half")
+    assert run_outputs(tmp_path) == {}
 
 
 async def test_histogram_lengths_and_the_tau_table_after_b(loaded, tmp_path):
