@@ -6,7 +6,7 @@ its request body, response type and route).
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from engine.core.config import ModelSpec, Tau
 from engine.core.data import Problem
@@ -15,6 +15,7 @@ from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, ShouldStop
 from engine.core.prompts import TemplateChoice
 from engine.recipes.overlap import RolloutEdits
+from engine.recipes.analysis import Analysis
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.jobs.store import JobsClient
@@ -56,6 +57,20 @@ class EngineClient(JobsClient, Protocol):
                   force: Sequence[tuple[int, int]] = (), rollout: Sequence[int] = (),
                   top: int = 5, *, should_stop: ShouldStop | None = None) -> InterventionResult:
         """`should_stop` is asked between decoding steps; True ends the run early with Interrupted."""
+        ...
+
+    def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
+                 force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
+                 tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,
+                 should_stop: ShouldStop | None = None) -> list[InterventionResult]:
+        """n completions, steered by `intervene` (None: the base alone); `should_stop` as in intervene."""
+        ...
+
+    def analyze(self, dataset: str, limit: int | None = None, tau: str | float | Tau = "1.4",
+                template: str | None = "auto", max_new_tokens: int = 512, batch_size: int | None = None, *,
+                should_stop: ShouldStop | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Analysis:
+        """Table 2 over a dataset on the engine's machine; `on_progress(done, total)` as problems are scored."""
         ...
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import hmac
 import ipaddress
 import logging
@@ -29,8 +30,8 @@ from engine.jobs.store import (
     json_bytes, load_run, rmx_version,
 )
 from engine.service.api import (
-    DecodeBody, EditOverlapBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
-    PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import Workbench, WorkbenchInfo
 
@@ -179,8 +180,18 @@ class _ClosingStream(StreamingResponse):
                     await run_in_threadpool(self._close)
 
 
-async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator[Any]:
+def _drained(progress: deque[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while progress:
+        frames.append(progress.popleft())
+    return frames
+
+
+async def _stoppable(call: Callable[[Callable[[], bool]], Any],
+                     progress: deque[dict[str, Any]] | None = None) -> AsyncIterator[Any]:
     """Run a blocking engine call in a worker thread, None (a blank line) every WORKING_S meanwhile, then its answer.
+
+    The progress events the call appends to `progress` (slash keys) are sent in place of the blank lines.
 
     The call gets a should_stop that turns true once this stream is over, so when the client leaves first (the
     stream is cancelled) the engine stops at its next step and lets go of the Workbench.
@@ -189,7 +200,9 @@ async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator
     pending = asyncio.ensure_future(run_in_threadpool(call, stop.is_set))
     try:
         while not (await asyncio.wait({pending}, timeout=WORKING_S))[0]:
-            yield None
+            yield _drained(progress) or None
+        if progress:
+            yield _drained(progress)
         yield pending.result()
     finally:
         stop.set()
@@ -492,6 +505,37 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
     def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
         """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
         return workbench.edit_overlap(**body.arguments()).to_json()
+
+    @app.post("/generate", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def generate(body: GenerateBody):
+        """n completions as NDJSON, as /intervene/stream: blank lines while it runs, then `{"results": [...]}`, then
+        done; closing the connection stops it."""
+        arguments = body.arguments()
+
+        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
+            results = workbench.generate(**arguments, should_stop=should_stop)
+            return {"results": [result.to_json(with_ids=True) for result in results]}
+
+        return ndjson_response(_stoppable(run))
+
+    @app.post("/analyze", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def analyze(body: AnalyzeBody):
+        """Table 2 over a dataset on this machine, as NDJSON: `{"analyze/done", "analyze/total"}` as problems are
+        scored, then the analysis (`rmx analyze --json`'s shape plus each problem's `rollout`), then done; closing
+        the connection stops it after the problem in progress."""
+        arguments = body.arguments()
+        progress: deque[dict[str, Any]] = deque()
+
+        def on_progress(done: int, total: int) -> None:
+            progress.append({"analyze/done": done, "analyze/total": total})
+
+        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
+            analysis = workbench.analyze(**arguments, should_stop=should_stop, on_progress=on_progress)
+            return analysis.to_json(with_rollouts=True)
+
+        return ndjson_response(_stoppable(run, progress))
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:
