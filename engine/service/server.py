@@ -30,8 +30,9 @@ from engine.jobs.store import (
     json_bytes, load_run, rmx_version,
 )
 from engine.service.api import (
-    AnalyzeBody, DecodeBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
-    PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    Body,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import Workbench, WorkbenchInfo
 
@@ -210,6 +211,27 @@ async def _stoppable(call: Callable[[Callable[[], bool]], Any],
             await asyncio.wait({pending})
             if not pending.cancelled():
                 pending.exception()  # a client that left has nobody to hear the call's error (its Interrupted)
+
+
+def _with_ids(record: Any) -> dict[str, Any]:
+    return record.to_json(with_ids=True)
+
+
+def _stoppable_call(method: Callable[..., Any], body: Body, render: Callable[[Any], Any],
+                    progress: str | None = None) -> StreamingResponse:
+    """The one path of a stoppable operation: the body's arguments to the Workbench method, streamed as _stoppable
+    does, its answer rendered to JSON. With `progress`, the method's on_progress(done, total) is sent as
+    `{"PROGRESS/done", "PROGRESS/total"}` frames."""
+    arguments = body.arguments()
+    frames: deque[dict[str, Any]] = deque()
+    if progress is not None:
+        arguments["on_progress"] = lambda done, total: frames.append({f"{progress}/done": done,
+                                                                      f"{progress}/total": total})
+
+    def run(should_stop: Callable[[], bool]) -> Any:
+        return render(method(**arguments, should_stop=should_stop))
+
+    return ndjson_response(_stoppable(run, frames))
 
 
 def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[], Any] | None = None
@@ -483,36 +505,26 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         """/intervene as NDJSON: blank lines while it runs, then the result, then done. Closing the connection
         stops the run at its next step and frees the engine. A malformed request is a 4xx; a problem the engine
         finds ends the stream with `{"done": true, "error": ...}`."""
-        arguments = body.arguments()
-
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.intervene(**arguments, should_stop=should_stop).to_json(with_ids=True)
-
-        return ndjson_response(_stoppable(run))
+        return _stoppable_call(workbench.intervene, body, _with_ids)
 
     @app.post("/fork/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
     async def fork_stream(body: ForkBody):
         """/fork as NDJSON, as /intervene/stream: blank lines, the estimate, done; closing the connection stops it."""
-        arguments = body.arguments()
+        return _stoppable_call(workbench.fork_outcomes, body, _with_ids)
 
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.fork_outcomes(**arguments, should_stop=should_stop).to_json(with_ids=True)
-
-        return ndjson_response(_stoppable(run))
+    @app.post("/edit_overlap")
+    def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
+        """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
+        return workbench.edit_overlap(**body.arguments()).to_json()
 
     @app.post("/generate", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
     async def generate(body: GenerateBody):
         """n completions as NDJSON, as /intervene/stream: blank lines while it runs, then `{"results": [...]}`, then
         done; closing the connection stops it."""
-        arguments = body.arguments()
-
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            results = workbench.generate(**arguments, should_stop=should_stop)
-            return {"results": [result.to_json(with_ids=True) for result in results]}
-
-        return ndjson_response(_stoppable(run))
+        return _stoppable_call(workbench.generate, body,
+                               lambda results: {"results": [_with_ids(result) for result in results]})
 
     @app.post("/analyze", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
@@ -520,17 +532,8 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         """Table 2 over a dataset on this machine, as NDJSON: `{"analyze/done", "analyze/total"}` as problems are
         scored, then the analysis (`rmx analyze --json`'s shape plus each problem's `rollout`), then done; closing
         the connection stops it after the problem in progress."""
-        arguments = body.arguments()
-        progress: deque[dict[str, Any]] = deque()
-
-        def on_progress(done: int, total: int) -> None:
-            progress.append({"analyze/done": done, "analyze/total": total})
-
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            analysis = workbench.analyze(**arguments, should_stop=should_stop, on_progress=on_progress)
-            return analysis.to_json(with_rollouts=True)
-
-        return ndjson_response(_stoppable(run, progress))
+        return _stoppable_call(workbench.analyze, body, lambda analysis: analysis.to_json(with_rollouts=True),
+                               progress="analyze")
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:

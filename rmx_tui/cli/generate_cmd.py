@@ -77,7 +77,6 @@ def generate(
     """Decode a completion, forcing tokens or steering with the teacher (oracle, random, gated)."""
     from engine.core.config import Tau
     from engine.core.interventions import MODES
-    from engine.service.workbench import Workbench
 
     forced = parse_force(force)
     sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop, ignore_eos)
@@ -101,15 +100,10 @@ def generate(
         raise RmxError("no prompt: give --prompt-text or --dataset")
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    client = opt.engine_client(ctx, default_local=True) or Workbench()  # `rmx --connect …`: the daemon's models
-    try:
-        client.load(base_spec, teacher_spec)
+    with opt.loaded_engine(ctx, base_spec, teacher_spec) as client:  # `rmx --connect …`: the daemon's models
         choice = client.template_choice(template or "auto")
         prompt = client.prompt_ids(prompt_text, choice.template)
         results = client.generate(prompt, sampling, force=forced, intervene=intervene, tau=gate, n=n, gold=gold)
-    finally:
-        if hasattr(client, "close"):
-            client.close()
     if json_output:
         for result in results:  # one object per completion: exactly one line when n = 1
             opt.print_json({**result.to_json(), **choice.to_json()})

@@ -6,7 +6,8 @@ import copy
 import inspect
 import json
 import sys
-from typing import Annotated, Any, Callable, Optional, get_args, get_origin
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, Iterator, Optional, get_args, get_origin
 
 import typer
 from typer.models import OptionInfo
@@ -101,6 +102,23 @@ def print_json(data: Any) -> None:
     """One JSON document on stdout (NaN-free; floats as Python writes them)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def loaded_engine(ctx: typer.Context | None, base: Any, teacher: Any = None) -> Iterator[Any]:
+    """The engine client of a one-shot command (`--connect`: the daemon; otherwise this process's Workbench) with
+    `base` and `teacher` loaded (a daemon keeps models it already has), closed when the command is done."""
+    client = engine_client(ctx, default_local=True)
+    if client is None:
+        from engine.service.workbench import Workbench
+
+        client = Workbench()
+    try:
+        client.load(base, teacher)
+        yield client
+    finally:
+        if hasattr(client, "close"):
+            client.close()
 
 
 def engine_client(ctx: typer.Context | None, default_local: bool) -> Any:
