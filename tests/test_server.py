@@ -32,7 +32,7 @@ from tests.test_jobs import kill_jobs
 
 ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids", "/template",
              "/token_texts", "/decode", "/intervene", "/fork", "/intervene/stream", "/fork/stream", "/grade",
-             "/problems", "/pool_stats", "/generate", "/analyze", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
+             "/problems", "/pool_stats", "/generate", "/analyze", "/edit_overlap", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
              "/jobs/{job_id}/resume"}
 
 

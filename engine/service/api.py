@@ -27,6 +27,7 @@ from engine.core.interventions import ForkEstimate, InterventionResult
 from engine.core.prompts import TemplateChoice
 from engine.core.records import ScoredRollout
 from engine.jobs.store import JobStatus, JobView
+from engine.recipes.overlap import RolloutEdits
 from engine.recipes.analysis import Analysis
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
@@ -267,6 +268,13 @@ class ForkBody(Body):
     sampling: SamplingBody = Field(default_factory=_fork_sampling)
 
 
+class EditOverlapBody(Body):
+    prompt_ids: TokenIds
+    adapter: PathText
+    """A PEFT adapter folder for the loaded base, on the daemon's machine."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256
+
+
 class GradeBody(Body):
     completion: Text
     gold: Text
@@ -325,6 +333,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("decode", "POST", "/decode", DecodeBody, typing.Iterator[Step]),
     Operation("intervene", "POST", "/intervene/stream", InterveneBody, InterventionResult),
     Operation("fork_outcomes", "POST", "/fork/stream", ForkBody, ForkEstimate),
+    Operation("edit_overlap", "POST", "/edit_overlap", EditOverlapBody, RolloutEdits),
     Operation("generate", "POST", "/generate", GenerateBody, list[InterventionResult]),
     Operation("analyze", "POST", "/analyze", AnalyzeBody, Analysis),
     Operation("pool_stats", "POST", "/pool_stats", PoolStatsBody, PoolStats),

@@ -14,6 +14,7 @@ from engine.core.decode import SamplingSpec, Step
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, ShouldStop
 from engine.core.prompts import TemplateChoice
+from engine.recipes.overlap import RolloutEdits
 from engine.recipes.analysis import Analysis
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
@@ -76,6 +77,10 @@ class EngineClient(JobsClient, Protocol):
                       n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
                       should_stop: ShouldStop | None = None) -> ForkEstimate:
         """`should_stop` is asked between decoding steps; True ends the estimate early with Interrupted."""
+        ...
+
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The base's greedy rollout with each token marked as edited by the teacher, the adapter or both."""
         ...
 
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,

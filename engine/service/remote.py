@@ -21,11 +21,12 @@ from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, Interrupted, ShouldStop
 from engine.jobs.store import JobConflict, JobNotFound, JobStatus, JobView, job_entry
 from engine.recipes.analysis import Analysis
+from engine.recipes.overlap import RolloutEdits
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.service.api import (
-    AnalyzeBody, DecodeBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody, PromptBody,
-    ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
@@ -345,6 +346,12 @@ class RemoteClient:
         data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
         return ForkEstimate.from_json(data)
 
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The overlap from the daemon (`adapter` is a path on its machine); no read timeout, as decoding and
+        scoring twice answers only when done."""
+        body = EditOverlapBody.wire(prompt_ids=prompt_ids, adapter=str(adapter), max_new_tokens=max_new_tokens)
+        return RolloutEdits.from_json(self._call("POST", "/edit_overlap", body,
+                                                 timeout=httpx.Timeout(None, connect=5.0)))
     def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
                  force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
                  tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,

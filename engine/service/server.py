@@ -31,8 +31,8 @@ from engine.jobs.store import (
 )
 from engine.service.api import (
     Body,
-    AnalyzeBody, DecodeBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
-    PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import Workbench, WorkbenchInfo
 
@@ -512,6 +512,11 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
     async def fork_stream(body: ForkBody):
         """/fork as NDJSON, as /intervene/stream: blank lines, the estimate, done; closing the connection stops it."""
         return _stoppable_call(workbench.fork_outcomes, body, _with_ids)
+
+    @app.post("/edit_overlap")
+    def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
+        """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
+        return workbench.edit_overlap(**body.arguments()).to_json()
 
     @app.post("/generate", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})

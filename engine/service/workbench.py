@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
 from engine.core.config import ModelSpec, ScoreSpec, Tau
@@ -14,9 +14,10 @@ from engine.core.grading import GradeResult, grade
 from engine.core.interventions import (
     MODES, RUN_MODES, ForkEstimate, InterventionResult, Interrupted, ShouldStop, fork, run_mode,
 )
-from engine.core.models import LoadedModel, load_pair
+from engine.core.models import LoadedModel, load_pair, load_views
 from engine.jobs.store import LocalJobs
 from engine.recipes.analysis import Analysis, analyze
+from engine.recipes.overlap import RolloutEdits, rollout_edits
 from engine.recipes.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
 from engine.core.prompts import TemplateChoice, choose_template, completion_ids, prompt_ids
 from engine.core.records import ModelInfo, ScoredRollout
@@ -62,6 +63,8 @@ class Workbench(LocalJobs):
         self._base: LoadedModel | None = None
         self._teacher: LoadedModel | None = None
         self._session: DecodeSession | None = None
+        self._adapter: LoadedModel | None = None
+        """The last adapter edit_overlap compared with the teacher, kept for the next call."""
         self._lock = threading.Lock()
 
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
@@ -73,6 +76,7 @@ class Workbench(LocalJobs):
                 return self.info()
             self._base, self._teacher = load_pair(base, teacher)
             self._session = DecodeSession(self._base, self._teacher)
+            self._adapter = None
             return self.info()
 
     def info(self) -> WorkbenchInfo:
@@ -202,6 +206,21 @@ class Workbench(LocalJobs):
         with self._lock:
             session = self._loaded_session()
             return fork(session, prompt_ids, rollout, pos, token, gold, sampling, n, should_stop)
+
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The base's greedy rollout of `prompt_ids`, each token marked when the teacher, the adapter (a PEFT folder
+        for the loaded base) or both would pick another token than the base's argmax (as `rmx overlap`)."""
+        with self._lock:
+            base = self.base
+            if self._teacher is None:
+                raise RmxError("no teacher is loaded: the edit overlap compares the teacher's edits with an adapter's")
+            if base.spec.adapter:
+                raise RmxError("the loaded base carries an adapter: load a bare base to compare edits with an adapter")
+            if self._adapter is None or self._adapter.spec.adapter != adapter:
+                self._adapter = None
+                # Its own copy of the base: attaching to the loaded module would change what the teacher shares.
+                self._adapter = load_views(base.spec, {"adapter": replace(base.spec, adapter=adapter)})["adapter"]
+            return rollout_edits(base, self._teacher, self._adapter, prompt_ids, max_new_tokens)
 
     def _loaded_session(self) -> DecodeSession:
         self.base  # noqa: B018  (raises the one-line "no model is loaded")

@@ -79,6 +79,7 @@ def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_ada
 # Problem sets, prompts and Ray: the same options on every command that walks a benchmark.
 Dataset = Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")]
+Extract = Annotated[str, typer.Option("--extract", help="How answers are extracted for grading: strict (default) or lenient (also the last number anywhere); see `rmx grade`.")]
 Template = Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
 RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]

@@ -167,6 +167,7 @@ def rollouts(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
     grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
+    extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
     ray: opt.RayAddress = None,
@@ -186,7 +187,8 @@ def rollouts(
 
     model = _model(base, None, dtype, device, revision, trust_remote_code)
     spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
+                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout,
+                       extract=extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
     if job:
@@ -455,6 +457,7 @@ def eval_run(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
     grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
+    extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
     dtype: opt.Dtype = "auto",
     device: opt.Device = "auto",
@@ -478,7 +481,7 @@ def eval_run(
 
     spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
-                    seed, backend, grade_timeout)
+                    seed, backend, grade_timeout, extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), report_to)
     if job:
