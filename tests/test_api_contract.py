@@ -89,13 +89,14 @@ def test_one_client_covers_models_and_jobs_in_process_and_remote():
 
 
 def test_each_body_is_its_client_methods_arguments():
-    """Body field names, renamed by ARGS, are exactly the client method's arguments (should_stop is in-process
-    only), so RemoteClient can send them and the route can pass them on without unpacking by hand."""
+    """Body field names, renamed by ARGS, are exactly the client method's positional arguments (the keyword-only
+    ones, should_stop and on_progress, are callbacks the stream carries), so RemoteClient can send them and the
+    route can pass them on without unpacking by hand."""
     for op in ALL_OPERATIONS:
         if op.body is None:
             continue
         arguments = {name for name, kind, _ in parameters(getattr(EngineClient, op.method))
-                     if name not in ("self", "should_stop")}
+                     if name != "self" and kind is not inspect.Parameter.KEYWORD_ONLY}
         assert {op.body.ARGS.get(f, f) for f in op.body.model_fields} == arguments, op.method
 
 

@@ -58,5 +58,5 @@ def test_connect_is_refused_by_a_command_that_would_ignore_it():
 
     from engine.core.errors import RmxError
 
-    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "generate", "--prompt-text", "1+1"])
+    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "train", "--rollouts", "r.jsonl"])
     assert isinstance(result.exception, RmxError) and "--connect applies to rmx tui" in str(result.exception)

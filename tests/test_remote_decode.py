@@ -331,3 +331,14 @@ def test_an_unloaded_workbench_refuses_in_one_line():
     for call in (lambda: client.intervene([1, 2], "base"), lambda: client.fork_outcomes([1], [2, 3], 0, 1, "7")):
         with pytest.raises(RmxError, match="no model is loaded"):
             call()
+
+
+def test_edit_overlap_over_the_wire(engines, tiny_llama_adapter, tmp_path):
+    prompt = engines.prompt[:40]
+    # The teacher's own adapter: every teacher edit is an adapter edit too, to the same token.
+    remote = engines.remote.edit_overlap(prompt, str(tiny_llama_adapter), 8)
+    assert remote == engines.local.edit_overlap(prompt, str(tiny_llama_adapter), 8)
+    assert set(remote.kinds) <= {"both", None} and "both" in remote.kinds
+    assert remote.teacher_ids == remote.adapter_ids
+    with pytest.raises(RmxError, match="adapter"):
+        engines.remote.edit_overlap(prompt, str(tmp_path / "no-such-adapter"), 8)

@@ -32,7 +32,7 @@ from tests.test_jobs import kill_jobs
 
 ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids", "/template",
              "/token_texts", "/decode", "/intervene", "/fork", "/intervene/stream", "/fork/stream", "/grade",
-             "/problems", "/pool_stats", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
+             "/problems", "/pool_stats", "/generate", "/analyze", "/edit_overlap", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
              "/jobs/{job_id}/resume"}
 
 
@@ -325,3 +325,46 @@ def test_rmx_score_with_connect_scores_in_the_daemon(daemon, tiny_llama, monkeyp
     want = daemon.client.score_text("What is 1+1?", "It is 2.", "raw")
     assert got["template"] == "raw" and [t["id"] for t in got["tokens"]] == list(want.completion_ids)
     assert [t["entropy"] for t in got["tokens"]] == [t.entropy for t in want.tokens]
+
+
+def _no_local_model(monkeypatch, command: str) -> None:
+    import engine.service.workbench as workbench
+
+    def no_local_model(*args, **kwargs):
+        raise AssertionError(f"rmx --connect {command} loaded a model in its own process")
+
+    monkeypatch.setattr(workbench, "load_pair", no_local_model)
+
+
+def test_rmx_generate_with_connect_decodes_in_the_daemon(daemon, tiny_llama, monkeypatch):
+    args = ["generate", "--base", str(tiny_llama), "--device", "cpu", "--dtype", "float32", "--prompt-text",
+            "What is 2+3?", "--max-new-tokens", "6", "--temperature", "0.9", "--seed", "3", "--n", "2",
+            "--force", "1:7", "--json"]
+    here = CliRunner().invoke(cli_app, args)
+    assert here.exit_code == 0, here.output
+    _no_local_model(monkeypatch, "generate")
+    there = CliRunner().invoke(cli_app, ["--connect", daemon.card.socket, *args])
+    assert there.exit_code == 0, there.output
+    lines = [json.loads(line) for line in there.output.splitlines()]
+    assert len(lines) == 2 and all(line["tokens"][1]["id"] == 7 for line in lines)
+    assert there.output == here.output  # the same completions, sampled in the daemon
+
+
+def test_rmx_analyze_with_connect_runs_in_the_daemon(daemon, tiny_llama, tiny_llama_adapter, monkeypatch):
+    args = ["analyze", "--base", str(tiny_llama), "--teacher-adapter", str(tiny_llama_adapter), "--device", "cpu",
+            "--dtype", "float32", "--dataset", "smoke", "--limit", "2", "--max-new-tokens", "6", "--tau", "q0.8",
+            "--json"]
+    here = CliRunner().invoke(cli_app, args)
+    assert here.exit_code == 0, here.output
+    try:
+        with monkeypatch.context() as patch:
+            _no_local_model(patch, "analyze")
+            there = CliRunner().invoke(cli_app, ["--connect", daemon.card.socket, *args])
+            assert there.exit_code == 0, there.output
+            # the output also holds the progress lines (stderr): the JSON document is the last line
+            assert json.loads(there.output.splitlines()[-1]) == json.loads(here.output.splitlines()[-1])
+            seen: list[tuple[int, int]] = []
+            daemon.client.analyze("smoke", 2, "q0.8", max_new_tokens=6, on_progress=lambda *p: seen.append(p))
+            assert seen == [(1, 2), (2, 2)]  # progress frames reach the caller as the daemon scores each problem
+    finally:
+        daemon.client.load(ModelSpec(str(tiny_llama), device="cpu", dtype="float32"))

@@ -27,6 +27,8 @@ from engine.core.interventions import ForkEstimate, InterventionResult
 from engine.core.prompts import TemplateChoice
 from engine.core.records import ScoredRollout
 from engine.jobs.store import JobStatus, JobView
+from engine.recipes.overlap import RolloutEdits
+from engine.recipes.analysis import Analysis
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
@@ -235,6 +237,27 @@ class InterveneBody(Body):
     top: TopK = 5
 
 
+class GenerateBody(Body):
+    prompt_ids: TokenIds
+    sampling: SamplingBody = Field(default_factory=SamplingBody)
+    force: Pairs = Field(default_factory=list)
+    intervene: Name | None = None
+    tau: Name | float | None = None
+    n: Rows = 1
+    gold: Text | None = None
+    top: TopK = 5
+
+
+class AnalyzeBody(Body):
+    dataset: PathText
+    limit: Count | None = None
+    tau: Name | float = "1.4"
+    template: Name | None = "auto"
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 512
+    batch_size: Count | None = None
+    """None: as many rows as fit; a size that does not fit is refused by the engine, with the largest that does."""
+
+
 class ForkBody(Body):
     prompt_ids: TokenIds
     rollout: TokenIds
@@ -243,6 +266,13 @@ class ForkBody(Body):
     gold: Text | None = None
     n: Rows = 8
     sampling: SamplingBody = Field(default_factory=_fork_sampling)
+
+
+class EditOverlapBody(Body):
+    prompt_ids: TokenIds
+    adapter: PathText
+    """A PEFT adapter folder for the loaded base, on the daemon's machine."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256
 
 
 class GradeBody(Body):
@@ -303,6 +333,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("decode", "POST", "/decode", DecodeBody, typing.Iterator[Step]),
     Operation("intervene", "POST", "/intervene/stream", InterveneBody, InterventionResult),
     Operation("fork_outcomes", "POST", "/fork/stream", ForkBody, ForkEstimate),
+    Operation("edit_overlap", "POST", "/edit_overlap", EditOverlapBody, RolloutEdits),
+    Operation("generate", "POST", "/generate", GenerateBody, list[InterventionResult]),
+    Operation("analyze", "POST", "/analyze", AnalyzeBody, Analysis),
     Operation("pool_stats", "POST", "/pool_stats", PoolStatsBody, PoolStats),
     Operation("grade", "POST", "/grade", GradeBody, GradeResult),
     Operation("problems", "POST", "/problems", ProblemsBody, list[Problem]),

@@ -20,11 +20,13 @@ from engine.core.errors import RmxError
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, Interrupted, ShouldStop
 from engine.jobs.store import JobConflict, JobNotFound, JobStatus, JobView, job_entry
+from engine.recipes.analysis import Analysis
+from engine.recipes.overlap import RolloutEdits
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
 from engine.service.api import (
-    DecodeBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody, PromptBody,
-    ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
@@ -32,6 +34,10 @@ STOP_POLL_S = 0.05
 """How often a stoppable one-shot call (a score) asks its should_stop while it waits."""
 STREAM_READ_TIMEOUT_S = 30.0
 """A stream idle longer than this is dead: the daemon sends a keepalive line every few seconds."""
+
+
+def _never() -> bool:
+    return False
 
 
 class EngineLost(RmxError):
@@ -222,11 +228,20 @@ class RemoteClient:
             response.close()
         raise EngineLost(f"the stream from the engine at {self.target} ended before its done frame")
 
-    def _stoppable(self, path: str, body: Any, should_stop: ShouldStop) -> dict[str, Any]:
-        """The answer of a stoppable call's NDJSON stream (a blank line every few tenths of a second, then the
-        answer); should_stop is asked at every line, and True drops the connection, which stops the daemon's work."""
+    def _stoppable(self, path: str, body: Any, should_stop: ShouldStop | None,
+                   on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """The answer of a stoppable call's NDJSON stream (a blank line every few tenths of a second, or progress
+        events with slash keys handed to `on_event`, then the answer); should_stop is asked at every line, and True
+        drops the connection, which stops the daemon's work."""
         response = self._open("POST", path, body, timeout=self._stream_timeout)
-        [answer] = self._frames(response, should_stop)
+        answers = []
+        for frame in self._frames(response, should_stop or _never):
+            if frame and all("/" in key for key in frame):
+                if on_event is not None:
+                    on_event(frame)
+            else:
+                answers.append(frame)
+        [answer] = answers
         return answer
 
     # --- EngineClient -------------------------------------------------------------------------
@@ -330,6 +345,36 @@ class RemoteClient:
             return ForkEstimate.from_json(self._stoppable("/fork/stream", body, should_stop))
         data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
         return ForkEstimate.from_json(data)
+
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The overlap from the daemon (`adapter` is a path on its machine); no read timeout, as decoding and
+        scoring twice answers only when done."""
+        body = EditOverlapBody.wire(prompt_ids=prompt_ids, adapter=str(adapter), max_new_tokens=max_new_tokens)
+        return RolloutEdits.from_json(self._call("POST", "/edit_overlap", body,
+                                                 timeout=httpx.Timeout(None, connect=5.0)))
+    def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
+                 force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
+                 tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,
+                 should_stop: ShouldStop | None = None) -> list[InterventionResult]:
+        """n completions on the daemon, streamed: leaving early (Ctrl-C, or should_stop saying True) drops the
+        connection, which stops the daemon's run."""
+        body = GenerateBody.wire(prompt_ids=prompt_ids, sampling=sampling, force=_pairs(force), intervene=intervene,
+                                 tau=tau, n=n, gold=gold, top=top)
+        return [InterventionResult.from_json(r) for r in self._stoppable("/generate", body, should_stop)["results"]]
+
+    def analyze(self, dataset: str, limit: int | None = None, tau: str | float | Tau = "1.4",
+                template: str | None = "auto", max_new_tokens: int = 512, batch_size: int | None = None, *,
+                should_stop: ShouldStop | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Analysis:
+        """Table 2 on the daemon (`dataset` is a bundled name or a path on its machine), progress as it goes."""
+        body = AnalyzeBody.wire(dataset=dataset, limit=limit, tau=tau, template=template,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if on_progress is not None and "analyze/done" in event:
+                on_progress(event["analyze/done"], event["analyze/total"])
+
+        return Analysis.from_json(self._stoppable("/analyze", body, should_stop, on_event))
 
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:

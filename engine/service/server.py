@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import hmac
 import ipaddress
 import logging
@@ -29,8 +30,9 @@ from engine.jobs.store import (
     json_bytes, load_run, rmx_version,
 )
 from engine.service.api import (
-    DecodeBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
-    PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    Body,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import Workbench, WorkbenchInfo
 
@@ -179,8 +181,18 @@ class _ClosingStream(StreamingResponse):
                     await run_in_threadpool(self._close)
 
 
-async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator[Any]:
+def _drained(progress: deque[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while progress:
+        frames.append(progress.popleft())
+    return frames
+
+
+async def _stoppable(call: Callable[[Callable[[], bool]], Any],
+                     progress: deque[dict[str, Any]] | None = None) -> AsyncIterator[Any]:
     """Run a blocking engine call in a worker thread, None (a blank line) every WORKING_S meanwhile, then its answer.
+
+    The progress events the call appends to `progress` (slash keys) are sent in place of the blank lines.
 
     The call gets a should_stop that turns true once this stream is over, so when the client leaves first (the
     stream is cancelled) the engine stops at its next step and lets go of the Workbench.
@@ -189,7 +201,9 @@ async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator
     pending = asyncio.ensure_future(run_in_threadpool(call, stop.is_set))
     try:
         while not (await asyncio.wait({pending}, timeout=WORKING_S))[0]:
-            yield None
+            yield _drained(progress) or None
+        if progress:
+            yield _drained(progress)
         yield pending.result()
     finally:
         stop.set()
@@ -197,6 +211,27 @@ async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator
             await asyncio.wait({pending})
             if not pending.cancelled():
                 pending.exception()  # a client that left has nobody to hear the call's error (its Interrupted)
+
+
+def _with_ids(record: Any) -> dict[str, Any]:
+    return record.to_json(with_ids=True)
+
+
+def _stoppable_call(method: Callable[..., Any], body: Body, render: Callable[[Any], Any],
+                    progress: str | None = None) -> StreamingResponse:
+    """The one path of a stoppable operation: the body's arguments to the Workbench method, streamed as _stoppable
+    does, its answer rendered to JSON. With `progress`, the method's on_progress(done, total) is sent as
+    `{"PROGRESS/done", "PROGRESS/total"}` frames."""
+    arguments = body.arguments()
+    frames: deque[dict[str, Any]] = deque()
+    if progress is not None:
+        arguments["on_progress"] = lambda done, total: frames.append({f"{progress}/done": done,
+                                                                      f"{progress}/total": total})
+
+    def run(should_stop: Callable[[], bool]) -> Any:
+        return render(method(**arguments, should_stop=should_stop))
+
+    return ndjson_response(_stoppable(run, frames))
 
 
 def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[], Any] | None = None
@@ -470,23 +505,35 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         """/intervene as NDJSON: blank lines while it runs, then the result, then done. Closing the connection
         stops the run at its next step and frees the engine. A malformed request is a 4xx; a problem the engine
         finds ends the stream with `{"done": true, "error": ...}`."""
-        arguments = body.arguments()
-
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.intervene(**arguments, should_stop=should_stop).to_json(with_ids=True)
-
-        return ndjson_response(_stoppable(run))
+        return _stoppable_call(workbench.intervene, body, _with_ids)
 
     @app.post("/fork/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
     async def fork_stream(body: ForkBody):
         """/fork as NDJSON, as /intervene/stream: blank lines, the estimate, done; closing the connection stops it."""
-        arguments = body.arguments()
+        return _stoppable_call(workbench.fork_outcomes, body, _with_ids)
 
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.fork_outcomes(**arguments, should_stop=should_stop).to_json(with_ids=True)
+    @app.post("/edit_overlap")
+    def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
+        """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
+        return workbench.edit_overlap(**body.arguments()).to_json()
 
-        return ndjson_response(_stoppable(run))
+    @app.post("/generate", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def generate(body: GenerateBody):
+        """n completions as NDJSON, as /intervene/stream: blank lines while it runs, then `{"results": [...]}`, then
+        done; closing the connection stops it."""
+        return _stoppable_call(workbench.generate, body,
+                               lambda results: {"results": [_with_ids(result) for result in results]})
+
+    @app.post("/analyze", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def analyze(body: AnalyzeBody):
+        """Table 2 over a dataset on this machine, as NDJSON: `{"analyze/done", "analyze/total"}` as problems are
+        scored, then the analysis (`rmx analyze --json`'s shape plus each problem's `rollout`), then done; closing
+        the connection stops it after the problem in progress."""
+        return _stoppable_call(workbench.analyze, body, lambda analysis: analysis.to_json(with_rollouts=True),
+                               progress="analyze")
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import copy
 import inspect
 import json
 import sys
-from typing import Annotated, Any, Callable, Optional, get_args, get_origin
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, Iterator, Optional, get_args, get_origin
 
 import typer
 from typer.models import OptionInfo
@@ -96,6 +97,7 @@ def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_ada
 # Problem sets, prompts and Ray: the same options on every command that walks a benchmark.
 Dataset = Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")]
+Extract = Annotated[str, typer.Option("--extract", help="How answers are extracted for grading: strict (default) or lenient (also the last number anywhere); see `rmx grade`.")]
 Template = Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
 RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
@@ -118,6 +120,23 @@ def print_json(data: Any) -> None:
     """One JSON document on stdout (NaN-free; floats as Python writes them)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def loaded_engine(ctx: typer.Context | None, base: Any, teacher: Any = None) -> Iterator[Any]:
+    """The engine client of a one-shot command (`--connect`: the daemon; otherwise this process's Workbench) with
+    `base` and `teacher` loaded (a daemon keeps models it already has), closed when the command is done."""
+    client = engine_client(ctx, default_local=True)
+    if client is None:
+        from engine.service.workbench import Workbench
+
+        client = Workbench()
+    try:
+        client.load(base, teacher)
+        yield client
+    finally:
+        if hasattr(client, "close"):
+            client.close()
 
 
 def engine_client(ctx: typer.Context | None, default_local: bool) -> Any:

@@ -176,6 +176,7 @@ def rollouts(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
     grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
+    extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
     ray: opt.RayAddress = None,
@@ -192,7 +193,8 @@ def rollouts(
 
     model = _model(base, None, loading)
     spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
+                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout,
+                       extract=extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
     if job:
@@ -426,6 +428,7 @@ def eval_run(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
     grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
+    extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
     loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     resume: Resume = False,
@@ -446,7 +449,7 @@ def eval_run(
 
     spec_model = _model(model, adapter, loading)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
-                    seed, backend, grade_timeout)
+                    seed, backend, grade_timeout, extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), report_to)
     if job:

@@ -771,7 +771,10 @@ class BrowserScreen(Screen):
     def action_compare(self) -> None:
         from rmx_tui.screens.compare import CompareScreen
 
-        self.app.push_screen(CompareScreen())
+        branch = self.current_view().branch
+        while branch is not None and branch.parent is not None:
+            branch = branch.parent
+        self.app.push_screen(CompareScreen(branch))
 
     def action_toggle_problems(self) -> None:
         problems = self.query_one(ProblemList)
