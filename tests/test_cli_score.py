@@ -44,7 +44,7 @@ def test_score_from_dataset_and_files(tiny_gpt2, tmp_path, capsys, monkeypatch):
     completion = tmp_path / "completion.txt"
     completion.write_text("4 + 3 = 7. The answer is \\boxed{7}.")
     code, out, err = run_cli(["score", "--base", str(tiny_gpt2), "--dataset", "smoke", "--index", "0",
-                              "--template", "qwen", "--completion-file", str(completion), "--json"],
+                              "--template", "mistral", "--completion-file", str(completion), "--json"],
                              capsys, monkeypatch)
     assert code == 0, err
     data = json.loads(out)

@@ -186,6 +186,27 @@ def test_jobs_through_the_daemon(daemon):
         remote.submit_job("selftest", {"count": -1})
 
 
+def test_rmx_jobs_with_connect_asks_the_daemon(daemon, monkeypatch):
+    status = daemon.client.submit_job("selftest", {"count": 2})
+    list(daemon.client.job_events(status.id, follow=True))
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("rmx --connect jobs read the run dirs in its own process")
+
+    for method in ("list_jobs", "job", "job_events"):
+        monkeypatch.setattr(LocalJobs, method, not_here)
+    runner, connect = CliRunner(), ["--connect", daemon.card.socket, "jobs"]
+    listed = runner.invoke(cli_app, [*connect, "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert status.id in [job["id"] for job in json.loads(listed.output)]
+    shown = runner.invoke(cli_app, [*connect, "show", status.id, "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["status"]["state"] == "done", shown.output
+    logs = runner.invoke(cli_app, [*connect, "logs", status.id, "--json"])
+    assert logs.exit_code == 0 and any("selftest/value" in line for line in logs.output.splitlines()), logs.output
+    repair = runner.invoke(cli_app, [*connect, "repair", status.id])
+    assert repair.exit_code != 0 and "without --connect" in str(repair.exception)
+
+
 def test_ensure_daemon_reuses_the_running_one_and_start_refuses_a_second(daemon):
     with ensure_daemon() as client:
         assert client.health()["pid"] == daemon.card.pid

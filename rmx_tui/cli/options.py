@@ -56,6 +56,24 @@ def spec_help(*specs: tuple[str, str]) -> Callable[[Callable[..., Any]], Callabl
     return wrap
 
 
+def spec_options(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Every field of the spec dataclass (but `exclude`) as an option: `--field-name` with the field's type and
+    default (a bool that defaults to on gets its `--no-` form), for `with_options`; spec_help adds the help."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(spec)
+    options: dict[str, tuple[Any, Any]] = {}
+    for field in dataclasses.fields(spec):
+        if field.name in exclude:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is True:
+            flag += f"/--no-{flag[2:]}"
+        options[field.name] = (Annotated[hints[field.name], typer.Option(flag)], field.default)
+    return options
+
+
 def _helped(extra: Any, doc: str) -> Any:
     """A copy of a typer option with `doc` as its help (the option may be shared by commands of other specs)."""
     if not isinstance(extra, OptionInfo):
@@ -79,6 +97,7 @@ def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_ada
 # Problem sets, prompts and Ray: the same options on every command that walks a benchmark.
 Dataset = Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")]
+Extract = Annotated[str, typer.Option("--extract", help="How answers are extracted for grading: strict (default) or lenient (also the last number anywhere); see `rmx grade`.")]
 Template = Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
 RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
