@@ -97,14 +97,14 @@ def test_remote_answers_match_the_local_client(daemon, local):
     assert remote.tokenize(text) == ids
     assert remote.detokenize(ids) == local.detokenize(ids) == text
     assert remote.token_texts(ids) == local.token_texts(ids)
-    for template in ("raw", "qwen", "chat", "auto"):
+    for template in ("raw", "mistral", "chat", "auto"):
         assert remote.prompt_ids("What is 12 + 30?", template) == local.prompt_ids("What is 12 + 30?", template)
         assert remote.template_choice(template) == local.template_choice(template)
     assert remote.template_choice("auto").template == "raw"  # a tiny Llama, not named instruct
-    prompt = local.prompt_ids("What is 12 + 30?", "qwen")
+    prompt = local.prompt_ids("What is 12 + 30?", "mistral")
     assert remote.score(prompt, ids, top_k=3) == local.score(prompt, ids, top_k=3)
     question = "What is 12 + 30?"
-    assert remote.score_text(question, text, "qwen") == local.score_text(question, text, "qwen")
+    assert remote.score_text(question, text, "mistral") == local.score_text(question, text, "mistral")
 
 
 def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_llama, tmp_path):
@@ -184,6 +184,27 @@ def test_jobs_through_the_daemon(daemon):
         remote.job("20990101-000000-selftest-0000")
     with pytest.raises(RmxError, match="count must be"):
         remote.submit_job("selftest", {"count": -1})
+
+
+def test_rmx_jobs_with_connect_asks_the_daemon(daemon, monkeypatch):
+    status = daemon.client.submit_job("selftest", {"count": 2})
+    list(daemon.client.job_events(status.id, follow=True))
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("rmx --connect jobs read the run dirs in its own process")
+
+    for method in ("list_jobs", "job", "job_events"):
+        monkeypatch.setattr(LocalJobs, method, not_here)
+    runner, connect = CliRunner(), ["--connect", daemon.card.socket, "jobs"]
+    listed = runner.invoke(cli_app, [*connect, "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert status.id in [job["id"] for job in json.loads(listed.output)]
+    shown = runner.invoke(cli_app, [*connect, "show", status.id, "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["status"]["state"] == "done", shown.output
+    logs = runner.invoke(cli_app, [*connect, "logs", status.id, "--json"])
+    assert logs.exit_code == 0 and any("selftest/value" in line for line in logs.output.splitlines()), logs.output
+    repair = runner.invoke(cli_app, [*connect, "repair", status.id])
+    assert repair.exit_code != 0 and "without --connect" in str(repair.exception)
 
 
 def test_ensure_daemon_reuses_the_running_one_and_start_refuses_a_second(daemon):

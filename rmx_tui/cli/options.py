@@ -56,6 +56,24 @@ def spec_help(*specs: tuple[str, str]) -> Callable[[Callable[..., Any]], Callabl
     return wrap
 
 
+def spec_options(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Every field of the spec dataclass (but `exclude`) as an option: `--field-name` with the field's type and
+    default (a bool that defaults to on gets its `--no-` form), for `with_options`; spec_help adds the help."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(spec)
+    options: dict[str, tuple[Any, Any]] = {}
+    for field in dataclasses.fields(spec):
+        if field.name in exclude:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is True:
+            flag += f"/--no-{flag[2:]}"
+        options[field.name] = (Annotated[hints[field.name], typer.Option(flag)], field.default)
+    return options
+
+
 def _helped(extra: Any, doc: str) -> Any:
     """A copy of a typer option with `doc` as its help (the option may be shared by commands of other specs)."""
     if not isinstance(extra, OptionInfo):

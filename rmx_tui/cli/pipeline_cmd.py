@@ -13,6 +13,8 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from engine.core.errors import RmxError
+from engine.recipes.distill import DistillSpec
+from engine.recipes.train import TrainSpec
 from rmx_tui.cli import options as opt
 
 Job = Annotated[bool, typer.Option("--job", help="Run as a detached job (see `rmx jobs`) instead of in this process.")]
@@ -27,38 +29,44 @@ EVAL_SPEC = ("engine.recipes.evaluate", "EvalSpec")
 DISTILL_SPEC = ("engine.recipes.distill", "DistillSpec")
 """The spec behind each command's options: their help is its field docstrings (opt.spec_help)."""
 
-# Training options, shared by `rmx train`, `rmx sweep` and `rmx distill`; each maps onto a TrainSpec (or DistillSpec)
-# field, whose docstring is the option's help (opt.spec_help).
-KlWeight = Annotated[float, typer.Option("--kl-weight")]
-AdvClip = Annotated[float, typer.Option("--adv-clip")]
-Objective = Annotated[str, typer.Option("--objective")]
-Negative = Annotated[str, typer.Option("--negative")]
-Anchor = Annotated[str, typer.Option("--anchor")]
-Order = Annotated[str, typer.Option("--order")]
-Lr = Annotated[float, typer.Option("--lr")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay")]
-WarmupRatio = Annotated[float, typer.Option("--warmup-ratio")]
-GradAccum = Annotated[int, typer.Option("--grad-accum")]
-Epochs = Annotated[int, typer.Option("--epochs")]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps")]
-Seed = Annotated[int, typer.Option("--seed")]
-LoraR = Annotated[int, typer.Option("--lora-r")]
-LoraAlpha = Annotated[int, typer.Option("--lora-alpha")]
-LoraDropout = Annotated[float, typer.Option("--lora-dropout")]
-LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets")]
-MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens")]
-CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every")]
-ChunkElements = Annotated[int, typer.Option("--chunk-elements")]
-CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base")]
-AlarmAbs = Annotated[float, typer.Option("--alarm-abs")]
-AlarmRatio = Annotated[float, typer.Option("--alarm-ratio")]
 Backend = Annotated[str, typer.Option("--backend")]
 
 
-def _model(base: str, adapter: str | None, dtype: str, device: str, revision: str | None, trust: bool):
+def with_options(options: dict[str, tuple[Any, Any]], after: str, into: str | None = None):
+    """Give a command `options` (name: (annotated type, default)) after its parameter `after`; the command
+    receives them in its `**values` parameter, or as one dict in its parameter `into`."""
+
+    def wrap(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name != into]
+        at = [p.name for p in own].index(after) + 1
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                 for name, (kind, default) in options.items()]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            if into is not None:
+                kwargs[into] = {name: kwargs.pop(name) for name in options}
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])  # type: ignore[attr-defined]
+        return run
+
+    return wrap
+
+
+LOADING: dict[str, tuple[Any, Any]] = {"dtype": (opt.Dtype, "auto"), "device": (opt.Device, "auto"),
+                                      "revision": (opt.Revision, None),
+                                      "trust_remote_code": (opt.TrustRemoteCode, False)}
+"""How a command loads its model (ModelSpec's dtype, device, revision, trust_remote_code), written once for every
+command here; each receives them as one dict, `loading`."""
+
+
+def _model(base: str, adapter: str | None, loading: dict[str, Any]):
     from engine.core.config import ModelSpec
 
-    return ModelSpec(base, adapter=adapter, dtype=dtype, device=device, revision=revision, trust_remote_code=trust)
+    return ModelSpec(base, adapter=adapter, **loading)
 
 
 def _with_ray(config: dict[str, Any], ray) -> dict[str, Any]:
@@ -154,6 +162,7 @@ def _result(result, json_output: bool, summary: str) -> None:
 
 
 @opt.spec_help(ROLLOUT_SPEC)
+@with_options(LOADING, after="ray_shards", into="loading")
 def rollouts(
     dataset: opt.Dataset,
     base: opt.Base = "demo",
@@ -173,10 +182,7 @@ def rollouts(
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
     ray_shards: opt.RayShards = None,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -185,7 +191,7 @@ def rollouts(
     from engine.recipes.rollouts import RolloutSpec
     from engine.recipes.shards import sample_rollouts_on
 
-    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    model = _model(base, None, loading)
     spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                        template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout,
                        extract=extract)
@@ -214,16 +220,14 @@ KeepShortest = Annotated[float, typer.Option(
          "wrong ones and teaches brevity along with correctness.")]
 
 
+@with_options(LOADING, after="taus", into="loading")
 def pool_show(
     rollouts: Rollouts,
     size: Size = None,
     keep_shortest: KeepShortest = 1.0,
     base: Annotated[Optional[str], typer.Option("--base", help="Score the pool under this base for decision-point rates per τ (entropies cached beside the rollouts as NAME.entropies.jsonl).")] = None,
     taus: Annotated[str, typer.Option("--taus", help="τ values for the decision-point rates (nats or qX).")] = "1.0,1.2,1.4,1.6,1.8,2.2,q0.95,q0.97",
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     json_output: opt.Json = False,
 ) -> None:
     """Pass-rate histogram, correct vs wrong lengths, the trim's effect, and decision-point rates per τ."""
@@ -235,7 +239,7 @@ def pool_show(
     def load_base():
         from engine.core.models import load_model
 
-        return load_model(_model(base, None, dtype, device, revision, trust_remote_code))
+        return load_model(_model(base, None, loading))
 
     stats = inspect_pool(spec, tau_list, load_base if base is not None else None)
     if json_output:
@@ -303,39 +307,9 @@ def _train_spec(rollouts: str, **values):
     return TrainSpec(rollouts, **values)
 
 
-TRAINING: dict[str, tuple[Any, Any]] = {
-    "kl_weight": (KlWeight, 0.2), "adv_clip": (AdvClip, 2.5), "objective": (Objective, "contrastive"),
-    "negative": (Negative, "signed"), "anchor": (Anchor, "all"), "order": (Order, "shuffle"), "lr": (Lr, 1e-4),
-    "weight_decay": (WeightDecay, 0.01), "warmup_ratio": (WarmupRatio, 0.4), "grad_accum": (GradAccum, 8),
-    "epochs": (Epochs, 1), "max_steps": (MaxSteps, None), "seed": (Seed, 0), "lora_r": (LoraR, 32),
-    "lora_alpha": (LoraAlpha, 64), "lora_dropout": (LoraDropout, 0.0), "lora_targets": (LoraTargets, None),
-    "max_tokens": (MaxTokens, None), "checkpoint_every": (CheckpointEvery, 0), "chunk_elements": (ChunkElements, 1 << 24),
-    "cache_base": (CacheBase, True), "alarm_abs": (AlarmAbs, 100.0), "alarm_ratio": (AlarmRatio, 20.0),
-}
-"""TrainSpec's fields (τ aside) as options, written once for `train` and `sweep` (tests/test_cli_specs.py holds
-their names and defaults to the spec's)."""
-
-
-def with_options(options: dict[str, tuple[Any, Any]], after: str):
-    """Give a command `options` (name: (annotated type, default)) after its parameter `after`; the command
-    receives them in its `**values` parameter."""
-
-    def wrap(command):
-        signature = inspect.signature(command, eval_str=True)
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        at = [p.name for p in own].index(after) + 1
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-                 for name, (kind, default) in options.items()]
-
-        @functools.wraps(command)
-        def run(**kwargs: Any) -> Any:
-            return command(**kwargs)
-
-        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])  # type: ignore[attr-defined]
-        return run
-
-    return wrap
+TRAINING = opt.spec_options(TrainSpec, exclude=("rollouts", "tau", "tau_correct", "tau_wrong"))
+"""TrainSpec's fields (the input and τ aside) as options, generated for `train` and `sweep` (tests/test_cli_specs.py
+holds their names, defaults and help to the spec's)."""
 
 
 def _diverged(result) -> None:
@@ -346,6 +320,7 @@ def _diverged(result) -> None:
 
 @opt.spec_help(TRAIN_SPEC)
 @with_options(TRAINING, after="tau_wrong")
+@with_options(LOADING, after="resume", into="loading")
 def train(
     rollouts: Rollouts,
     base: opt.Base = "demo",
@@ -354,10 +329,7 @@ def train(
     tau_correct: Annotated[Optional[str], typer.Option("--tau-correct")] = None,
     tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong")] = None,
     resume: Resume = False,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -366,7 +338,7 @@ def train(
     """Train a ReasonMaxxer LoRA: advantage-weighted loss at entropy-gated decision points, KL anchor elsewhere."""
     from engine.recipes.train import train as run
 
-    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    model = _model(base, None, loading)
     spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, **training)
     config = _reported({"model": asdict(model), "train": asdict(spec)}, report_to)
     if job:
@@ -387,6 +359,7 @@ def train(
 
 @opt.spec_help(TRAIN_SPEC, SWEEP_SPEC)
 @with_options(TRAINING, after="template")
+@with_options(LOADING, after="ray_retries", into="loading")
 def sweep(
     rollouts: Rollouts,
     base: opt.Base = "demo",
@@ -401,10 +374,7 @@ def sweep(
     resume: Resume = False,
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -414,7 +384,7 @@ def sweep(
     from engine.recipes.sweep import SweepSpec
     from engine.recipes.sweep import sweep as run
 
-    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    model = _model(base, None, loading)
     spec = _train_spec(rollouts, **training)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     cluster = opt.ray_spec(ray, ray_retries)
@@ -441,6 +411,7 @@ def sweep(
 
 
 @opt.spec_help(EVAL_SPEC)
+@with_options(LOADING, after="out", into="loading")
 def eval_run(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", help="The model: a hub id, a folder, a .gguf file or 'demo'.")] = None,
@@ -459,10 +430,7 @@ def eval_run(
     grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
     extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     resume: Resume = False,
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
@@ -479,7 +447,7 @@ def eval_run(
     from engine.recipes.evaluate import EvalSpec, markdown_table
     from engine.recipes.shards import evaluate_on
 
-    spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
+    spec_model = _model(model, adapter, loading)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
                     seed, backend, grade_timeout, extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
@@ -517,46 +485,28 @@ def eval_compare(
 
 
 @opt.spec_help(DISTILL_SPEC)
+@with_options(opt.spec_options(DistillSpec, exclude=("rollouts",)), after="out", into="fitting")
+@with_options(LOADING, after="resume", into="loading")
 def distill(
     rollouts: Annotated[str, typer.Option("--rollouts")],
     teacher: opt.Teacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Folder for teacher_topk.npz, adapter/ and distill_summary.json.")] = "distill",
-    top_k: Annotated[int, typer.Option("--top-k")] = 64,
-    epochs: Epochs = 3,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 2,
-    grad_accum: GradAccum = 8,
-    lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.1,
-    lora_r: LoraR = 32,
-    lora_alpha: LoraAlpha = 64,
-    lora_dropout: LoraDropout = 0.0,
-    lora_targets: LoraTargets = None,
-    max_tokens: MaxTokens = None,
-    seed: Seed = 0,
-    chunk_elements: ChunkElements = 1 << 24,
-    checkpoint_every: CheckpointEvery = 0,
     resume: Resume = False,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
+    fitting: dict[str, Any] = {},  # DistillSpec's fields, filled in by with_options
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
     """KL-LoRA: fit a LoRA on the base to the teacher's top-k next-token distribution (paper §4)."""
-    from engine.recipes.distill import DistillSpec
     from engine.recipes.distill import distill as run
 
-    base_spec, teacher_spec = opt.model_specs(base, teacher, None, teacher_adapter, dtype, device, revision,
-                                              trust_remote_code)
+    base_spec, teacher_spec = opt.model_specs(base, teacher, None, teacher_adapter, **loading)
     if teacher_spec is None:
         raise RmxError("rmx distill needs a teacher: --teacher MODEL and/or --teacher-adapter ADAPTER")
-    spec = DistillSpec(rollouts, top_k, epochs, batch_size, grad_accum, lr, weight_decay, warmup_ratio, lora_r,
-                       lora_alpha, lora_dropout, lora_targets, max_tokens, seed, chunk_elements, checkpoint_every)
+    spec = DistillSpec(rollouts, **fitting)
     config = _reported({"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
                        report_to)
     if job:

@@ -205,3 +205,22 @@ def test_snapshot_of_the_pool_screen(snap_compare, loaded, tmp_path, monkeypatch
         await until(pilot, lambda: screen.decision is not None)
 
     assert snap_compare(Host(loaded, "rollouts.jsonl"), terminal_size=SIZE, run_before=scored)
+
+
+def test_the_compare_views_adapter_is_the_newest_finished_runs_listed_adapter():
+    from engine.jobs.store import JobSpec, create_run, read_status, write_json_atomic
+    from rmx_tui.adapter_choice import newest_adapter
+
+    def finished(kind: str, created: float, outputs: dict[str, str] | None) -> None:
+        run_dir = create_run(JobSpec(kind=kind, entry="engine.jobs.kinds:train_job", config={}, rmx_version="0",
+                                     created=created))
+        write_json_atomic(run_dir / "status.json", {**read_status(run_dir).to_json(), "state": "done"})
+        if outputs is not None:
+            write_result(run_dir / "artifacts", {}, outputs)
+
+    assert newest_adapter() is None
+    finished("train", 1.0, {"adapter": "/runs/a/adapter"})
+    finished("distill", 2.0, {"adapter": "/elsewhere/distilled"})  # wherever it wrote it: listed, not guessed
+    finished("rollouts", 3.0, {"rollouts": "/r.jsonl"})  # no adapter
+    finished("train", 4.0, None)  # its result.json missing: nothing to offer
+    assert newest_adapter() == "/elsewhere/distilled"
