@@ -122,8 +122,10 @@ def test_loss_terms_equal_a_float64_hand_computation():
     assert float(same.anchor) == pytest.approx(0.0, abs=1e-6)  # KL of a distribution to itself
 
 
-def test_chunked_backward_matches_the_full_logits_reference(tiny_llama):
-    """Chunked loss + one body backward gives the same gradients as autograd over full logits."""
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_backward_matches_the_full_logits_reference(tiny_llama, softcap):
+    """Chunked loss + one body backward gives the same gradients as autograd over full logits: with a linear head
+    through the base's reduced rows (entropy, Σ p_b·W), with a soft-capping one through its hidden states."""
     import torch
 
     from engine.core.models import load_model
@@ -131,6 +133,7 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama):
     from engine.recipes.train import Example, _Sequence, _sequence_backward, lora_model, loss_terms
 
     loaded = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
+    loaded.core.config.final_logit_softcapping = softcap  # read by logit_transform on both sides
     spec = _loss_only_spec()
     model = lora_model(loaded.module, spec, str(tiny_llama))
     with torch.no_grad():
