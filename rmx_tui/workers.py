@@ -111,12 +111,9 @@ def load(client: EngineClient, job: LoadJob, post: Post) -> None:
 
 
 def running_jobs(client: EngineClient) -> int:
-    """How many jobs are running: through the daemon when connected to one, else on the run dirs directly."""
-    from engine.jobs.store import JobsClient, LocalJobs
-
+    """How many jobs are running: the daemon's when connected to one, else this machine's (the client has both)."""
     try:
-        jobs = client if isinstance(client, JobsClient) else LocalJobs()
-        return sum(status.active for status in jobs.list_jobs())
+        return sum(status.active for status in client.list_jobs())
     except Exception:  # an unreadable run dir must not keep the workbench from opening
         return 0
 

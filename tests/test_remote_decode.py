@@ -51,7 +51,7 @@ def engines(tiny_llama, tiny_llama_adapter):
             teacher = ModelSpec(str(tiny_llama), adapter=str(tiny_llama_adapter), device="cpu", dtype="float32")
             local = Workbench()
             assert remote.load(base, teacher) == local.load(base, teacher)
-            prompt = local.prompt_ids(QUESTION, "qwen")
+            prompt = local.prompt_ids(QUESTION, "mistral")
             yield SimpleNamespace(local=local, remote=remote, card=card, prompt=prompt)
         finally:
             remote.close()

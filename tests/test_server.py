@@ -97,14 +97,14 @@ def test_remote_answers_match_the_local_client(daemon, local):
     assert remote.tokenize(text) == ids
     assert remote.detokenize(ids) == local.detokenize(ids) == text
     assert remote.token_texts(ids) == local.token_texts(ids)
-    for template in ("raw", "qwen", "chat", "auto"):
+    for template in ("raw", "mistral", "chat", "auto"):
         assert remote.prompt_ids("What is 12 + 30?", template) == local.prompt_ids("What is 12 + 30?", template)
         assert remote.template_choice(template) == local.template_choice(template)
     assert remote.template_choice("auto").template == "raw"  # a tiny Llama, not named instruct
-    prompt = local.prompt_ids("What is 12 + 30?", "qwen")
+    prompt = local.prompt_ids("What is 12 + 30?", "mistral")
     assert remote.score(prompt, ids, top_k=3) == local.score(prompt, ids, top_k=3)
     question = "What is 12 + 30?"
-    assert remote.score_text(question, text, "qwen") == local.score_text(question, text, "qwen")
+    assert remote.score_text(question, text, "mistral") == local.score_text(question, text, "mistral")
 
 
 def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_llama, tmp_path):

@@ -352,6 +352,7 @@ class RemoteClient:
         body = EditOverlapBody.wire(prompt_ids=prompt_ids, adapter=str(adapter), max_new_tokens=max_new_tokens)
         return RolloutEdits.from_json(self._call("POST", "/edit_overlap", body,
                                                  timeout=httpx.Timeout(None, connect=5.0)))
+
     def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
                  force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
                  tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,
