@@ -45,6 +45,7 @@ def _abba(sides: dict, reps: int) -> dict[str, list[float]]:
             t0 = time.perf_counter()
             sides[name](rep + 1)
             times[name].append(time.perf_counter() - t0)
+            print(f"{name}: {times[name][-1]:.2f} s", flush=True)
     return times
 
 
@@ -146,6 +147,7 @@ def bench_sampling(base: str, k: int, max_new_tokens: int, reps: int) -> dict:
             t0 = time.perf_counter()
             count = fn(rep + 1)
             rates[name].append(count / (time.perf_counter() - t0))
+            print(f"{name}: {rates[name][-1]:.1f} tok/s", flush=True)
     return {"k": k, "max_new_tokens": max_new_tokens, "rates": rates}
 
 
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--completion-len", type=int, default=384)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--skip-sampling", action="store_true", help="measure the training sides only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results_train.md"))
     args = parser.parse_args()
     import torch
@@ -176,7 +179,7 @@ def main() -> None:
     uptime_start = _uptime()
     steps = bench_steps(args.base, args.prompt_len, args.completion_len, args.reps)
     print({name: [round(t, 2) for t in times] for name, times in steps["times"].items()}, flush=True)
-    sampling = bench_sampling(args.base, args.k, args.max_new_tokens, args.reps)
+    sampling = None if args.skip_sampling else bench_sampling(args.base, args.k, args.max_new_tokens, args.reps)
     uptime_end = _uptime()
 
     med = {name: statistics.median(t) for name, t in steps["times"].items()}
@@ -188,7 +191,6 @@ def main() -> None:
     scale = PAPER_PARAMS / steps["params"]
     paper_tokens = PAPER_SEQUENCES * PAPER_TOKENS_PER_SEQUENCE
     projected_h = paper_tokens / tok_s * scale / 3600
-    rates = {name: statistics.median(r) for name, r in sampling["rates"].items()}
 
     lines = [
         "# Training and sampling throughput",
@@ -219,15 +221,19 @@ def main() -> None:
         f"(medians; the step alone is {plain / part['step']:.2f}× the plain CE step's rate). In a one-epoch run "
         "every sequence pays both once, so the end-to-end ratio is the one to read.",
         "",
-        f"## Rollout sampling (K={sampling['k']} samples of one prompt, temperature 0.6, top-p 0.95, "
-        f"up to {sampling['max_new_tokens']} new tokens)",
-        "",
-        "| sampler | tok/s | ÷ HF generate | runs (tok/s) |",
-        "|---|---:|---:|---|",
     ]
-    for name, rate in rates.items():
-        runs = ", ".join(f"{r:.1f}" for r in sampling["rates"][name])
-        lines.append(f"| {name} | {rate:.1f} | {rate / rates['HF generate']:.2f} | {runs} |")
+    if sampling is not None:
+        rates = {name: statistics.median(r) for name, r in sampling["rates"].items()}
+        lines += [
+            f"## Rollout sampling (K={sampling['k']} samples of one prompt, temperature 0.6, top-p 0.95, "
+            f"up to {sampling['max_new_tokens']} new tokens)",
+            "",
+            "| sampler | tok/s | ÷ HF generate | runs (tok/s) |",
+            "|---|---:|---:|---|",
+        ]
+        for name, rate in rates.items():
+            runs = ", ".join(f"{r:.1f}" for r in sampling["rates"][name])
+            lines.append(f"| {name} | {rate:.1f} | {rate / rates['HF generate']:.2f} | {runs} |")
     lines += [
         "",
         "## Projection of the paper's setting (a projection, not a measurement)",

@@ -30,7 +30,7 @@ UNLIKELIHOOD_FLOOR = 1e-6
 """Smallest 1 − p inside the bounded term's log, so a token the model is sure of still has a finite gradient."""
 SUMMARY_FILE = "train_summary.json"
 BASE_PASS = "base_pass"
-BASE_PASS_FORMAT = 2
+BASE_PASS_FORMAT = 3
 """Bumped when the base pass stores something else, so an older folder is recomputed rather than misread."""
 
 
@@ -378,20 +378,22 @@ def base_rows(head, transform, linear: bool, hidden, targets, step_rows: int) ->
     """
     import torch
 
-    from engine.core.scoring import lse_entropy
-
     weight = head.weight.float() if linear else None
     head_bias = getattr(head, "bias", None)
     entropy, bias, target_logp, expected = [], [], [], []
     for a in range(0, hidden.shape[0], step_rows):
         logits = transform(head(hidden[a:a + step_rows])).float()
-        lse, h = lse_entropy(logits)  # centres `logits` in place
-        entropy.append(h)
+        # Centred on the row max (lse and E[z] are large for real models: their fp32 difference would cancel
+        # ~1e-3 nats); one exp pass then serves the normaliser, the entropy and the expected head row.
+        logits.sub_(logits.amax(dim=-1, keepdim=True))
+        weights = logits.exp()
+        total = weights.sum(dim=-1)
+        lse = total.log()
+        entropy.append((lse - torch.einsum("nv,nv->n", weights, logits) / total).clamp_min(0.0))
         target_logp.append(logits.gather(1, targets[a:a + step_rows, None])[:, 0] - lse)
         if linear:
-            probs = logits.sub_(lse[:, None]).exp_()
-            expected.append(probs @ weight)
-            bias.append(probs @ head_bias.float() if head_bias is not None else torch.zeros_like(lse))
+            expected.append((weights @ weight) / total[:, None])
+            bias.append((weights @ head_bias.float()) / total if head_bias is not None else torch.zeros_like(lse))
         else:
             bias.append(torch.zeros_like(lse))
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)  # noqa: E731
