@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import importlib
 import json
 import math
@@ -296,14 +297,19 @@ class JobView:
     status: JobStatus
     spec: JobSpec | None
     """None when config.json is missing or damaged (the status then says `damaged` and why)."""
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    """What the run made, as its result.json lists it (name → path); empty until it has one."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": self.status.to_json(), "spec": self.spec.to_json() if self.spec else None}
+        return {"status": self.status.to_json(), "spec": self.spec.to_json() if self.spec else None,
+                "outputs": dict(self.outputs)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobView":
         spec = data.get("spec")
-        return cls(JobStatus.from_json(data["status"]), JobSpec.from_json(spec) if spec is not None else None)
+        outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+        return cls(JobStatus.from_json(data["status"]), JobSpec.from_json(spec) if spec is not None else None,
+                   dict(outputs))
 
 
 # --- the job-kind registry -------------------------------------------------------------------------
@@ -989,7 +995,8 @@ class LocalJobs:
         return submit_job(kind, config, entry)
 
     def job(self, job_id: str) -> JobView:
-        return JobView(*load_run(find_run(job_id)))
+        run_dir = find_run(job_id)
+        return JobView(*load_run(run_dir), outputs=run_outputs(run_dir))
 
     def job_events(self, job_id: str, follow: bool = False, since: int = 0) -> Iterator[dict[str, Any]]:
         """Events in order; `since` skips that many (what a reconnecting follower has already seen)."""

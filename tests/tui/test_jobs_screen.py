@@ -307,10 +307,11 @@ async def test_p_opens_the_pool_of_a_rollouts_run_and_refuses_other_kinds():
         table.focus()
         assert table.selected.id == job_id  # newest first
         await pilot.press("down", "p")  # the selftest run
-        assert "has no pool" in " ".join(str(n.message) for n in pilot.app._notifications)
-        await pilot.press("up", "p")
+        await until(pilot, lambda: "has no pool" in " ".join(str(n.message) for n in pilot.app._notifications))
+        assert isinstance(pilot.app.screen, JobsScreen)
+        await pilot.press("up", "p")  # the rollouts file comes from the outputs the jobs client lists
+        await until(pilot, lambda: isinstance(pilot.app.screen, PoolScreen))
         screen = pilot.app.screen
-        assert isinstance(screen, PoolScreen)
         await until(pilot, lambda: screen.stats is not None)
         assert screen.stats.problems == 6 and screen.stats.mixed == 4
         assert screen.query_one(PassRateHistogram).display
