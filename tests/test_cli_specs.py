@@ -58,5 +58,5 @@ def test_connect_is_refused_by_a_command_that_would_ignore_it():
 
     from engine.core.errors import RmxError
 
-    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "train", "--rollouts", "r.jsonl"])
+    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "grade", "--completion-text", "4", "--gold", "4"])
     assert isinstance(result.exception, RmxError) and "--connect applies to rmx tui" in str(result.exception)

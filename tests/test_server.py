@@ -389,3 +389,30 @@ def test_rmx_analyze_with_connect_runs_in_the_daemon(daemon, tiny_llama, tiny_ll
             assert seen == [(1, 2), (2, 2)]  # progress frames reach the caller as the daemon scores each problem
     finally:
         daemon.client.load(ModelSpec(str(tiny_llama), device="cpu", dtype="float32"))
+
+
+def test_job_commands_under_connect_submit_to_the_daemon(daemon, tmp_path, monkeypatch):
+    """`rmx --connect … pool select/show` runs on the daemon, with the relative rollouts path made absolute."""
+    from engine.core.records import Rollout, write_rollouts
+    from engine.jobs import store
+
+    samples = {"a": [True, False], "b": [True, True]}
+    write_rollouts([Rollout(pid, i, (1, 2), (5, 6, 7), "", "1", None, ok, "eos")
+                    for pid, oks in samples.items() for i, ok in enumerate(oks)], tmp_path / "r.jsonl")
+    monkeypatch.chdir(tmp_path)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("rmx --connect ran the work in its own process")
+
+    monkeypatch.setattr(store, "submit_job", not_here)
+    monkeypatch.setattr("engine.recipes.pool.inspect_pool", not_here)
+    runner, connect = CliRunner(), ["--connect", daemon.card.socket]
+    submitted = runner.invoke(cli_app, [*connect, "pool", "select", "--rollouts", "r.jsonl", "--json"])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = json.loads(submitted.output.strip().splitlines()[-1])["id"]
+    events = list(daemon.client.job_events(job_id, follow=True))
+    assert daemon.client.job(job_id).status.state == "done", events[-3:]
+    assert daemon.client.job(job_id).spec.config["pool"]["rollouts"] == str(tmp_path / "r.jsonl")
+    shown = runner.invoke(cli_app, [*connect, "pool", "show", "--rollouts", "r.jsonl", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["mixed"] == 1

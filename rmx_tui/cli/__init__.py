@@ -26,6 +26,8 @@ app = typer.Typer(
 
 CLIENT_COMMANDS = ("tui", "demo", "serve", "score", "generate", "analyze", "jobs")
 """The commands that reach the engine through its client: `--connect` sends their work to a daemon."""
+JOB_COMMANDS = ("rollouts", "pool", "train", "sweep", "eval", "distill", "pipeline", "intervene")
+"""The commands that run long work: under `--connect` they submit it to that daemon as a job (as `--job` does here)."""
 
 
 @app.callback(invoke_without_command=True)
@@ -42,9 +44,9 @@ def _root(
     With no command, rmx opens the workbench on the engine daemon, starting one (detached) if none runs,
     so loaded models and jobs outlive the terminal.
     """
-    if connect and ctx.invoked_subcommand not in (None, *CLIENT_COMMANDS):
-        raise RmxError(f"--connect applies to rmx {', '.join(CLIENT_COMMANDS)}; rmx {ctx.invoked_subcommand} runs in "
-                       "this process (or as a detached job with --job)")
+    if connect and ctx.invoked_subcommand not in (None, *CLIENT_COMMANDS, *JOB_COMMANDS):
+        raise RmxError(f"--connect applies to rmx {', '.join(CLIENT_COMMANDS + JOB_COMMANDS)}; "
+                       f"rmx {ctx.invoked_subcommand} runs in this process")
     ctx.obj = {"connect": connect, "local": local}
     if ctx.invoked_subcommand is None:
         from rmx_tui.cli.tui_cmd import tui

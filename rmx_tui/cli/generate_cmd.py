@@ -115,6 +115,7 @@ def generate(
 
 
 def intervene(
+    ctx: typer.Context,
     base: opt.Base = "demo",
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
@@ -159,8 +160,8 @@ def intervene(
     if teacher_spec is None and any(m != "base" for m in chosen):
         raise RmxError("teacher, oracle, random and gated need a teacher: give --teacher and/or --teacher-adapter")
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
-    if job or detach:
-        _submit_intervene(base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
+    if job or detach or opt.connected(ctx):
+        _submit_intervene(ctx, base_spec, teacher_spec, dataset, limit, chosen, tau, template, sampling, out, json_output,
                           batch_size, cluster)
         return
     problems = load_problems(dataset, limit=limit)
@@ -202,16 +203,15 @@ def _absolute(path: str | None) -> str | None:
     return str(local.resolve()) if local.exists() else path
 
 
-def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
+def _submit_intervene(ctx: typer.Context, base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
                       template: str | None, sampling, out: str | None, json_output: bool,
                       batch_size: int | None = None, cluster=None) -> None:
-    """`rmx intervene --job`: submit an `intervene` job (the run dir is the truth, so no daemon is needed)."""
+    """`rmx intervene --job` (or under `--connect`): submit an `intervene` job, to the daemon when connected."""
     from dataclasses import asdict, replace
     from pathlib import Path
 
-    import engine.jobs.intervene  # noqa: F401  (registers the job kind)
     from engine.core.data import BUNDLED
-    from engine.jobs.store import find_run, submit_job
+    from engine.jobs.store import find_run
 
     def model(spec):
         if spec is None:
@@ -231,10 +231,13 @@ def _submit_intervene(base_spec, teacher_spec, dataset: str, limit: int | None, 
         "batch_size": batch_size,
         "ray": asdict(cluster) if cluster is not None else None,
     }
-    status = submit_job("intervene", config)
+    status = opt.submit_job(ctx, "intervene", config)
     if json_output:
-        opt.print_json({"id": status.id, "kind": status.kind, "state": status.state,
-                        "run_dir": str(find_run(status.id))})
+        try:
+            run_dir: str | None = str(find_run(status.id))
+        except RmxError:
+            run_dir = None  # a daemon on another machine keeps its run folders there
+        opt.print_json({"id": status.id, "kind": status.kind, "state": status.state, "run_dir": run_dir})
         return
     print(status.id)
     from rich.console import Console

@@ -139,6 +139,49 @@ def loaded_engine(ctx: typer.Context | None, base: Any, teacher: Any = None) -> 
             client.close()
 
 
+def connected(ctx: typer.Context | None) -> bool:
+    """Whether the command runs under `rmx --connect TARGET`: a job command then submits its work to that daemon."""
+    options = ctx.obj if ctx is not None and isinstance(ctx.obj, dict) else {}
+    return bool(options.get("connect"))
+
+
+def submit_job(ctx: typer.Context | None, kind: str, config: dict[str, Any]) -> Any:
+    """Start a detached job of `kind`: on the daemon under `--connect`, else from this process (the run folder is
+    the truth, so no daemon is needed). Paths that exist here are made absolute: the job does not run in this folder."""
+    # Importing them registers the job kinds, so that a daemon is sent their entries.
+    import engine.jobs.intervene
+    import engine.jobs.kinds  # noqa: F401
+    from engine.jobs.store import submit_job as submit_here
+
+    config = absolute_paths(config)
+    client = engine_client(ctx, default_local=True)
+    if client is None:
+        return submit_here(kind, config)
+    try:
+        return client.submit_job(kind, config)
+    finally:
+        if hasattr(client, "close"):
+            client.close()
+
+
+def absolute_paths(value: Any) -> Any:
+    """`value` with every string that names an existing file or folder here, as a relative path, made absolute.
+
+    Only strings that look like paths (a separator, or a file suffix) are tried, so names such as `demo`,
+    `smoke` or `bfloat16` stay names even when a folder of that name happens to sit here."""
+    from pathlib import Path
+
+    if isinstance(value, dict):
+        return {key: absolute_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [absolute_paths(item) for item in value]
+    if isinstance(value, str) and value and ("/" in value or Path(value).suffix):
+        path = Path(value).expanduser()
+        if not path.is_absolute() and path.exists():
+            return str(path.resolve())
+    return value
+
+
 def engine_client(ctx: typer.Context | None, default_local: bool) -> Any:
     """The engine a command talks to, the same way for every command: `rmx --connect TARGET …` attaches to that
     daemon, `rmx --local …` runs the engine in this process (None: the caller makes its Workbench), and otherwise

@@ -140,11 +140,8 @@ def _reported(config: dict[str, Any], report_to: list[str] | None) -> dict[str, 
     return {**config, "report": report.to_json()} if report.report_to else config
 
 
-def _submit(kind: str, config: dict[str, Any], json_output: bool) -> None:
-    import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
-    from engine.jobs.store import submit_job
-
-    status = submit_job(kind, config)
+def _submit(ctx: typer.Context, kind: str, config: dict[str, Any], json_output: bool) -> None:
+    status = opt.submit_job(ctx, kind, config)
     if json_output:
         opt.print_json(status.to_json())
     else:
@@ -164,6 +161,7 @@ def _result(result, json_output: bool, summary: str) -> None:
 @opt.spec_help(ROLLOUT_SPEC)
 @with_options(LOADING, after="ray_shards", into="loading")
 def rollouts(
+    ctx: typer.Context,
     dataset: opt.Dataset,
     base: opt.Base = "demo",
     limit: opt.Limit = None,
@@ -197,8 +195,8 @@ def rollouts(
                        extract=extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
-    if job:
-        _submit("rollouts", config, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "rollouts", config, json_output)
         return
     with _foreground("rollouts", config, out, json_output) as run:
         result = sample_rollouts_on(cluster, model, spec, out, resume=resume, emit=run.emit,
@@ -222,6 +220,7 @@ KeepShortest = Annotated[float, typer.Option(
 
 @with_options(LOADING, after="taus", into="loading")
 def pool_show(
+    ctx: typer.Context,
     rollouts: Rollouts,
     size: Size = None,
     keep_shortest: KeepShortest = 1.0,
@@ -241,11 +240,27 @@ def pool_show(
 
         return load_model(_model(base, None, loading))
 
-    stats = inspect_pool(spec, tau_list, load_base if base is not None else None)
+    if opt.connected(ctx):
+        stats = _pool_stats_on_daemon(ctx, spec, tau_list, _model(base, None, loading) if base is not None else None)
+    else:
+        stats = inspect_pool(spec, tau_list, load_base if base is not None else None)
     if json_output:
         opt.print_json(stats.to_json())
         return
     _print_pool(stats)
+
+
+def _pool_stats_on_daemon(ctx: typer.Context, spec, taus: list[str], base):
+    """`rmx --connect … pool show`: the daemon inspects the pool, under `base` (loaded there, or kept) if given."""
+    rollouts = opt.absolute_paths(spec.rollouts)
+    if base is None:
+        client = opt.engine_client(ctx, default_local=False)
+        try:
+            return client.pool_stats(rollouts, spec.size, spec.keep_shortest, taus, with_base=False)
+        finally:
+            client.close()
+    with opt.loaded_engine(ctx, base) as client:
+        return client.pool_stats(rollouts, spec.size, spec.keep_shortest, taus, with_base=True)
 
 
 def _print_pool(stats) -> None:
@@ -276,6 +291,7 @@ def _print_pool(stats) -> None:
 
 
 def pool_select(
+    ctx: typer.Context,
     rollouts: Rollouts,
     out: Annotated[str, typer.Option("--out", help="The pool.jsonl to write (stats go beside it).")] = "pool.jsonl",
     size: Size = None,
@@ -287,8 +303,8 @@ def pool_select(
     from engine.recipes.pool import PoolSpec, write_pool
 
     spec = PoolSpec(rollouts, size, keep_shortest)
-    if job:
-        _submit("pool", {"pool": asdict(spec)}, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "pool", {"pool": asdict(spec)}, json_output)
         return
     result = write_pool(spec, out)
     stats = result.stats
@@ -322,6 +338,7 @@ def _diverged(result) -> None:
 @with_options(TRAINING, after="tau_wrong")
 @with_options(LOADING, after="resume", into="loading")
 def train(
+    ctx: typer.Context,
     rollouts: Rollouts,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Run folder: checkpoints/, adapter/, base_pass/, train_summary.json.")] = "train",
@@ -341,8 +358,8 @@ def train(
     model = _model(base, None, loading)
     spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, **training)
     config = _reported({"model": asdict(model), "train": asdict(spec)}, report_to)
-    if job:
-        _submit("train", config, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "train", config, json_output)
         return
     with _foreground("train", config, out, json_output) as fg:
         result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
@@ -361,6 +378,7 @@ def train(
 @with_options(TRAINING, after="template")
 @with_options(LOADING, after="ray_retries", into="loading")
 def sweep(
+    ctx: typer.Context,
     rollouts: Rollouts,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Sweep folder: one tau-X/ run per τ, sweep.json.")] = "sweep",
@@ -390,8 +408,8 @@ def sweep(
     cluster = opt.ray_spec(ray, ray_retries)
     config = _reported(_with_ray({"model": asdict(model), "train": asdict(spec), "sweep": asdict(sweep_spec)},
                                  cluster), report_to)
-    if job:
-        _submit("sweep", config, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "sweep", config, json_output)
         return
     with _foreground("sweep", config, out, json_output) as fg:
         result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
@@ -452,8 +470,8 @@ def eval_run(
                     seed, backend, grade_timeout, extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), report_to)
-    if job:
-        _submit("eval", config, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "eval", config, json_output)
         return
     with _foreground("eval", config, out, json_output) as run:
         result = evaluate_on(cluster, spec_model, spec, out, resume=resume, emit=run.emit,
@@ -488,6 +506,7 @@ def eval_compare(
 @with_options(opt.spec_options(DistillSpec, exclude=("rollouts",)), after="out", into="fitting")
 @with_options(LOADING, after="resume", into="loading")
 def distill(
+    ctx: typer.Context,
     rollouts: Annotated[str, typer.Option("--rollouts")],
     teacher: opt.Teacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
@@ -509,8 +528,8 @@ def distill(
     spec = DistillSpec(rollouts, **fitting)
     config = _reported({"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
                        report_to)
-    if job:
-        _submit("distill", config, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "distill", config, json_output)
         return
     with _foreground("distill", config, out, json_output) as fg:
         result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
@@ -560,6 +579,7 @@ def runs_cost(
 
 
 def pipeline(
+    ctx: typer.Context,
     config: Annotated[str, typer.Argument(help="A pipeline TOML file (see examples/pipeline-demo.toml).")],
     out: Annotated[str, typer.Option("--out", help="Folder for every stage's output and report.md.")] = "pipeline",
     resume: Resume = False,
@@ -584,8 +604,8 @@ def pipeline(
 
         project = checked.get("report", {}).get("project", "rmx")
         checked = {**checked, "report": ReportSpec(tuple(report_to), project).to_json()}
-    if job:
-        _submit("pipeline", {"pipeline": checked}, json_output)
+    if job or opt.connected(ctx):
+        _submit(ctx, "pipeline", {"pipeline": checked}, json_output)
         return
     try:
         with _foreground("pipeline", {"pipeline": checked}, out, json_output) as run:
