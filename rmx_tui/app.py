@@ -80,11 +80,10 @@ class RmxApp(App[None]):
             self.push_screen(TourScreen())
 
     def action_jobs(self) -> None:
-        """Open the jobs screen: through the daemon when connected to one, else on the run dirs directly."""
-        from engine.jobs.store import JobsClient, LocalJobs
+        """Open the jobs screen on the engine client: the daemon's jobs when connected to one, else this machine's."""
         from rmx_tui.screens.jobs import JobsScreen
 
-        self.push_screen(JobsScreen(self.client if isinstance(self.client, JobsClient) else LocalJobs()))
+        self.push_screen(JobsScreen(self.client))
 
     def action_help(self) -> None:
         """Open rmx's help screen; on the help screen itself the same keys close it."""

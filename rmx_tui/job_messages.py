@@ -80,6 +80,14 @@ class JobResumed(Message):
         self.status = status
 
 
+class JobViewRead(Message):
+    """A run's status, spec and outputs were read through the jobs client, for the pool inspector."""
+
+    def __init__(self, view: JobView) -> None:
+        super().__init__()
+        self.view = view
+
+
 class JobCallFailed(Message):
     """A jobs call raised: `during` says which, `job_id` names the run when there is one."""
 

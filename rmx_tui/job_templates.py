@@ -1,15 +1,22 @@
-"""A commented TOML config per job kind, sized to run on a CPU, and the edited TOML read back as a job config."""
+"""A commented TOML config per job kind, rendered from the job-config schema's specs and sized to run on a CPU, and
+the edited TOML read back through the same specs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.core.config import ModelSpec
+from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
-from engine.jobs.store import JobStatus
+from engine.core.fielddocs import field_docs
+from engine.jobs.store import JobStatus, run_outputs
+from engine.recipes.schema import KIND_TABLES, TABLES, check_job_config
 from engine.service.workbench import WorkbenchInfo
 
 KINDS = ("selftest", "intervene", "rollouts", "pool", "train", "sweep", "eval", "distill", "pipeline")
@@ -28,9 +35,9 @@ class Defaults:
     """The demo ships one model: it is its own teacher, as in `rmx demo`."""
     teacher_adapter: str | None = None
     rollouts: str | None = None
-    """artifacts/rollouts.jsonl of the newest finished rollouts run."""
+    """The rollouts file the newest finished rollouts run lists in its result.json."""
     pool: str | None = None
-    """artifacts/pool.jsonl of the newest finished pool run."""
+    """The pool file the newest finished pool run lists in its result.json."""
 
     @classmethod
     def of(cls, info: WorkbenchInfo | None, statuses: Iterable[JobStatus], runs: Path) -> "Defaults":
@@ -40,13 +47,14 @@ class Defaults:
         teacher = (info.teacher or base) if info is not None else None
         finished = sorted((s for s in statuses if s.state == "done"), key=lambda s: (s.created, s.id))
 
-        def newest(kind: str, name: str) -> str | None:
-            run = next((s for s in reversed(finished) if s.kind == kind), None)
-            return str(runs / run.id / "artifacts" / name) if run is not None else None
+        def newest(kind: str) -> str | None:
+            """The `kind` output of the newest finished run of that kind, as its result.json lists it."""
+            return next((output for s in reversed(finished) if s.kind == kind
+                         for output in [run_outputs(runs / s.id).get(kind)] if output), None)
 
         return cls(base=base.source if base else "demo", base_adapter=base.adapter if base else None,
                    teacher=teacher.source if teacher else "demo", teacher_adapter=teacher.adapter if teacher else None,
-                   rollouts=newest("rollouts", "rollouts.jsonl"), pool=newest("pool", "pool.jsonl"))
+                   rollouts=newest("rollouts"), pool=newest("pool"))
 
 
 def _quoted(text: str) -> str:
@@ -54,111 +62,103 @@ def _quoted(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _toml(value: Any) -> str:
+    """A field's value as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _quoted(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def render_table(table: str, spec: type, values: dict[str, Any]) -> str:
+    """`[table]` with every field of the spec dataclass: its docstring as a comment, then the field set to its
+    value in `values`, else to the spec's default; a field left unset (None) is commented out. A field added to a
+    spec appears here by itself."""
+    docs = field_docs(spec.__module__, spec.__name__)
+    lines = [f"[{table}]"]
+    for field in dataclasses.fields(spec):
+        value = values.get(field.name, field.default)
+        lines += [f"# {line}" for line in textwrap.wrap(docs.get(field.name, ""), 110)]
+        lines.append(f"# {field.name} =" if value is None or value is dataclasses.MISSING
+                     else f"{field.name} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+CPU_SIZED: dict[str, dict[str, Any]] = {
+    "rollouts": {"dataset": "smoke", "limit": 8, "k": 4, "max_new_tokens": 48, "template": "chat"},
+    "pool": {"size": 4},
+    "train": {"tau": "q0.95", "grad_accum": 4, "max_steps": 4, "negative": "bounded", "max_tokens": 256},
+    "sweep": {"taus": ("q0.9", "q0.95"), "holdout": 4, "holdout_dataset": "smoke", "holdout_offset": 10,
+              "max_new_tokens": 48, "template": "chat"},
+    "eval": {"benchmarks": ("smoke",), "limit": 4, "max_new_tokens": 48, "template": "chat", "avg_benchmarks": ()},
+    "distill": {"top_k": 16, "epochs": 1, "grad_accum": 2, "max_tokens": 256},
+}
+"""Where a template departs from the spec's defaults (the paper's recipe): small enough to run on a CPU."""
+HEADERS = {
+    "rollouts": "# rollouts: k graded completions per problem; result.json lists the rollouts file.",
+    "pool": "# pool: the problems with mixed success, the training pool; result.json lists the pool file.",
+    "train": "# train: a ReasonMaxxer LoRA on the pool's decision points; result.json lists the adapter.",
+    "sweep": "# sweep: one adapter per τ, each scored on a holdout; the best is kept (result.json lists it).",
+    "eval": "# eval: the model's scores on benchmarks (greedy pass@1, or avg@k); result.json lists the report.",
+    "distill": "# distill: KL-LoRA, a LoRA fitted to the teacher's top-k; result.json lists the adapter.",
+}
+"""Each recipe kind's first line; the rest of its template is its tables, rendered from the schema."""
+
+
 def _model(table: str, source: str, adapter: str | None) -> str:
-    adapter_line = (f"adapter = {_quoted(adapter)}" if adapter
-                    else '# adapter = "/path/to/adapter"  # a LoRA folder applied on top')
-    return (f"[{table}]\n"
-            f"{'source = ' + _quoted(source):<27} # a hub id, a folder, a .gguf file or demo\n"
-            f"{adapter_line}\n"
-            'dtype = "auto"              # bf16 where the device computes it natively, else fp32\n'
-            'device = "auto"             # auto, cpu, mps, cuda or cuda:N\n')
+    return render_table(table, ModelSpec, {"source": source, "adapter": adapter})
 
 
-def _file(path: str | None, what: str) -> str:
-    if path is not None:
-        return f"rollouts = {_quoted(path)}\n# ↑ the newest finished {what} run's; any {what} .jsonl works\n"
-    return (f"rollouts = {_quoted(NO_ROLLOUTS)}\n"
-            f"# ↑ run a {what} job first, then put its artifacts/{what}.jsonl here\n")
+def _recipe(kind: str, defaults: Defaults) -> str:
+    """The tables of a recipe job kind (engine.recipes.schema.KIND_TABLES), rendered from their specs."""
+    source = defaults.pool or defaults.rollouts if kind == "train" or kind == "sweep" else defaults.rollouts
+    needs_file = kind in ("pool", "train", "sweep", "distill")
+    header = HEADERS[kind] + "\n"
+    if needs_file and source is None:
+        header += f"# Run a rollouts job first, then put the rollouts file it lists in place of {NO_ROLLOUTS}.\n"
+    tables = []
+    for table in KIND_TABLES[kind]:
+        if table == "model":
+            tables.append(_model("model", defaults.base, defaults.base_adapter))
+        elif table == "teacher":
+            tables.append(_model("teacher", defaults.teacher, defaults.teacher_adapter))
+        else:
+            values = dict(CPU_SIZED.get(table, {}))
+            if table in ("pool", "train", "distill"):
+                values["rollouts"] = source or NO_ROLLOUTS
+            tables.append(render_table(table, TABLES[table], values))
+    return header + "\n" + "\n".join(tables)
 
 
 def template(kind: str, defaults: Defaults = Defaults()) -> str:
     """The commented TOML a user edits to launch `kind`: its tables are the job config's top-level keys."""
-    base = _model("model", defaults.base, defaults.base_adapter)
-    teacher = _model("teacher", defaults.teacher, defaults.teacher_adapter)
-    train = ("[train]\n" + _file(defaults.pool or defaults.rollouts, "pool" if defaults.pool else "rollouts") +
-             'tau = "q0.95"               # decision gate: nats (1.4, the paper) or a quantile\n'
-             "grad_accum = 4              # paper: 8\n"
-             "max_steps = 4               # remove to train a whole epoch\n"
-             'negative = "bounded"        # paper: signed; bounded cannot run away to −∞\n'
-             "lr = 1e-4\n"
-             "lora_r = 32\n"
-             "lora_alpha = 64\n"
-             "max_tokens = 256            # truncate prompt+completion (memory)\n")
-    texts = {
-        "selftest": (
-            "# selftest: counts to `count`, one event per step; a real job that needs no model.\n"
-            "count = 20\n"
-            "sleep = 0.1                 # seconds per step, at most 10\n"
-            "# fail_at = 10              # fail the first attempt at this step (r resumes it)\n"
-            "# diverge_at = 10           # end the first attempt diverged at this step\n"),
-        "intervene": (
-            "# intervene: the paper's Figure 2, each mode's decodes of each problem, graded.\n"
-            'dataset = "smoke"           # a bundled benchmark, a .jsonl path or hf:NAME[:split]\n'
-            "limit = 2                   # the first N problems (remove for all)\n"
-            'modes = ["base", "teacher", "oracle", "random", "gated"]\n'
-            'tau = "q0.97"               # the gate: nats (1.2, the paper) or a quantile\n'
-            'template = "chat"           # qwen, qwen3, mistral, r1-distill, chat, raw or auto\n'
-            "# out = \"/abs/out.jsonl\"     # default: the run's artifacts/figure2.jsonl\n\n"
-            + _model("base", defaults.base, defaults.base_adapter) + "\n"
-            + teacher + "\n"
-            "[sampling]\n"
-            "greedy = true\n"
-            "max_new_tokens = 48         # paper: up to 8192\n"),
-        "rollouts": (
-            "# rollouts: k graded completions per problem, in artifacts/rollouts.jsonl.\n"
-            + base + "\n"
-            "[rollouts]\n"
-            'dataset = "smoke"           # paper: math_train_pool_150\n'
-            "limit = 8                   # the first N problems (remove for all)\n"
-            "k = 4                       # paper: 20\n"
-            "max_new_tokens = 48         # paper: up to 8192\n"
-            "temperature = 0.6\n"
-            "top_p = 0.95\n"
-            'template = "chat"\n'
-            "seed = 0\n"),
-        "pool": (
-            "# pool: the problems with mixed success, the training pool: artifacts/pool.jsonl.\n"
-            "[pool]\n"
-            + _file(defaults.rollouts, "rollouts") +
-            "size = 4                    # those nearest pass rate 0.5 (paper: 50)\n"
-            "keep_shortest = 1.0         # the authors keep 0.8 (a length bias)\n"),
-        "train": (
-            "# train: a ReasonMaxxer LoRA on the pool's decision points: artifacts/adapter/.\n"
-            + base + "\n" + train),
-        "sweep": (
-            "# sweep: one adapter per τ, each scored on a holdout; the best is kept (sweep.json).\n"
-            + base + "\n" + train + "\n"
-            "[sweep]\n"
-            'taus = ["q0.9", "q0.95"]    # paper: 1.2, 1.4, 1.6, 1.8 nats\n'
-            "holdout = 4                 # paper: 50\n"
-            'holdout_dataset = "smoke"   # paper: math_train_pool_500, from row 450\n'
-            "holdout_offset = 10\n"
-            "max_new_tokens = 48\n"
-            'template = "chat"\n'),
-        "eval": (
-            "# eval: the model's scores on benchmarks (greedy pass@1, or avg@k): artifacts/eval.md.\n"
-            + base + "\n"
-            "[eval]\n"
-            'benchmarks = ["smoke"]      # math500, gsm8k, minerva, aime24, … or files\n'
-            "limit = 4                   # the first N problems of each (remove for all)\n"
-            "max_new_tokens = 48         # paper: 4096\n"
-            'template = "chat"\n'
-            "avg_benchmarks = []         # scored as avg@k; the paper: [\"aime24\", \"amc23\"]\n"),
-        "distill": (
-            "# distill: KL-LoRA, a LoRA fitted to the teacher's top-k: artifacts/adapter/.\n"
-            + base + "\n" + teacher + "\n"
-            "[distill]\n"
-            + _file(defaults.rollouts, "rollouts") +
-            "top_k = 16                  # teacher logits kept per position (default 64)\n"
-            "epochs = 1                  # default 3\n"
-            "batch_size = 2\n"
-            "grad_accum = 2              # default 8\n"
-            "max_tokens = 256            # truncate prompt+completion (memory)\n"),
-        "pipeline": _pipeline(defaults),
-    }
-    if kind not in texts:
-        raise RmxError(f"no template for job kind '{kind}': use one of {', '.join(KINDS)}")
-    return texts[kind]
+    if kind in KIND_TABLES:
+        return _recipe(kind, defaults)
+    if kind == "selftest":
+        return ("# selftest: counts to `count`, one event per step; a real job that needs no model.\n"
+                "count = 20\n"
+                "sleep = 0.1                 # seconds per step, at most 10\n"
+                "# fail_at = 10              # fail the first attempt at this step (r resumes it)\n"
+                "# diverge_at = 10           # end the first attempt diverged at this step\n")
+    if kind == "intervene":
+        return ("# intervene: the paper's Figure 2, each mode's decodes of each problem, graded.\n"
+                'dataset = "smoke"           # a bundled benchmark, a .jsonl path or hf:NAME[:split]\n'
+                "limit = 2                   # the first N problems (remove for all)\n"
+                'modes = ["base", "teacher", "oracle", "random", "gated"]\n'
+                'tau = "q0.97"               # the gate: nats (1.2, the paper) or a quantile\n'
+                'template = "chat"           # qwen, qwen3, mistral, r1-distill, chat, raw or auto\n'
+                "# out = \"/abs/out.jsonl\"     # default: the run's artifacts/figure2.jsonl\n\n"
+                + _model("base", defaults.base, defaults.base_adapter) + "\n"
+                + _model("teacher", defaults.teacher, defaults.teacher_adapter) + "\n"
+                + render_table("sampling", SamplingSpec, {"max_new_tokens": 48}))
+    if kind == "pipeline":
+        return _pipeline(defaults)
+    raise RmxError(f"no template for job kind '{kind}': use one of {', '.join(KINDS)}")
 
 
 def _pipeline(defaults: Defaults) -> str:
@@ -200,9 +200,12 @@ def _pipeline(defaults: Defaults) -> str:
 
 def job_config(kind: str, text: str) -> dict[str, Any]:
     """The job config an edited template stands for (a pipeline's TOML goes under `pipeline`, as the CLI sends it);
-    a TOML syntax error is one RmxError line."""
+    a TOML syntax error, an unknown table or key, or a bad value is one RmxError line. A recipe kind's tables are
+    read back through the same specs the templates were rendered from."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RmxError(f"not valid TOML: {error}") from None
+    if kind in KIND_TABLES:
+        check_job_config(kind, data)
     return {"pipeline": data} if kind == "pipeline" else data

@@ -130,6 +130,11 @@ WHAT = {
     ("CompareScreen", "app.pop_screen"): "back to the rollouts",
     ("CompareScreen", "tau"): "raise / lower τ: Table 2 and the gate's precision / recall follow",
     ("CompareScreen", "tau_mode"): "write τ in nats or as a quantile",
+    ("CompareScreen", "pick_adapter"):
+        "edit overlap: pick an adapter (the newest trained is offered) and mark, on the base's greedy rollout, the "
+        "tokens the teacher, the adapter or both would change",
+    ("CompareScreen", "edit"): "next token edited by the teacher only (1), the adapter only (2) or both (3)",
+    ("CompareScreen", "any_edit"): "next / previous token edited by either",
     ("RmxApp", "jobs"): "the jobs screen: runs with live progress and plots, cancel and resume",
     ("RmxApp", "help"): "this help: every key, the colours, τ and the classes",
     ("JobsScreen", "new"): "launch a job: pick its kind, edit its TOML config, ctrl+s submits",

@@ -6,6 +6,7 @@ from engine.core.data import Problem
 from engine.core.decode import Step
 from engine.core.interventions import InterventionResult
 from engine.core.records import Rollout, ScoredRollout
+from engine.recipes.overlap import RolloutEdits
 from engine.service.workbench import WorkbenchInfo
 from textual.message import Message
 
@@ -92,6 +93,17 @@ class InterventionRan(Message):
         self.key = key
         """The root rollout the run is compared with."""
         self.result = result
+
+
+class EditsCompared(Message):
+    """The base's greedy rollout of a problem was scored under the teacher and an adapter: who edits which token."""
+
+    def __init__(self, problem_id: str, edits: RolloutEdits, names: dict[int, str]) -> None:
+        super().__init__()
+        self.problem_id = problem_id
+        self.edits = edits
+        self.names = names
+        """The text of every token id the rollout and both models' picks use."""
 
 
 class EngineFailed(Message):

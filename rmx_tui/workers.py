@@ -15,8 +15,8 @@ from engine.core.records import read_rollouts
 from textual.message import Message
 
 from rmx_tui.messages import (
-    BranchDecoded, BranchExtended, DecodeCancelled, EngineFailed, EngineLoaded, InterventionRan, LoadProgressed,
-    OutcomesSampled, ProblemsListed, RolloutScored,
+    BranchDecoded, BranchExtended, DecodeCancelled, EditsCompared, EngineFailed, EngineLoaded, InterventionRan,
+    LoadProgressed, OutcomesSampled, ProblemsListed, RolloutScored,
 )
 from rmx_tui.ui_state import Outcome, Verdict
 from rmx_tui.settings import ALTERNATIVES
@@ -111,12 +111,9 @@ def load(client: EngineClient, job: LoadJob, post: Post) -> None:
 
 
 def running_jobs(client: EngineClient) -> int:
-    """How many jobs are running: through the daemon when connected to one, else on the run dirs directly."""
-    from engine.jobs.store import JobsClient, LocalJobs
-
+    """How many jobs are running: the daemon's when connected to one, else this machine's (the client has both)."""
     try:
-        jobs = client if isinstance(client, JobsClient) else LocalJobs()
-        return sum(status.active for status in jobs.list_jobs())
+        return sum(status.active for status in client.list_jobs())
     except Exception:  # an unreadable run dir must not keep the workbench from opening
         return 0
 
@@ -224,3 +221,14 @@ def intervene(client: EngineClient, job: InterventionJob, post: Post, cancelled:
         return
     if not cancelled():
         post(InterventionRan(job.key, result))
+
+
+def compare_edits(client: EngineClient, problem_id: str, prompt_ids: Sequence[int], adapter: str,
+                  max_new_tokens: int, post: Post) -> None:
+    """The edit overlap of the teacher and `adapter` on the base's greedy rollout of one prompt."""
+    try:
+        edits = client.edit_overlap(prompt_ids, adapter, max_new_tokens)
+        named = sorted(set(edits.ids) | set(edits.teacher_ids) | set(edits.adapter_ids))
+        post(EditsCompared(problem_id, edits, dict(zip(named, client.token_texts(named)))))
+    except Exception as error:
+        post(EngineFailed("overlap", describe(error)))

@@ -1,4 +1,5 @@
-"""Specs are the source of the options: every field of a command's spec has an option with the spec's default."""
+"""Specs are the source of the options: every field of a command's spec has an option with the spec's default,
+and the field's docstring as its help."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import pytest
 import typer.main
 
+from engine.core.fielddocs import field_docs
 from engine.recipes.distill import DistillSpec
 from engine.recipes.evaluate import EvalSpec
 from engine.recipes.rollouts import RolloutSpec
@@ -31,6 +33,9 @@ def test_every_spec_field_has_an_option_with_the_specs_default(command):
                 continue
             param = params.get(RENAMED.get(field.name, field.name))
             assert param is not None, f"rmx {command}: {spec.__name__}.{field.name} has no option"
+            doc = field_docs(spec.__module__, spec.__name__).get(field.name)
+            assert doc, f"{spec.__name__}.{field.name} has no docstring to be its option's help"
+            assert param.help == doc, f"rmx {command} --{param.name}: help {param.help!r}, {spec.__name__} says {doc!r}"
             if field.default is dataclasses.MISSING:
                 continue
             default = field.default
@@ -53,5 +58,5 @@ def test_connect_is_refused_by_a_command_that_would_ignore_it():
 
     from engine.core.errors import RmxError
 
-    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "generate", "--prompt-text", "1+1"])
+    result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "train", "--rollouts", "r.jsonl"])
     assert isinstance(result.exception, RmxError) and "--connect applies to rmx tui" in str(result.exception)

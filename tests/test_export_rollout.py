@@ -179,3 +179,106 @@ def test_bad_options_are_one_line(exported, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["export", str(exported), "--start", "5", "--end", "500", "--out", str(tmp_path / "x.svg"),
                             "--format", "svg"], capsys, monkeypatch)
     assert code == 2 and "outside" in err
+
+
+@pytest.fixture(scope="module")
+def compared(exported, tmp_path_factory) -> Path:
+    """What X writes on a fork: the parent (all base tokens, right) and a branch forced at 3 (shorter, wrong)."""
+    branch = json.loads(exported.read_text())
+    parent = dict(branch, key="0", label="greedy", parent=None, fork_pos=None, sources=["base"] * len(branch["tokens"]))
+    tokens = [dict(t) for t in branch["tokens"][:3] + branch["tokens"][5:]]
+    for pos, token in enumerate(tokens):
+        token["pos"] = pos
+    branch.update(tokens=tokens, sources=["base"] * 3 + ["forced"] + ["base"] * (len(tokens) - 4),
+                  completion_ids=[t["id"] for t in tokens], answer="6", correct=False)
+    path = tmp_path_factory.mktemp("compare") / "rmx-0.1-vs-parent.json"
+    path.write_text(json.dumps({"kind": "comparison", "fork_pos": 3, "parent": parent, "branch": branch}))
+    return path
+
+
+def _sides(path: Path) -> tuple[list[dict], list[dict]]:
+    data = json.loads(path.read_text())
+    return data["parent"]["tokens"], data["branch"]["tokens"]
+
+
+def test_a_branch_comparison_renders_both_sides_from_the_fork_in_chromium(compared, tmp_path, capsys, monkeypatch):
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium before the tests)")
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "fork.html"
+    code, stdout, err = run_cli(["export", str(compared), "--format", "html", "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "fork at token 3" in stdout
+    html = out.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    parent, branch = _sides(compared)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(out.as_uri())
+            assert page.locator(".prefix .tok").count() == 3
+            left, right = page.locator("#parent .rollout .tok"), page.locator("#branch .rollout .tok")
+            assert left.count() == len(parent) - 3 and right.count() == len(branch) - 3
+            # Aligned: both columns start at the fork position, side by side on one row.
+            assert left.nth(0).get_attribute("data-pos") == right.nth(0).get_attribute("data-pos") == "3"
+            assert abs(left.nth(0).bounding_box()["y"] - right.nth(0).bounding_box()["y"]) < 2
+            assert left.nth(0).bounding_box()["x"] < right.nth(0).bounding_box()["x"]
+            assert "src-forced" in right.nth(0).get_attribute("class")
+            assert "src-forced" not in left.nth(0).get_attribute("class")
+            assert page.locator("#parent .verdict").inner_text() == "answer: 5 ✓ correct"
+            assert page.locator("#branch .verdict").inner_text() == "answer: 6 ✗ wrong"
+            shown = page.locator("#branch .rollout").inner_text().replace("⏎", "")
+            assert shown == "".join(t["text"] for t in branch[3:])
+            right.nth(0).hover()
+            tip = page.locator("#tip")
+            assert tip.is_visible() and "chosen by: forced" in tip.inner_text()
+            assert tip.inner_text().splitlines()[0].startswith("#3 ")
+        finally:
+            browser.close()
+
+
+def test_a_branch_comparison_as_svg_tex_and_json(compared, tmp_path, capsys, monkeypatch):
+    parent, branch = _sides(compared)
+    out = tmp_path / "fork.svg"
+    code, _, err = run_cli(["export", str(compared), "--format", "svg", "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    ns = "{http://www.w3.org/2000/svg}"
+    columns = ET.fromstring(out.read_text()).findall(f"{ns}svg")
+    assert [len(column.findall(f"{ns}g")) for column in columns] == [len(parent) - 3, len(branch) - 3]
+    assert not columns[0].find(f"{ns}g").find(f"{ns}rect").get("stroke")
+    assert columns[1].find(f"{ns}g").find(f"{ns}rect").get("stroke")  # the forced token is framed
+    out = tmp_path / "fork.tex"
+    code, _, err = run_cli(["export", str(compared), "--format", "tex", "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    tex = out.read_text()
+    assert "answer: 5 ✓ correct" in tex and "answer: 6 ✗ wrong" in tex
+    assert tex.count(r"\fcolorbox[HTML]{E8175D}") == 1
+    out = tmp_path / "again.json"
+    code, _, err = run_cli(["export", str(compared), "--format", "json", "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["fork_pos"] == 3 and data["branch"]["tokens"] == branch and data["parent"]["tokens"] == parent
+    code, _, err = run_cli(["export", str(compared), "--format", "json", "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "--force" in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fork_pos": None}, "fork_pos"),
+    ({"fork_pos": 999}, "past the parent"),
+    ({"branch": None}, "'branch'"),
+    ({"parent": {"tokens": []}}, "(parent): not a rollout export"),
+])
+def test_a_malformed_comparison_is_one_line_naming_it(compared, tmp_path, capsys, monkeypatch, change, message):
+    data = json.loads(compared.read_text())
+    data.update(change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    code, _, err = run_cli(["export", str(path), "--format", "html"], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(path) in err and message in err
+    assert not (tmp_path / "bad.html").exists()
+    code, _, err = run_cli(["export", str(compared), "--start", "1", "--out", str(tmp_path / "s.svg")], capsys,
+                           monkeypatch)
+    assert code == 2 and "comparison" in err

@@ -188,7 +188,7 @@ def served(workbench, runtime):
 def test_two_clients_at_once_get_the_same_answers(served):
     first, second = RemoteClient(uds=served), RemoteClient(uds=served)
     job = first.submit_job("selftest", {"count": 30, "sleep": 0.03})
-    prompt = first.prompt_ids("What is 12 + 30?", "qwen")
+    prompt = first.prompt_ids("What is 12 + 30?", "mistral")
     completion = first.tokenize("12 + 30 = 42, so the answer is 42.")
     results: dict[str, list] = {}
 

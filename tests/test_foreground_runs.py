@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.core.errors import RmxError
-from engine.jobs.store import LocalJobs, find_run, list_runs, read_status
+from engine.jobs.store import LocalJobs, find_run, list_runs, read_status, run_outputs
 from tests.test_train import make_rollouts
 
 ROOT = Path(__file__).parents[1]
@@ -67,6 +67,8 @@ def test_the_run_folder_holds_the_same_events_and_a_final_status(foreground_trai
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["out"] == str(out) and config["foreground"] is True and config["train"]["tau"] == "q0.7"
     assert (run_dir / "artifacts").resolve() == out  # readers of job runs find the adapter and costs here
+    outputs = run_outputs(run_dir)  # listed in result.json, as a detached job lists them
+    assert outputs["adapter"] == str(out / "adapter") and Path(outputs["adapter"], "adapter_config.json").is_file()
     view = LocalJobs().job(status.id)
     assert view.status.state == "done" and read_status(run_dir).pid == view.status.pid
 

@@ -11,7 +11,7 @@ import engine.jobs.intervene  # noqa: F401  (registers the kind in this process)
 from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
 from engine.recipes.experiments import read_results
-from engine.jobs.store import LocalJobs, cancel_job, find_run, list_runs, resume_job, submit_job, tail_events
+from engine.jobs.store import JobView, LocalJobs, cancel_job, find_run, job_outputs, list_runs, resume_job, submit_job, tail_events
 from tests.test_cli_score import run_cli
 from tests.test_jobs import finished, kill_jobs, wait_for
 
@@ -122,4 +122,9 @@ def test_rmx_intervene_detach_streams_events_cancels_and_resumes_to_done(tiny_ll
     summary = json.loads((run_dir / "artifacts" / "summary.json").read_text())
     assert summary["problems"] == total and summary["total"] == total and summary["complete"] is True
     assert [m["mode"] for m in summary["modes"]] == MODES and summary["tau"] == "q0.9"
+    # result.json lists the outputs as every job kind's does; the TUI and CLI read them from there.
+    assert job_outputs(submitted["id"]) == {"figure2": str(run_dir / "artifacts" / "figure2.jsonl"),
+                                            "summary": str(run_dir / "artifacts" / "summary.json")}
+    view = LocalJobs().job(submitted["id"])  # what `rmx jobs show --json` and the daemon's GET /jobs/ID carry
+    assert view.outputs == job_outputs(submitted["id"]) and JobView.from_json(view.to_json()) == view
     assert events[-1]["job/state"] == "done"

@@ -159,7 +159,7 @@ def test_train_runs_as_a_detached_job_and_its_cost_is_reported(tiny_llama, tmp_p
     from typer.testing import CliRunner
 
     import engine.jobs.kinds  # noqa: F401  (registers the job kinds)
-    from engine.jobs.store import find_run, read_status, submit_job
+    from engine.jobs.store import find_run, job_outputs, read_status, submit_job
     from engine.recipes.train import TrainSpec
     from rmx_tui.cli import app
 
@@ -176,6 +176,7 @@ def test_train_runs_as_a_detached_job_and_its_cost_is_reported(tiny_llama, tmp_p
     assert final.state == "done", (final.error, (run_dir / "job.log").read_text()[-2000:])
     assert (final.step, final.total) == (6, 6)
     assert (run_dir / "artifacts" / "adapter" / "adapter_model.safetensors").exists()
+    assert job_outputs(status.id)["adapter"] == str(run_dir / "artifacts" / "adapter")  # listed in result.json
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert sum("train/loss" in e for e in events) == 6
     prices = tmp_path / "prices.toml"

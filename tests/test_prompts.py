@@ -26,6 +26,8 @@ def tokenizers(tmp_path_factory):
     return {
         "qwen+chat": build_tokenizer(root / "qwen-chat"),
         "qwen": build_tokenizer(root / "qwen", chat=False),
+        "qwen3+chat": build_tokenizer(root / "qwen3-chat", think=True),
+        "qwen3": build_tokenizer(root / "qwen3", chat=False, think=True),
         "other+chat": build_tokenizer(root / "other-chat", qwen_specials=False),
         "other": build_tokenizer(root / "other", qwen_specials=False, chat=False),
     }
@@ -38,8 +40,9 @@ CASES = [
     ("qwen2", "hkust-nlp/Qwen-2.5-7B-SimpleRL-Zoo", "qwen+chat", "qwen"),  # an RL-trained descendant
     ("qwen2", "Qwen/Qwen2.5-7B-Instruct", "qwen+chat", "chat"),
     ("qwen2", "Qwen/Qwen2.5-7B-Instruct", "qwen", "raw"),  # instruct, but nothing to chat with
-    ("qwen3", "Qwen/Qwen3-8B-Base", "qwen+chat", "qwen3"),
-    ("qwen3", "Qwen/Qwen3-4B-Base", "qwen", "qwen3"),
+    ("qwen3", "Qwen/Qwen3-8B-Base", "qwen3+chat", "qwen3"),
+    ("qwen3", "Qwen/Qwen3-4B-Base", "qwen3", "qwen3"),
+    ("qwen3", "someone/tiny-qwen3", "qwen+chat", "raw"),  # a qwen3 model_type without <think> in its vocabulary
     ("mistral", "mistralai/Mistral-7B-v0.1", "other", "mistral"),
     ("mistral", "mistralai/Mistral-7B-v0.1", "other+chat", "mistral"),
     ("mistral", "mistralai/Mistral-7B-Instruct-v0.2", "other+chat", "chat"),
@@ -67,7 +70,7 @@ def test_auto_follows_appendix_c_per_family(tokenizers, model_type, name, tokeni
 
 
 def test_each_template_builds_the_papers_text(tokenizers):
-    tok = tokenizers["qwen+chat"]
+    tok = tokenizers["qwen3+chat"]
     problem = "What is 12 + 30?"
     text = {"qwen": QWEN_RAW, "qwen3": QWEN_RAW, "mistral": MISTRAL}
     for name, template in text.items():
@@ -103,3 +106,22 @@ def test_bad_templates_are_refused_with_the_reason(tokenizers):
     with pytest.raises(RmxError, match="needs a chat template"):
         prompt_ids(tokenizers["other"], "1+1", "r1-distill")
     assert choose_template("mistral", tokenizers["qwen+chat"]).reason == "asked for"
+
+
+def test_a_qwen_template_on_another_family_or_a_chatml_vocabulary_is_refused(tokenizers):
+    """SmolLM2 (the demo) speaks ChatML like Qwen, but it is a Llama without <think>: qwen3 does not fit it."""
+    smol = ModelFacts("llama", ("HuggingFaceTB/SmolLM2-135M-Instruct",))
+    for name in ("qwen", "qwen3"):
+        with pytest.raises(RmxError, match=f"template '{name}' is for qwen.* models, and this model's model_type is llama"):
+            choose_template(name, tokenizers["qwen3+chat"], smol)
+    # Without a model_type to go on, the vocabulary decides: ChatML markers are not enough for qwen3.
+    with pytest.raises(RmxError, match="template 'qwen3' is for Qwen vocabularies, and this tokenizer has no "
+                                       "<think> or </think> as one token"):
+        choose_template("qwen3", tokenizers["qwen+chat"])
+    with pytest.raises(RmxError, match="model_type is qwen2"):
+        choose_template("qwen3", tokenizers["qwen3+chat"], ModelFacts("qwen2", ("Qwen/Qwen2.5-7B",)))
+    # What fits is accepted: qwen on Qwen2.5 and Qwen3, qwen3 on Qwen3, mistral (plain text) anywhere.
+    assert choose_template("qwen", tokenizers["qwen"], ModelFacts("qwen2")).template == "qwen"
+    assert choose_template("qwen", tokenizers["qwen3"], ModelFacts("qwen3")).template == "qwen"
+    assert choose_template("qwen3", tokenizers["qwen3"], ModelFacts("qwen3")).template == "qwen3"
+    assert choose_template("mistral", tokenizers["other"], smol).template == "mistral"

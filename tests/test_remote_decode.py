@@ -51,7 +51,7 @@ def engines(tiny_llama, tiny_llama_adapter):
             teacher = ModelSpec(str(tiny_llama), adapter=str(tiny_llama_adapter), device="cpu", dtype="float32")
             local = Workbench()
             assert remote.load(base, teacher) == local.load(base, teacher)
-            prompt = local.prompt_ids(QUESTION, "qwen")
+            prompt = local.prompt_ids(QUESTION, "mistral")
             yield SimpleNamespace(local=local, remote=remote, card=card, prompt=prompt)
         finally:
             remote.close()
@@ -273,8 +273,8 @@ def test_a_slow_step_gets_keepalive_lines_meanwhile(monkeypatch):
     monkeypatch.setattr("engine.service.server.KEEPALIVE_S", 0.05)
 
     class Slow(_Scripted):
-        def decode(self, *args):
-            steps = super().decode(*args)
+        def decode(self, *args, **kwargs):
+            steps = super().decode(*args, **kwargs)
 
             def slow():
                 with closing(steps):
@@ -297,7 +297,7 @@ def test_a_stoppable_call_streams_blank_lines_then_its_answer_then_done(monkeypa
     result = InterventionResult(mode="base", steps=(step,), completion_ids=(1,), text="x", touched=())
 
     class Slow:
-        def intervene(self, prompt_ids, mode, *args, should_stop):
+        def intervene(self, prompt_ids, mode, *args, should_stop, **kwargs):
             time.sleep(0.3)
             if mode == "manual":
                 raise RmxError("the device ran out of memory (simulated)")
@@ -331,3 +331,14 @@ def test_an_unloaded_workbench_refuses_in_one_line():
     for call in (lambda: client.intervene([1, 2], "base"), lambda: client.fork_outcomes([1], [2, 3], 0, 1, "7")):
         with pytest.raises(RmxError, match="no model is loaded"):
             call()
+
+
+def test_edit_overlap_over_the_wire(engines, tiny_llama_adapter, tmp_path):
+    prompt = engines.prompt[:40]
+    # The teacher's own adapter: every teacher edit is an adapter edit too, to the same token.
+    remote = engines.remote.edit_overlap(prompt, str(tiny_llama_adapter), 8)
+    assert remote == engines.local.edit_overlap(prompt, str(tiny_llama_adapter), 8)
+    assert set(remote.kinds) <= {"both", None} and "both" in remote.kinds
+    assert remote.teacher_ids == remote.adapter_ids
+    with pytest.raises(RmxError, match="adapter"):
+        engines.remote.edit_overlap(prompt, str(tmp_path / "no-such-adapter"), 8)

@@ -87,6 +87,35 @@ def test_rollouts_resume_after_a_cut_redraws_the_same_samples(tiny_llama, tmp_pa
         sample_rollouts(model, _spec(k=4), cut, resume=True)
 
 
+def test_rollouts_grade_with_the_extract_mode_asked_for_and_resume_only_with_it(tiny_llama, tmp_path):
+    from engine.core.grading import extract_answer
+    from engine.core.records import read_rollouts
+    from engine.recipes.rollouts import sample_rollouts
+
+    model = ModelSpec(str(tiny_llama), dtype="float32")
+    spec = dict(k=4, max_new_tokens=16)
+    strict = read_rollouts(sample_rollouts(model, _spec(**spec), tmp_path / "strict.jsonl").path)
+    lenient_out = tmp_path / "lenient.jsonl"
+    lenient = read_rollouts(sample_rollouts(model, _spec(extract="lenient", **spec), lenient_out).path)
+    assert [r.completion_ids for r in strict] == [r.completion_ids for r in lenient]  # same seeds, same samples
+    for mode, rollouts in (("strict", strict), ("lenient", lenient)):
+        assert [r.answer for r in rollouts] == [extract_answer(r.text, r.finish, mode)[0] for r in rollouts]
+    # The random model's cut-off completions carry stray digits: only lenient takes one as the answer.
+    assert sum(r.answer is not None for r in lenient) > sum(r.answer is not None for r in strict)
+    meta = json.loads((tmp_path / "lenient.jsonl.meta.json").read_text())
+    assert meta["spec"]["extract"] == "lenient"
+    with pytest.raises(RmxError, match="was graded with --extract lenient, and this run asks for --extract strict"):
+        sample_rollouts(model, _spec(**spec), lenient_out, resume=True)
+    # A meta file from before --extract existed holds no key: it was graded strict, and resumes as such.
+    old_meta = tmp_path / "strict.jsonl.meta.json"
+    old = json.loads(old_meta.read_text())
+    del old["spec"]["extract"]
+    old_meta.write_text(json.dumps(old))
+    assert sample_rollouts(model, _spec(**spec), tmp_path / "strict.jsonl", resume=True).samples == 12
+    with pytest.raises(RmxError, match="was graded with --extract strict"):
+        sample_rollouts(model, _spec(extract="lenient", **spec), tmp_path / "strict.jsonl", resume=True)
+
+
 def test_rollout_spec_refuses_bad_settings():
     with pytest.raises(RmxError, match="--k"):
         _spec(k=0)
@@ -94,6 +123,8 @@ def test_rollout_spec_refuses_bad_settings():
         _spec(top_p=1.5)
     with pytest.raises(RmxError, match="--backend"):
         _spec(backend="tgi")
+    with pytest.raises(RmxError, match="--extract must be one of strict, lenient, got 'loose'"):
+        _spec(extract="loose")
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
@@ -209,3 +240,26 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_scores(tiny_llama, tmp
     with pytest.raises(RmxError, match="other settings"):
         evaluate(model, EvalSpec(benchmarks=("smoke",), limit=3, max_new_tokens=5, template="raw"),
                  tmp_path / "cut", resume=True)
+
+
+def test_eval_grades_with_the_extract_mode_asked_for_and_resumes_only_with_it(tiny_llama, tmp_path):
+    from engine.recipes.evaluate import EvalSpec, evaluate
+
+    model = ModelSpec(str(tiny_llama), dtype="float32")
+    settings = dict(benchmarks=("smoke",), limit=3, max_new_tokens=16, template="raw")
+    evaluate(model, EvalSpec(**settings), tmp_path / "strict")
+    evaluate(model, EvalSpec(extract="lenient", **settings), tmp_path / "lenient")
+    read = lambda name: [json.loads(line) for line in (tmp_path / name / "items.jsonl").read_text().splitlines()]  # noqa: E731
+    strict, lenient = read("strict"), read("lenient")
+    assert [i["text"] for i in strict] == [i["text"] for i in lenient]
+    assert sum(i["extracted"] is not None for i in lenient) > sum(i["extracted"] is not None for i in strict)
+    assert json.loads((tmp_path / "lenient" / "eval.meta.json").read_text())["spec"]["extract"] == "lenient"
+    with pytest.raises(RmxError, match="was evaluated with --extract lenient"):
+        evaluate(model, EvalSpec(**settings), tmp_path / "lenient", resume=True)
+    meta = tmp_path / "strict" / "eval.meta.json"
+    old = json.loads(meta.read_text())
+    del old["spec"]["extract"]  # from before --extract existed: graded strict
+    meta.write_text(json.dumps(old))
+    evaluate(model, EvalSpec(**settings), tmp_path / "strict", resume=True)
+    with pytest.raises(RmxError, match="--extract"):
+        EvalSpec(extract="loose", **settings)

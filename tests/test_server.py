@@ -32,7 +32,7 @@ from tests.test_jobs import kill_jobs
 
 ENDPOINTS = {"/health", "/info", "/load", "/score", "/score_text", "/tokenize", "/detokenize", "/prompt_ids", "/template",
              "/token_texts", "/decode", "/intervene", "/fork", "/intervene/stream", "/fork/stream", "/grade",
-             "/problems", "/pool_stats", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
+             "/problems", "/pool_stats", "/generate", "/analyze", "/edit_overlap", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel",
              "/jobs/{job_id}/resume"}
 
 
@@ -97,14 +97,14 @@ def test_remote_answers_match_the_local_client(daemon, local):
     assert remote.tokenize(text) == ids
     assert remote.detokenize(ids) == local.detokenize(ids) == text
     assert remote.token_texts(ids) == local.token_texts(ids)
-    for template in ("raw", "qwen", "chat", "auto"):
+    for template in ("raw", "mistral", "chat", "auto"):
         assert remote.prompt_ids("What is 12 + 30?", template) == local.prompt_ids("What is 12 + 30?", template)
         assert remote.template_choice(template) == local.template_choice(template)
     assert remote.template_choice("auto").template == "raw"  # a tiny Llama, not named instruct
-    prompt = local.prompt_ids("What is 12 + 30?", "qwen")
+    prompt = local.prompt_ids("What is 12 + 30?", "mistral")
     assert remote.score(prompt, ids, top_k=3) == local.score(prompt, ids, top_k=3)
     question = "What is 12 + 30?"
-    assert remote.score_text(question, text, "qwen") == local.score_text(question, text, "qwen")
+    assert remote.score_text(question, text, "mistral") == local.score_text(question, text, "mistral")
 
 
 def test_refusals_are_4xx_with_a_reason_and_keep_the_loaded_model(daemon, tiny_llama, tmp_path):
@@ -184,6 +184,27 @@ def test_jobs_through_the_daemon(daemon):
         remote.job("20990101-000000-selftest-0000")
     with pytest.raises(RmxError, match="count must be"):
         remote.submit_job("selftest", {"count": -1})
+
+
+def test_rmx_jobs_with_connect_asks_the_daemon(daemon, monkeypatch):
+    status = daemon.client.submit_job("selftest", {"count": 2})
+    list(daemon.client.job_events(status.id, follow=True))
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("rmx --connect jobs read the run dirs in its own process")
+
+    for method in ("list_jobs", "job", "job_events"):
+        monkeypatch.setattr(LocalJobs, method, not_here)
+    runner, connect = CliRunner(), ["--connect", daemon.card.socket, "jobs"]
+    listed = runner.invoke(cli_app, [*connect, "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert status.id in [job["id"] for job in json.loads(listed.output)]
+    shown = runner.invoke(cli_app, [*connect, "show", status.id, "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["status"]["state"] == "done", shown.output
+    logs = runner.invoke(cli_app, [*connect, "logs", status.id, "--json"])
+    assert logs.exit_code == 0 and any("selftest/value" in line for line in logs.output.splitlines()), logs.output
+    repair = runner.invoke(cli_app, [*connect, "repair", status.id])
+    assert repair.exit_code != 0 and "without --connect" in str(repair.exception)
 
 
 def test_ensure_daemon_reuses_the_running_one_and_start_refuses_a_second(daemon):
@@ -325,3 +346,46 @@ def test_rmx_score_with_connect_scores_in_the_daemon(daemon, tiny_llama, monkeyp
     want = daemon.client.score_text("What is 1+1?", "It is 2.", "raw")
     assert got["template"] == "raw" and [t["id"] for t in got["tokens"]] == list(want.completion_ids)
     assert [t["entropy"] for t in got["tokens"]] == [t.entropy for t in want.tokens]
+
+
+def _no_local_model(monkeypatch, command: str) -> None:
+    import engine.service.workbench as workbench
+
+    def no_local_model(*args, **kwargs):
+        raise AssertionError(f"rmx --connect {command} loaded a model in its own process")
+
+    monkeypatch.setattr(workbench, "load_pair", no_local_model)
+
+
+def test_rmx_generate_with_connect_decodes_in_the_daemon(daemon, tiny_llama, monkeypatch):
+    args = ["generate", "--base", str(tiny_llama), "--device", "cpu", "--dtype", "float32", "--prompt-text",
+            "What is 2+3?", "--max-new-tokens", "6", "--temperature", "0.9", "--seed", "3", "--n", "2",
+            "--force", "1:7", "--json"]
+    here = CliRunner().invoke(cli_app, args)
+    assert here.exit_code == 0, here.output
+    _no_local_model(monkeypatch, "generate")
+    there = CliRunner().invoke(cli_app, ["--connect", daemon.card.socket, *args])
+    assert there.exit_code == 0, there.output
+    lines = [json.loads(line) for line in there.output.splitlines()]
+    assert len(lines) == 2 and all(line["tokens"][1]["id"] == 7 for line in lines)
+    assert there.output == here.output  # the same completions, sampled in the daemon
+
+
+def test_rmx_analyze_with_connect_runs_in_the_daemon(daemon, tiny_llama, tiny_llama_adapter, monkeypatch):
+    args = ["analyze", "--base", str(tiny_llama), "--teacher-adapter", str(tiny_llama_adapter), "--device", "cpu",
+            "--dtype", "float32", "--dataset", "smoke", "--limit", "2", "--max-new-tokens", "6", "--tau", "q0.8",
+            "--json"]
+    here = CliRunner().invoke(cli_app, args)
+    assert here.exit_code == 0, here.output
+    try:
+        with monkeypatch.context() as patch:
+            _no_local_model(patch, "analyze")
+            there = CliRunner().invoke(cli_app, ["--connect", daemon.card.socket, *args])
+            assert there.exit_code == 0, there.output
+            # the output also holds the progress lines (stderr): the JSON document is the last line
+            assert json.loads(there.output.splitlines()[-1]) == json.loads(here.output.splitlines()[-1])
+            seen: list[tuple[int, int]] = []
+            daemon.client.analyze("smoke", 2, "q0.8", max_new_tokens=6, on_progress=lambda *p: seen.append(p))
+            assert seen == [(1, 2), (2, 2)]  # progress frames reach the caller as the daemon scores each problem
+    finally:
+        daemon.client.load(ModelSpec(str(tiny_llama), device="cpu", dtype="float32"))

@@ -23,11 +23,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 384, *, qwen_specials: bool = True, chat: bool = True):
+def build_tokenizer(folder: Path, vocab_size: int = 384, *, qwen_specials: bool = True, chat: bool = True,
+                    think: bool = False):
     """Train a byte-level BPE tokenizer on a small math corpus and save it as a fast HF tokenizer.
 
     By default it has Qwen's special tokens and a ChatML chat template; `qwen_specials=False` gives
-    Llama-style ones instead (a non-Qwen vocabulary), `chat=False` leaves the chat template out.
+    Llama-style ones instead (a non-Qwen vocabulary), `chat=False` leaves the chat template out, and
+    `think=True` adds Qwen3's <think> and </think> (a Qwen3 vocabulary).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -36,6 +38,8 @@ def build_tokenizer(folder: Path, vocab_size: int = 384, *, qwen_specials: bool 
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     specials = SPECIALS if qwen_specials else ["<unk>", "<s>", "</s>", "<pad>"]
+    if think:
+        specials = [*specials, "<think>", "</think>"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )

@@ -28,6 +28,11 @@ TEMPLATES: dict[str, str] = {
 }
 QWEN_MARKERS = ("<|endoftext|>", "<|im_start|>")
 """Special tokens every Qwen2, Qwen2.5 and Qwen3 vocabulary has: the qwen templates are refused without them."""
+QWEN3_MARKERS = ("<think>", "</think>")
+"""Qwen3's reasoning markers, one token each in its vocabulary (not in Qwen2.5's, nor in other ChatML ones such
+as SmolLM2's): the qwen3 template is refused without them."""
+TEMPLATE_FAMILIES = {"qwen": ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"), "qwen3": ("qwen3", "qwen3_moe")}
+"""Template → the config model_types it is written for: asked for on a model of a known other type, it is refused."""
 FAMILY_TEMPLATES = {"qwen2": "qwen", "qwen3": "qwen3", "qwen3_moe": "qwen3", "mistral": "mistral"}
 """config.model_type → the raw template Appendix C gives that family's base and RL-trained models."""
 _INSTRUCT = re.compile(r"instruct|chat|(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
@@ -90,7 +95,7 @@ def choose_template(template: str | None, tokenizer, facts: ModelFacts | None = 
     if template not in (None, "auto"):
         if template not in TEMPLATES:
             raise RmxError(f"unknown template '{template}': use one of auto, {', '.join(TEMPLATES)}")
-        _check_fit(template, tokenizer)
+        _check_fit(template, tokenizer, facts)
         return TemplateChoice(template, "asked for")
     names = _short_names(facts, tokenizer)
     chat = _has_chat_template(tokenizer)
@@ -107,7 +112,7 @@ def choose_template(template: str | None, tokenizer, facts: ModelFacts | None = 
     family = FAMILY_TEMPLATES.get(facts.model_type or "")
     if family is not None:
         try:
-            _check_fit(family, tokenizer)
+            _check_fit(family, tokenizer, facts)
         except RmxError as error:
             return TemplateChoice("raw", f"model_type {facts.model_type}, but {error}")
         return TemplateChoice(family, f"model_type {facts.model_type}: the family's raw template (Appendix C)")
@@ -115,12 +120,24 @@ def choose_template(template: str | None, tokenizer, facts: ModelFacts | None = 
     return TemplateChoice("raw", f"{kind}, not named instruct/chat: raw text")
 
 
-def _check_fit(template: str, tokenizer) -> None:
+def _check_fit(template: str, tokenizer, facts: ModelFacts) -> None:
+    """Refuse a template written for another model family or vocabulary, with the reason in one line.
+
+    The qwen templates need a Qwen model (its config's model_type, when known) and a Qwen vocabulary (the
+    ChatML markers as single tokens; qwen3 also <think> and </think>): ChatML alone does not make a vocabulary
+    Qwen's (SmolLM2 has it too). mistral and raw are plain text and fit any tokenizer; chat and r1-distill need
+    the tokenizer's chat template.
+    """
+    family = TEMPLATE_FAMILIES.get(template)
+    if family and facts.model_type and facts.model_type not in family:
+        raise RmxError(f"template '{template}' is for {' / '.join(family)} models, and this model's model_type is "
+                       f"{facts.model_type}: use raw, chat or auto")
     if template in ("qwen", "qwen3"):
-        missing = [t for t in QWEN_MARKERS if not _has_token(tokenizer, t)]
+        markers = QWEN_MARKERS + (QWEN3_MARKERS if template == "qwen3" else ())
+        missing = [t for t in markers if not _has_token(tokenizer, t)]
         if missing:
             raise RmxError(f"template '{template}' is for Qwen vocabularies, and this tokenizer has no "
-                           f"{' or '.join(missing)}: use raw, chat or auto")
+                           f"{' or '.join(missing)} as one token: use raw, chat or auto")
     if template in ("chat", "r1-distill") and not _has_chat_template(tokenizer):
         raise RmxError(f"template '{template}' needs a chat template, and this tokenizer has none: use qwen or raw")
 

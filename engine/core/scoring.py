@@ -35,6 +35,11 @@ def logit_transform(config):
     return transform
 
 
+def logit_transform_is_linear(config) -> bool:
+    """Whether `logit_transform` is a linear map (scaling only): soft-capping is not."""
+    return not getattr(config, "final_logit_softcapping", None)
+
+
 def hidden_states(model, input_ids, attention_mask):
     """Final hidden states of the transformer body, without materialising any logits."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -16,7 +16,8 @@ Events are the runner's own (`intervene/done`, `intervene/total`, `intervene/pas
 problem. A cancel stops decoding after the current step: problems in flight leave their finished modes as
 partial lines, and a resumed run runs only the modes missing from the results file.
 At the end (a cancel included) `artifacts/summary.json` holds Figure 2's bars (Figure2.to_json) over the
-problems finished so far, plus `total` and `complete`.
+problems finished so far, plus `total` and `complete`; `artifacts/result.json` holds the same with `outputs`
+(figure2: the results file, summary: summary.json), as every job kind's does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
 from engine.recipes.lanes import RaySpec
 from engine.recipes.experiments import FIGURE2_MODES, NEEDS_TEACHER, PAPER_TAU
-from engine.jobs.store import RunContext, register_job_kind, write_json_atomic
+from engine.jobs.store import RunContext, register_job_kind, write_json_atomic, write_result
 from engine.core.prompts import TEMPLATES
 
 KIND = "intervene"
@@ -207,6 +208,7 @@ def intervene_job(config: dict[str, Any], run: RunContext) -> None:
                              **settings)
     summary = {**figure.to_json(), "total": total, "complete": figure.problems == total}
     write_json_atomic(run.artifacts / SUMMARY, summary)
+    write_result(run.artifacts, summary, {"figure2": str(out), "summary": str(run.artifacts / SUMMARY)})
     run.emit({"intervene/summary": str(run.artifacts / SUMMARY), "intervene/complete": summary["complete"]})
 
 

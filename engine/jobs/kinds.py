@@ -3,40 +3,59 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
-from engine.core.config import ModelSpec
 from engine.core.errors import RmxError
 from engine.jobs.foreground import output_of
-from engine.jobs.store import RunContext, register_job_kind
+from engine.jobs.store import RunContext, register_job_kind, write_result
 from engine.recipes.costs import Meter
 from engine.recipes.distill import DistillSpec, distill
-from engine.recipes.evaluate import EvalSpec
-from engine.core.io import atomic_write_json
+from engine.recipes.evaluate import RESULT_FILE as EVAL_FILE, TABLE_FILE
 from engine.recipes.lanes import RaySpec, check_ray_installed
 from engine.recipes.pipeline import build_spec, check_trained, check_pipeline, run_pipeline
+from engine.recipes.schema import build_table
 from engine.recipes.pool import PoolSpec, require_signal, write_pool
 from engine.core.records import read_rollouts
-from engine.recipes.rollouts import RolloutSpec
 from engine.recipes.shards import evaluate_on, sample_rollouts_on
-from engine.recipes.sweep import SweepSpec, sweep
+from engine.recipes.sweep import SWEEP_FILE, sweep
 from engine.recipes.train import TrainSpec, train
 from engine.recipes.trackers import Mirror, report_spec_of
+
+
+def outputs_of(kind: str, result: Any, out: Path) -> dict[str, str | None]:
+    """What a finished `kind` run made (its result, written to `out`): the outputs its result.json lists, which
+    the TUI and CLI read instead of guessing paths inside run folders."""
+    if kind in ("rollouts", "pool"):
+        return {kind: result.path}
+    if kind == "train":
+        return {"adapter": result.adapter, "checkpoint": result.last_checkpoint}
+    if kind == "sweep":
+        return {"adapter": result.best_adapter, "sweep": str(out / SWEEP_FILE)}
+    if kind == "eval":
+        return {"report": str(out / TABLE_FILE), "results": str(out / EVAL_FILE)}
+    if kind == "distill":
+        return {"adapter": result.adapter}
+    if kind == "pipeline":
+        stages = result.stages
+        return {"rollouts": (stages.get("rollouts") or {}).get("path"), "pool": (stages.get("pool") or {}).get("path"),
+                "adapter": result.adapter, "report": result.report}
+    raise RmxError(f"no outputs known for job kind '{kind}'")
+
+
+def record_result(kind: str, result: Any, artifacts: Path, out: str | Path) -> None:
+    """Write artifacts/result.json for a `kind` run that wrote to `out` (a foreground command's own output)."""
+    write_result(artifacts, result.to_json(), outputs_of(kind, result, Path(out).expanduser().resolve()))
 
 
 def _job_config(config: dict[str, Any], *names: str) -> list[Any]:
     """Build each named spec of a job config; a bad config is one RmxError line before any process starts."""
     built = []
     for name in names:
-        cls = {"model": ModelSpec, "teacher": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec,
-               "train": TrainSpec, "sweep": SweepSpec, "eval": EvalSpec, "distill": DistillSpec}[name]
         values = config.get(name)
         if not isinstance(values, dict):
             raise RmxError(f"job config needs a '{name}' object")
-        try:
-            built.append(build_spec(cls, values))
-        except TypeError as error:
-            raise RmxError(f"job config '{name}': {error}") from None
+        built.append(build_table(name, values))
     return built
 
 
@@ -110,7 +129,7 @@ def rollouts_job(config: dict[str, Any], run: RunContext) -> None:
         result = sample_rollouts_on(ray_of(config), model, spec, output_of(config, run, "rollouts.jsonl"),
                                     resume=run.resumed, emit=run.emit, should_stop=run.should_stop,
                                     progress=run.set_progress)
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("rollouts", result, output_of(config, run)))
 
 
 @_mirrored("pool")
@@ -118,7 +137,7 @@ def pool_job(config: dict[str, Any], run: RunContext) -> None:
     (spec,) = _job_config(config, "pool")
     with Meter("pool", run.artifacts):
         result = write_pool(spec, output_of(config, run, "pool.jsonl"))
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("pool", result, output_of(config, run)))
 
 
 @_mirrored("train")
@@ -127,7 +146,7 @@ def train_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("train", run.artifacts):
         result = train(model, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, progress=run.set_progress)
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("train", result, output_of(config, run)))
     if result.state == "diverged":
         check_trained(result)
 
@@ -138,7 +157,7 @@ def sweep_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("sweep", run.artifacts):
         result = sweep(model, spec, sweep_spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                        should_stop=run.should_stop, ray=ray_of(config))
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("sweep", result, output_of(config, run)))
 
 
 @_mirrored("eval")
@@ -147,7 +166,7 @@ def eval_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("eval", run.artifacts):
         result = evaluate_on(ray_of(config), model, spec, output_of(config, run), resume=run.resumed,
                              emit=run.emit, should_stop=run.should_stop, progress=run.set_progress)
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("eval", result, output_of(config, run)))
 
 
 @_mirrored("distill")
@@ -156,7 +175,7 @@ def distill_job(config: dict[str, Any], run: RunContext) -> None:
     with Meter("distill", run.artifacts):
         result = distill(model, teacher, spec, output_of(config, run), resume=run.resumed, emit=run.emit,
                          should_stop=run.should_stop, progress=run.set_progress)
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("distill", result, output_of(config, run)))
 
 
 @_mirrored("pipeline")
@@ -164,7 +183,7 @@ def pipeline_job(config: dict[str, Any], run: RunContext) -> None:
     checked = check_pipeline(config.get("pipeline") or {}, "job config")
     result = run_pipeline(checked, output_of(config, run), resume=run.resumed, emit=run.emit,
                           should_stop=run.should_stop)
-    atomic_write_json(run.artifacts / "result.json", result.to_json())
+    write_result(run.artifacts, result.to_json(), outputs_of("pipeline", result, output_of(config, run)))
 
 
 register_job_kind("rollouts", rollouts_job, _validator("model", "rollouts"))

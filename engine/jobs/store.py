@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import importlib
 import json
 import math
@@ -296,14 +297,19 @@ class JobView:
     status: JobStatus
     spec: JobSpec | None
     """None when config.json is missing or damaged (the status then says `damaged` and why)."""
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    """What the run made, as its result.json lists it (name → path); empty until it has one."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": self.status.to_json(), "spec": self.spec.to_json() if self.spec else None}
+        return {"status": self.status.to_json(), "spec": self.spec.to_json() if self.spec else None,
+                "outputs": dict(self.outputs)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobView":
         spec = data.get("spec")
-        return cls(JobStatus.from_json(data["status"]), JobSpec.from_json(spec) if spec is not None else None)
+        outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+        return cls(JobStatus.from_json(data["status"]), JobSpec.from_json(spec) if spec is not None else None,
+                   dict(outputs))
 
 
 # --- the job-kind registry -------------------------------------------------------------------------
@@ -445,6 +451,46 @@ def create_run(spec: JobSpec) -> Path:
             raise disk_full(error.filename or root, then="free space and submit the job again") from None
         raise
     return root / job_id
+
+
+RESULT_FILE = "result.json"
+"""artifacts/result.json: a finished job's result, with `outputs` naming each file or folder it made."""
+
+
+def write_result(artifacts: Path, result: dict[str, Any], outputs: dict[str, str | None]) -> None:
+    """The job's result and its outputs (name → path; None for an output this run did not make), atomically."""
+    listed = {name: str(path) for name, path in outputs.items() if path is not None}
+    write_json_atomic(Path(artifacts) / RESULT_FILE, {**result, "outputs": listed})
+
+
+def _legacy_outputs(result: dict[str, Any]) -> dict[str, str]:
+    """The outputs of a result.json written before `outputs` existed: the paths its result fields name."""
+    stages = result.get("stages") if isinstance(result.get("stages"), dict) else {}
+    found = {"rollouts": (stages.get("rollouts") or {}).get("path") if stages else None,
+             "pool": (stages.get("pool") or {}).get("path") if stages else None,
+             "adapter": result.get("adapter") or result.get("best_adapter"), "report": result.get("report")}
+    if not stages and isinstance(result.get("path"), str):  # rollouts and pool results name their one file
+        found["pool" if "stats" in result else "rollouts"] = result["path"]
+    return {name: path for name, path in found.items() if isinstance(path, str) and path}
+
+
+def run_outputs(run_dir: Path) -> dict[str, str]:
+    """What a run made, from its artifacts/result.json ({} while it has none: queued, running or failed)."""
+    try:
+        result = json.loads((Path(run_dir) / "artifacts" / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(result, dict):
+        return {}
+    outputs = result.get("outputs")
+    if isinstance(outputs, dict):
+        return {name: path for name, path in outputs.items() if isinstance(path, str)}
+    return _legacy_outputs(result)
+
+
+def job_outputs(job_id: str) -> dict[str, str]:
+    """What job `job_id` made (see run_outputs)."""
+    return run_outputs(find_run(job_id))
 
 
 def read_spec(run_dir: Path) -> JobSpec:
@@ -949,7 +995,8 @@ class LocalJobs:
         return submit_job(kind, config, entry)
 
     def job(self, job_id: str) -> JobView:
-        return JobView(*load_run(find_run(job_id)))
+        run_dir = find_run(job_id)
+        return JobView(*load_run(run_dir), outputs=run_outputs(run_dir))
 
     def job_events(self, job_id: str, follow: bool = False, since: int = 0) -> Iterator[dict[str, Any]]:
         """Events in order; `since` skips that many (what a reconnecting follower has already seen)."""

@@ -39,7 +39,9 @@ class Analysis:
     template: TemplateChoice | None = None
     """The prompt template the problems were posed with, and why."""
 
-    def to_json(self) -> dict:
+    def to_json(self, with_rollouts: bool = False) -> dict:
+        """The public `rmx analyze --json` shape; `with_rollouts` adds each problem's scored rollout, what
+        `from_json` needs to rebuild it (how the daemon sends it)."""
         gate = self.gate
         return {
             **(self.template.to_json() if self.template is not None else {}),
@@ -51,10 +53,24 @@ class Analysis:
             "pass@1": self.pass_at_1,
             "problems": [
                 {"id": p.problem_id, "tokens": len(p.rollout.tokens), "answer": p.answer, "correct": p.correct,
-                 "finish": p.finish, "summary": summarize([p.rollout]).to_json()}
+                 "finish": p.finish, "summary": summarize([p.rollout]).to_json(),
+                 **({"rollout": p.rollout.to_json(with_ids=True)} if with_rollouts else {})}
                 for p in self.problems
             ],
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Analysis":
+        """Rebuild from `to_json(with_rollouts=True)`."""
+        gate = data.get("gate")
+        return cls(
+            table=Table2(**data["summary"]),
+            gate=GateQuality(**gate) if gate is not None else None,
+            pass_at_1=data["pass@1"],
+            problems=tuple(AnalyzedProblem(p["id"], ScoredRollout.from_json(p["rollout"]), p["answer"], p["correct"],
+                                           p["finish"]) for p in data["problems"]),
+            template=TemplateChoice(data["template"], data["template_reason"]) if "template" in data else None,
+        )
 
 
 def greedy_rollouts(base: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,

@@ -30,20 +30,29 @@ class DistillSpec:
     top_k: int = 64
     """Teacher logits kept per position; the teacher's distribution is renormalised over them."""
     epochs: int = 3
+    """Passes over the completions."""
     batch_size: int = 2
     """Sequences per micro-batch (processed one by one, the loss averaged over them)."""
     grad_accum: int = 8
+    """Micro-batches per optimizer step."""
     lr: float = 1e-4
+    """Peak AdamW learning rate."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     warmup_ratio: float = 0.1
+    """Fraction of optimizer steps of linear warmup, then linear decay to 0."""
     lora_r: int = 32
+    """LoRA rank."""
     lora_alpha: int = 64
+    """LoRA α (scale α/r)."""
     lora_dropout: float = 0.0
+    """LoRA dropout."""
     lora_targets: str | None = None
     """Regex over full module paths; None: every linear layer inside attention (the paper's QKVO)."""
     max_tokens: int | None = None
     """Truncate prompt+completion to this many tokens."""
     seed: int = 0
+    """Seeds the data order, the LoRA init and every RNG."""
     chunk_elements: int = 1 << 24
     """Most positions × vocab fp32 logits alive at once."""
     checkpoint_every: int = 0

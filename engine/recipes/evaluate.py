@@ -35,6 +35,7 @@ class EvalSpec:
     offset: int = 0
     """Skip this many problems of each benchmark first (a holdout slice of a training set)."""
     max_new_tokens: int = 4096
+    """Longest completion."""
     template: str | None = "auto"
     """Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw, or auto."""
     avg_k: int = 8
@@ -44,14 +45,21 @@ class EvalSpec:
     temperature: float = 0.6
     """Sampling temperature of the avg@k generations."""
     top_p: float = 0.95
+    """Nucleus mass of the avg@k generations."""
     seed: int = 0
+    """Seed of the avg@k generations."""
     backend: str = "auto"
     """auto (paged on CUDA, else hf), hf (engine.core.decode), paged (transformers' continuous batching) or vllm
     (optional extra, CUDA only)."""
     grade_timeout_s: float = 5.0
+    """Per-answer grading timeout in seconds, for each grader."""
+    extract: str = "strict"
+    """How answers are extracted for grading: strict (no answer from a cut-off completion unless it boxed or stated
+    one) or lenient (also the last number anywhere); see `rmx grade`."""
 
     def __post_init__(self) -> None:
         from engine.core.backends import BACKENDS
+        from engine.core.grading import EXTRACT_MODES
 
         object.__setattr__(self, "benchmarks", _names(self.benchmarks))
         object.__setattr__(self, "avg_benchmarks", _names(self.avg_benchmarks))
@@ -69,6 +77,8 @@ class EvalSpec:
             raise RmxError("--temperature must be > 0 and --top-p in (0, 1]")
         if self.backend not in BACKENDS:
             raise RmxError(f"--backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if self.extract not in EXTRACT_MODES:
+            raise RmxError(f"--extract must be one of {', '.join(EXTRACT_MODES)}, got '{self.extract}'")
 
 
 @dataclass(frozen=True)
@@ -124,11 +134,6 @@ class EvalResult:
                    template_reason=data.get("template_reason"))
 
 
-def _settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """A meta file's settings, without the template it recorded (checked on its own, after the model loads)."""
-    return {key: value for key, value in meta.items() if key != "template"}
-
-
 def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[[str], int],
                   resume: bool) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Items already complete in `path`, per (benchmark, problem); a problem cut short by a kill is dropped."""
@@ -136,7 +141,10 @@ def _resume_items(path: Path, meta_path: Path, meta: dict, samples_of: Callable[
         return {}
     if not resume:
         raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
-    if meta_path.exists() and _settings(json.loads(meta_path.read_text())) != meta:
+    from engine.recipes.rollouts import check_extract, meta_settings
+
+    check_extract(meta_path, meta["spec"]["extract"], path, "evaluated")
+    if meta_path.exists() and meta_settings(json.loads(meta_path.read_text())) != meta_settings(meta):
         raise RmxError(f"{path} was evaluated with other settings (see {meta_path.name}): choose another --out")
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -215,8 +223,10 @@ def evaluate(model: ModelSpec, spec: EvalSpec, out: str | Path | None = None, *,
                 lines = []
                 for index, sample in enumerate(samples):
                     text = current.tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
-                    mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
-                    sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
+                    mv = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish,
+                               extract=spec.extract)
+                    sy = grade_sympy(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish,
+                                     extract=spec.extract)
                     tokens += len(sample.completion_ids)
                     lines.append({"benchmark": name, "problem_id": problem.id, "sample": index, "text": text,
                                   "extracted": mv.extracted, "gold": problem.answer, "correct": mv.correct,

@@ -115,6 +115,56 @@ class Overlap:
         }
 
 
+@dataclass(frozen=True)
+class RolloutEdits:
+    """One prompt's greedy base rollout and, per token, who changes the base's argmax there: the compare view's
+    overlap source."""
+
+    teacher: str
+    adapter: str
+    ids: tuple[int, ...]
+    """The base's greedy completion."""
+    kinds: tuple[str | None, ...]
+    """Per token: teacher, adapter, both, or None (neither edits)."""
+    teacher_ids: tuple[int, ...]
+    """The teacher's argmax at each position."""
+    adapter_ids: tuple[int, ...]
+    """The adapter's argmax at each position."""
+    entropies: tuple[float, ...]
+    """The base entropy (nats) at each position."""
+
+    def count(self, kind: str) -> int:
+        return sum(k == kind for k in self.kinds)
+
+    def to_json(self) -> dict:
+        return {"teacher": self.teacher, "adapter": self.adapter, "ids": list(self.ids), "kinds": list(self.kinds),
+                "teacher_ids": list(self.teacher_ids), "adapter_ids": list(self.adapter_ids),
+                "entropies": list(self.entropies)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RolloutEdits":
+        return cls(teacher=data["teacher"], adapter=data["adapter"], ids=tuple(data["ids"]),
+                   kinds=tuple(data["kinds"]), teacher_ids=tuple(data["teacher_ids"]),
+                   adapter_ids=tuple(data["adapter_ids"]), entropies=tuple(data["entropies"]))
+
+
+def rollout_edits(base: LoadedModel, teacher: LoadedModel, adapter: LoadedModel, prompt: Sequence[int],
+                  max_new_tokens: int) -> RolloutEdits:
+    """Greedy-decode the base on one prompt and mark each token the teacher, the adapter or both would change."""
+    [(_, completion, _)] = list(greedy_rollouts(base, [list(prompt)], max_new_tokens, 1))
+    if not completion:
+        raise RmxError("the base produced no tokens on this prompt: nothing to compare")
+    pair = [(list(prompt), completion)]
+    by_teacher = score(base, pair, teacher, ScoreSpec(top_k=1))[0].tokens
+    by_adapter = score(base, pair, adapter, ScoreSpec(top_k=1))[0].tokens
+    return RolloutEdits(
+        teacher=teacher.label, adapter=adapter.label, ids=tuple(completion),
+        kinds=tuple(edit_kinds(by_teacher, by_adapter)),
+        teacher_ids=tuple(t.teacher.id for t in by_teacher), adapter_ids=tuple(a.teacher.id for a in by_adapter),
+        entropies=tuple(t.entropy for t in by_teacher),
+    )
+
+
 def edit_kinds(teacher_tokens: Sequence[TokenScore], adapter_tokens: Sequence[TokenScore]) -> list[str | None]:
     """Per position of one rollout scored twice: teacher, adapter, both or None (neither changes the argmax)."""
     kinds: list[str | None] = []

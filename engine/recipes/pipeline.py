@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,11 +15,11 @@ from engine.core.io import atomic_write, atomic_write_json
 from engine.recipes.evaluate import EvalResult, EvalSpec, compare, comparison_table
 from engine.recipes.pool import PoolSpec, write_pool
 from engine.recipes.rollouts import RolloutSpec
+from engine.recipes.schema import build_table
 from engine.recipes.lanes import RaySpec
 from engine.recipes.shards import evaluate_on, sample_rollouts_on
 from engine.recipes.sweep import SweepSpec, sweep
 from engine.recipes.train import TrainResult, TrainSpec, train
-from engine.recipes.trackers import ReportSpec
 
 STAGE_FILE = "stage.json"
 """Written into a stage's folder when it finishes: a resumed pipeline skips stages that have one."""
@@ -27,8 +27,8 @@ STAGE_FILE = "stage.json"
 
 # --- the TOML pipeline -------------------------------------------------------------------------------------
 
-SECTIONS: dict[str, type] = {"model": ModelSpec, "rollouts": RolloutSpec, "pool": PoolSpec, "train": TrainSpec,
-                             "sweep": SweepSpec, "eval": EvalSpec, "ray": RaySpec, "report": ReportSpec}
+SECTIONS = ("model", "rollouts", "pool", "train", "sweep", "eval", "ray", "report")
+"""The tables a pipeline TOML may have; each builds its spec of the job-config schema (engine.recipes.schema)."""
 RUNTIME_FIELDS = {"pool": {"rollouts"}, "train": {"rollouts"}}
 """Fields the pipeline fills in itself: each stage reads the file the one before it wrote."""
 REQUIRED = ("model", "rollouts", "train", "eval")
@@ -43,23 +43,10 @@ def _model_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build(section: str, values: dict[str, Any], where: str):
-    cls = SECTIONS[section]
     if section == "model":
         values = _model_values(values)
-    known = {f.name for f in fields(cls)} - RUNTIME_FIELDS.get(section, set())
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RmxError(f"{where}: unknown key(s) {', '.join(unknown)} in [{section}] (known: {', '.join(sorted(known))})")
-    filled = dict(values)
-    for name in RUNTIME_FIELDS.get(section, ()):
-        filled[name] = "<from the previous stage>"
-    for key in ("benchmarks", "avg_benchmarks", "taus"):
-        if isinstance(filled.get(key), list):
-            filled[key] = tuple(filled[key])
-    try:
-        return cls(**filled)
-    except TypeError as error:
-        raise RmxError(f"{where}: [{section}]: {error}") from None
+    runtime = {name: "<from the previous stage>" for name in RUNTIME_FIELDS.get(section, ())}
+    return build_table(section, values, where, runtime)
 
 
 def load_pipeline(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,9 @@ class RolloutSpec:
     k: int = 20
     """Samples per problem."""
     temperature: float = 0.6
+    """Sampling temperature."""
     top_p: float = 0.95
+    """Nucleus sampling mass."""
     max_new_tokens: int = 8192
     """Longest completion (the authors' recipe allows 8192)."""
     template: str | None = "auto"
@@ -39,9 +41,13 @@ class RolloutSpec:
     continuous batching over a paged KV cache) or vllm (optional extra, CUDA only)."""
     grade_timeout_s: float = 5.0
     """Per-answer grading timeout."""
+    extract: str = "strict"
+    """How answers are extracted for grading: strict (no answer from a cut-off completion unless it boxed or stated
+    one) or lenient (also the last number anywhere); see `rmx grade`."""
 
     def __post_init__(self) -> None:
         from engine.core.backends import BACKENDS
+        from engine.core.grading import EXTRACT_MODES
 
         if not isinstance(self.k, int) or self.k < 1:
             raise RmxError(f"--k must be a positive integer, got {self.k}")
@@ -59,6 +65,8 @@ class RolloutSpec:
             raise RmxError(f"--backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
         if not self.grade_timeout_s > 0:
             raise RmxError(f"--grade-timeout must be > 0, got {self.grade_timeout_s}")
+        if self.extract not in EXTRACT_MODES:
+            raise RmxError(f"--extract must be one of {', '.join(EXTRACT_MODES)}, got '{self.extract}'")
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,24 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:4], "big") >> 1
 
 
-def _settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """A meta file's settings, without the template it recorded (checked on its own, after the model loads)."""
-    return {key: value for key, value in meta.items() if key != "template"}
+def meta_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta file's settings, without the template it recorded (checked on its own, after the model loads) and
+    without the extract mode (checked on its own by `check_extract`)."""
+    settings = {key: value for key, value in meta.items() if key != "template"}
+    if isinstance(settings.get("spec"), dict):
+        settings["spec"] = {key: value for key, value in settings["spec"].items() if key != "extract"}
+    return settings
+
+
+def check_extract(meta_path: Path, extract: str, out: Path | str, what: str) -> None:
+    """Refuse to resume `out` with another --extract than it was graded with (meta files from before the option
+    existed hold none: they were graded strict)."""
+    if not meta_path.exists():
+        return
+    known = json.loads(meta_path.read_text()).get("spec", {}).get("extract", "strict")
+    if known != extract:
+        raise RmxError(f"{out} was {what} with --extract {known}, and this run asks for --extract {extract}: "
+                       f"pass --extract {known} or choose another --out")
 
 
 def in_calls(problems: Sequence, done: set[str], size: int) -> list[list]:
@@ -142,7 +165,8 @@ def _resume_state(path: Path, meta_path: Path, meta: dict, k: int, resume: bool)
         return set()
     if not resume:
         raise RmxError(f"{path} already exists: pass --resume to continue it, or choose another --out")
-    if meta_path.exists() and _settings(json.loads(meta_path.read_text())) != meta:
+    check_extract(meta_path, meta["spec"]["extract"], path, "graded")
+    if meta_path.exists() and meta_settings(json.loads(meta_path.read_text())) != meta_settings(meta):
         raise RmxError(f"{path} was sampled with other settings (see {meta_path.name}): choose another --out")
     rollouts = read_rollouts(path)
     counts: dict[str, int] = {}
@@ -205,7 +229,8 @@ def sample_rollouts(model: ModelSpec, spec: RolloutSpec, out: str | Path, *, res
                 right = 0
                 for index, sample in enumerate(samples):
                     text = tokenizer.decode(list(sample.completion_ids), skip_special_tokens=True)
-                    verdict = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish)
+                    verdict = grade(text, problem.answer, timeout_s=spec.grade_timeout_s, finish=sample.finish,
+                                    extract=spec.extract)
                     right += verdict.correct
                     rollout = Rollout(problem.id, index, request.prompt_ids, sample.completion_ids, text,
                                       problem.answer, verdict.extracted, verdict.correct, sample.finish)

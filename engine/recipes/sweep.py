@@ -29,7 +29,9 @@ class SweepSpec:
     holdout_offset: int = 450
     """First holdout problem: rows 450+ of math_train_pool_500 are disjoint from math_train_pool_150."""
     max_new_tokens: int = 4096
+    """Longest holdout completion."""
     template: str | None = "auto"
+    """Prompt template of the holdout: qwen, qwen3, mistral, r1-distill, chat, raw, or auto."""
     devices: tuple[str, ...] = ()
     """Devices to spread the runs over, one run per device at a time (cuda:0,cuda:1). Empty: every visible
     GPU when the model's device is auto or cuda and there are several, else the model's own device."""

@@ -30,6 +30,8 @@ UNLIKELIHOOD_FLOOR = 1e-6
 """Smallest 1 − p inside the bounded term's log, so a token the model is sure of still has a finite gradient."""
 SUMMARY_FILE = "train_summary.json"
 BASE_PASS = "base_pass"
+BASE_PASS_FORMAT = 3
+"""Bumped when the base pass stores something else, so an older folder is recomputed rather than misread."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,10 @@ class TrainSpec:
     chunk_elements: int = 1 << 24
     """Upper bound on positions × vocab fp32 logits alive at once in the loss."""
     cache_base: bool = True
-    """Keep the frozen base's final hidden states from the scoring pass on disk (tokens × hidden size × dtype
-    bytes, about 3 GB for 1,000 sequences of 1,000 tokens on a 1.5B model) so that a step re-projects them
-    through the head instead of running the base forward again; off recomputes them every step."""
+    """Keep what the KL anchor needs from the base pass on disk: per prediction row the base's expected head row
+    Σ p_b·W in fp32 (tokens × hidden size × 4 bytes, about 6 GB for 1,000 sequences of 1,000 tokens on a 1.5B
+    model; a soft-capping head keeps the hidden states instead), so that no step runs the base again; off
+    recomputes the base forward every step."""
     alarm_abs: float = 100.0
     """Divergence alarm: stop when |step loss| exceeds this (0 turns the test off)."""
     alarm_ratio: float = 20.0
@@ -339,9 +342,69 @@ def _sequence_ids(rollout: Rollout, limit: int) -> tuple[int, ...]:
     return (tuple(rollout.prompt_ids) + tuple(rollout.completion_ids))[:limit]
 
 
+@dataclass(frozen=True)
+class BaseRows:
+    """The frozen base at a sequence's prediction rows, reduced to what the loss needs from it.
+
+    KL(p_b ‖ p_θ) = Σ p_b log p_b − Σ p_b z_θ + lse(z_θ), and when the head's logit transform is linear
+    Σ_v p_b(v) z_θ(v) = transform(h_θ · Σ_v p_b(v) W_v + Σ_v p_b(v) b_v). So one row of the base is its entropy,
+    its expected head row e = Σ p_b W (hidden-size floats) and its expected bias: the step never projects the
+    base through the head again. A soft-capping head is not linear; for it the base's hidden states are kept
+    and the step re-projects them (`hidden`), as before.
+    """
+
+    entropy: object
+    """(rows,) fp32 base entropy H_b = −Σ p_b log p_b."""
+    bias: object
+    """(rows,) fp32 Σ_v p_b(v)·b_v, the head bias under the base (0 without a bias)."""
+    target_logp: object
+    """(rows,) fp32 base log p of the row's next token (for Δlog p)."""
+    expected: object | None
+    """(rows, hidden) fp32 Σ_v p_b(v)·W_v, or None with a non-linear logit transform."""
+    hidden: object | None
+    """(rows, hidden) base final hidden states, only with a non-linear logit transform."""
+
+    def select(self, rows) -> "BaseRows":
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return BaseRows(self.entropy[rows], self.bias[rows], self.target_logp[rows], pick(self.expected),
+                        pick(self.hidden))
+
+
+def base_rows(head, transform, linear: bool, hidden, targets, step_rows: int) -> BaseRows:
+    """The base's `BaseRows` from its final hidden states at prediction rows, chunk by chunk (no T×V block).
+
+    The chunk boundaries are part of the result's bits: the base pass and a recomputing step call this with the
+    same rows and `step_rows`, so a cached run and a recomputing one train the same adapter bit for bit.
+    """
+    import torch
+
+    weight = head.weight.float() if linear else None
+    head_bias = getattr(head, "bias", None)
+    entropy, bias, target_logp, expected = [], [], [], []
+    for a in range(0, hidden.shape[0], step_rows):
+        logits = transform(head(hidden[a:a + step_rows])).float()
+        # Centred on the row max (lse and E[z] are large for real models: their fp32 difference would cancel
+        # ~1e-3 nats); one exp pass then serves the normaliser, the entropy and the expected head row.
+        logits.sub_(logits.amax(dim=-1, keepdim=True))
+        weights = logits.exp()
+        total = weights.sum(dim=-1)
+        lse = total.log()
+        entropy.append((lse - torch.einsum("nv,nv->n", weights, logits) / total).clamp_min(0.0))
+        target_logp.append(logits.gather(1, targets[a:a + step_rows, None])[:, 0] - lse)
+        if linear:
+            expected.append((weights @ weight) / total[:, None])
+            bias.append((weights @ head_bias.float()) / total if head_bias is not None else torch.zeros_like(lse))
+        else:
+            bias.append(torch.zeros_like(lse))
+    cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)  # noqa: E731
+    return BaseRows(cat(entropy), cat(bias), cat(target_logp), torch.cat(expected) if linear else None,
+                    None if linear else hidden)
+
+
 class _BaseStore:
-    """The base pass on disk: per sequence, the base's final hidden states at every prediction row
-    (when kept) and its entropy at every completion token. Memory-mapped, so RAM holds one sequence."""
+    """The base pass on disk: per sequence, the base's `BaseRows` at every prediction row (the expected head rows,
+    or the hidden states for a soft-capping head, only when kept) and its entropy at every completion token.
+    Memory-mapped, so RAM holds one sequence."""
 
     def __init__(self, folder: Path):
         import numpy as np
@@ -349,43 +412,50 @@ class _BaseStore:
 
         index = json.loads((folder / "index.json").read_text())
         self.rows = index["rows"]
-        self.entropy_rows = index["entropy_rows"]
+        self.starts = index["starts"]
         self.dtype = getattr(torch, index["dtype"]) if index["dtype"] else None
-        self.entropy = np.load(folder / "entropy.npy", mmap_mode="r")
-        self.hidden = np.load(folder / "hidden.npy", mmap_mode="r") if self.dtype is not None else None
+        self.stats = np.load(folder / "stats.npy", mmap_mode="r")
+        self.expected = np.load(folder / "expected.npy", mmap_mode="r") if index["kept"] == "expected" else None
+        self.hidden = np.load(folder / "hidden.npy", mmap_mode="r") if index["kept"] == "hidden" else None
 
     def entropies(self, index: int) -> list[float]:
-        a, b = self.entropy_rows[index], self.entropy_rows[index + 1]
-        return self.entropy[a:b].tolist()
+        """Base entropy at each completion token of sequence `index` (the gate)."""
+        return self.stats[self.starts[index]:self.rows[index + 1], 0].tolist()
 
-    def base_hidden(self, index: int, device: str):
-        """The (rows × hidden) base states of sequence `index`, exactly as the base pass computed them."""
+    def base_rows(self, index: int, device: str) -> BaseRows | None:
+        """Sequence `index`'s `BaseRows`, exactly as the base pass computed them; None when nothing was kept."""
         import numpy as np
         import torch
 
-        if self.hidden is None:
+        if self.expected is None and self.hidden is None:
             return None
         a, b = self.rows[index], self.rows[index + 1]
-        block = torch.from_numpy(np.array(self.hidden[a:b]))
-        return (block if self.dtype == torch.float32 else block.view(self.dtype)).to(device)
+        stats = torch.from_numpy(np.array(self.stats[a:b])).to(device)
+        expected = hidden = None
+        if self.expected is not None:
+            expected = torch.from_numpy(np.array(self.expected[a:b])).to(device)
+        else:
+            block = torch.from_numpy(np.array(self.hidden[a:b]))
+            hidden = (block if self.dtype == torch.float32 else block.view(self.dtype)).to(device)
+        return BaseRows(stats[:, 0], stats[:, 1], stats[:, 2], expected, hidden)
 
 
-def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path, keep_hidden: bool,
+def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path, keep: bool,
                chunk_elements: int) -> _BaseStore:
-    """One forward of the frozen base per sequence: completion entropies (the gate), and the hidden states.
+    """One forward of the frozen base per sequence: its `BaseRows`, whose completion entropies are the gate.
 
-    Written under a temporary name and renamed into place. A folder made from the same base and sequences
-    is reused as is (a resumed run, or the next τ of a sweep), so the gate and the anchor target are the
-    same bits as before.
+    With `keep` the rows the anchor needs are stored too, so that no step runs the base again. Written under a
+    temporary name and renamed into place. A folder made from the same base and sequences is reused as is (a
+    resumed run, or the next τ of a sweep), so the gate and the anchor target are the same bits as before.
     """
     import numpy as np
     import torch
 
-    from engine.core.scoring import lse_entropy, logit_transform, hidden_states
+    from engine.core.scoring import hidden_states, logit_transform, logit_transform_is_linear
 
     spec = loaded.spec
-    digest = hashlib.sha256(json.dumps([spec.source, spec.dtype, spec.revision, keep_hidden, chunk_elements,
-                                        sequences]).encode())
+    digest = hashlib.sha256(json.dumps([BASE_PASS_FORMAT, spec.source, spec.dtype, spec.revision, keep,
+                                        chunk_elements, sequences]).encode())
     fingerprint = digest.hexdigest()
     if (final / "index.json").exists():
         if json.loads((final / "index.json").read_text()).get("fingerprint") == fingerprint:
@@ -393,40 +463,43 @@ def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path
         shutil.rmtree(final)
     head = loaded.core.get_output_embeddings()
     transform = logit_transform(loaded.core.config)
+    linear = logit_transform_is_linear(loaded.core.config)
     width = int(head.weight.shape[1])
     step = max(1, chunk_elements // int(head.weight.shape[0]))
     rows = [0]
-    entropy_rows = [0]
+    starts = []
     for ids, prompt_len in sequences:
+        starts.append(rows[-1] + prompt_len - 1)
         rows.append(rows[-1] + len(ids) - 1)
-        entropy_rows.append(entropy_rows[-1] + len(ids) - prompt_len)
     dtype = next(loaded.core.parameters()).dtype
+    kept = None if not keep else "expected" if linear else "hidden"
 
     def write(tmp: Path) -> None:
-        entropy = np.lib.format.open_memmap(tmp / "entropy.npy", mode="w+", dtype=np.float32,
-                                            shape=(entropy_rows[-1],))
-        hidden = None
-        if keep_hidden:
+        stats = np.lib.format.open_memmap(tmp / "stats.npy", mode="w+", dtype=np.float32, shape=(rows[-1], 3))
+        expected = hidden = None
+        if kept == "expected":
+            expected = np.lib.format.open_memmap(tmp / "expected.npy", mode="w+", dtype=np.float32,
+                                                 shape=(rows[-1], width))
+        elif kept == "hidden":
             stored = np.float32 if dtype == torch.float32 else np.uint16  # bf16/fp16 kept as raw bits
-            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=stored,
-                                               shape=(rows[-1], width))
-        for index, (ids, prompt_len) in enumerate(sequences):
+            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=stored, shape=(rows[-1], width))
+        for index, (ids, _) in enumerate(sequences):
             tensor = torch.tensor([ids], device=loaded.device)
+            a, b = rows[index], rows[index + 1]
             with torch.inference_mode(), loaded.active() as module:
                 h = hidden_states(module, tensor, torch.ones_like(tensor))[0, :-1]
-                values = []
-                completion = h[prompt_len - 1:]
-                for a in range(0, completion.shape[0], step):
-                    values.append(lse_entropy(transform(head(completion[a:a + step]).float()))[1])
-                entropy[entropy_rows[index]:entropy_rows[index + 1]] = torch.cat(values).cpu().numpy()
+                found = base_rows(head, transform, linear, h, tensor[0, 1:], step)
+                stats[a:b] = torch.stack([found.entropy, found.bias, found.target_logp], 1).cpu().numpy()
+                if expected is not None:
+                    expected[a:b] = found.expected.cpu().numpy()
                 if hidden is not None:
                     block = h.cpu() if dtype == torch.float32 else h.cpu().view(torch.int16)
-                    hidden[rows[index]:rows[index + 1]] = block.numpy().view(hidden.dtype)
-        entropy.flush()
-        if hidden is not None:
-            hidden.flush()
-        index = {"fingerprint": fingerprint, "rows": rows, "entropy_rows": entropy_rows,
-                 "dtype": str(dtype).replace("torch.", "") if keep_hidden else None}
+                    hidden[a:b] = block.numpy().view(hidden.dtype)
+        for array in (stats, expected, hidden):
+            if array is not None:
+                array.flush()
+        index = {"fingerprint": fingerprint, "rows": rows, "starts": starts, "kept": kept,
+                 "dtype": str(dtype).replace("torch.", "")}
         (tmp / "index.json").write_text(json.dumps(index))
 
     commit_folder(write, final)
@@ -499,24 +572,43 @@ class _Sequence:
         self.completion = ex.completion_len
 
 
+def _anchored_row_terms(logits, policy_h, base: BaseRows, transform, targets, decision, anchor, advantage: float,
+                        negative: str):
+    """`_row_terms` with the base reduced to `BaseRows`: KL = lse(z_θ) − transform(h_θ·e_b + c_b) − H_b per row,
+    so no base logits exist and the policy's logits are only normalised, as in a cross-entropy step."""
+    import torch
+
+    lse = torch.logsumexp(logits, dim=-1)
+    rows = decision.nonzero()[:, 0]
+    target_logp = logits[rows, targets[rows]] - lse[rows]
+    dec_sum = decision_terms(target_logp, advantage, negative).sum()
+    expected_logit = transform(torch.einsum("nh,nh->n", policy_h[anchor].float(), base.expected[anchor])
+                               + base.bias[anchor])
+    kl = (lse[anchor] - expected_logit - base.entropy[anchor]).sum()
+    delta = (target_logp - base.target_logp[rows]).detach()
+    return dec_sum, kl, delta
+
+
 def _sequence_backward(model, head, transform, seq: _Sequence, advantage: float, spec: TrainSpec,
-                       scale: float, step_rows: int, base_rows=None) -> dict:
+                       scale: float, step_rows: int, base: BaseRows | None = None) -> dict:
     """Forward the policy once, then the loss chunk by chunk, each chunk's backward into the hidden states.
 
     No positions × vocab tensor larger than one chunk is ever alive: each chunk's logits are freed by its
     own backward, whose gradient accumulates on a detached copy of the hidden states; one backward through
-    the transformer body follows. `base_rows` are the base's hidden states at every prediction row (from
-    the base pass); without them the base forward runs here, adapter disabled.
+    the transformer body follows. `base` is the base at every prediction row (from the base pass); without it
+    the base forward runs here, adapter disabled, and is reduced the same way.
     """
     import torch
 
-    from engine.core.scoring import hidden_states
+    from engine.core.scoring import hidden_states, logit_transform_is_linear
 
     mask = torch.ones_like(seq.ids)
-    if base_rows is None:
+    if base is None:
+        linear = logit_transform_is_linear(model.get_base_model().config)
         with torch.no_grad(), model.disable_adapter():
-            base_rows = hidden_states(model, seq.ids, mask)[0, :-1]
-    base_h = base_rows[seq.rows]
+            base = base_rows(head, transform, linear, hidden_states(model, seq.ids, mask)[0, :-1], seq.ids[0, 1:],
+                             step_rows)
+    base = base.select(seq.rows)
     policy_h = hidden_states(model, seq.ids, mask)[0, seq.rows]
     leaf = policy_h.detach().requires_grad_()
     dec_total = anchor_total = 0.0
@@ -524,10 +616,15 @@ def _sequence_backward(model, head, transform, seq: _Sequence, advantage: float,
     for a in range(0, leaf.shape[0], step_rows):
         b = a + step_rows
         logits = transform(head(leaf[a:b]))
-        with torch.no_grad():
-            base_logits = transform(head(base_h[a:b]))
-        dec_sum, kl_sum, delta = _row_terms(logits, base_logits, seq.targets[a:b], seq.decision[a:b],
-                                            seq.anchor[a:b], advantage, spec.negative)
+        if base.expected is not None:
+            dec_sum, kl_sum, delta = _anchored_row_terms(
+                logits.float(), leaf[a:b], base.select(slice(a, b)), transform, seq.targets[a:b],
+                seq.decision[a:b], seq.anchor[a:b], advantage, spec.negative)
+        else:
+            with torch.no_grad():
+                base_logits = transform(head(base.hidden[a:b]))
+            dec_sum, kl_sum, delta = _row_terms(logits, base_logits, seq.targets[a:b], seq.decision[a:b],
+                                                seq.anchor[a:b], advantage, spec.negative)
         dec = dec_sum / max(seq.n_dec, 1)
         kl = kl_sum / max(seq.n_anchor, 1)
         chunk_loss = (dec + spec.kl_weight * kl) * scale
@@ -624,7 +721,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
                 tensors[index] = _Sequence(ex, gate, spec.anchor, loaded.device)
             seq = tensors[index]
             stats = _sequence_backward(model, head, transform, seq, ex.advantage, spec, 1.0 / len(window), step_rows,
-                                       store.base_hidden(index, loaded.device))
+                                       store.base_rows(index, loaded.device))
             dec += stats["dec"] / len(window)
             anchor += stats["anchor"] / len(window)
             if ex.advantage > 0:

@@ -1,12 +1,12 @@
-"""EngineClient: the one interface the TUI and the CLI use to reach the engine.
+"""EngineClient: the one interface the TUI and the CLI use to reach the engine, its models and its jobs.
 
 In process, `Workbench` is the client; across a socket, `RemoteClient` is (engine.service.api ties each method to
-its route).
+its request body, response type and route).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from engine.core.config import ModelSpec, Tau
 from engine.core.data import Problem
@@ -14,14 +14,18 @@ from engine.core.decode import SamplingSpec, Step
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, ShouldStop
 from engine.core.prompts import TemplateChoice
+from engine.recipes.overlap import RolloutEdits
+from engine.recipes.analysis import Analysis
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
+from engine.jobs.store import JobsClient
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
 
 @runtime_checkable
-class EngineClient(Protocol):
-    """What a UI may ask of the engine. Every answer is a plain record; none is a tensor."""
+class EngineClient(JobsClient, Protocol):
+    """What a UI may ask of the engine: the model operations here, and the job operations of JobsClient (submit,
+    list, status, events, cancel, resume). Every answer is a plain record; none is a tensor."""
 
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo: ...
 
@@ -55,10 +59,28 @@ class EngineClient(Protocol):
         """`should_stop` is asked between decoding steps; True ends the run early with Interrupted."""
         ...
 
+    def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
+                 force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
+                 tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,
+                 should_stop: ShouldStop | None = None) -> list[InterventionResult]:
+        """n completions, steered by `intervene` (None: the base alone); `should_stop` as in intervene."""
+        ...
+
+    def analyze(self, dataset: str, limit: int | None = None, tau: str | float | Tau = "1.4",
+                template: str | None = "auto", max_new_tokens: int = 512, batch_size: int | None = None, *,
+                should_stop: ShouldStop | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Analysis:
+        """Table 2 over a dataset on the engine's machine; `on_progress(done, total)` as problems are scored."""
+        ...
+
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
                       n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
                       should_stop: ShouldStop | None = None) -> ForkEstimate:
         """`should_stop` is asked between decoding steps; True ends the estimate early with Interrupted."""
+        ...
+
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The base's greedy rollout with each token marked as edited by the teacher, the adapter or both."""
         ...
 
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict
+
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote
@@ -20,8 +20,14 @@ from engine.core.errors import RmxError
 from engine.core.grading import GradeResult
 from engine.core.interventions import ForkEstimate, InterventionResult, Interrupted, ShouldStop
 from engine.jobs.store import JobConflict, JobNotFound, JobStatus, JobView, job_entry
+from engine.recipes.analysis import Analysis
+from engine.recipes.overlap import RolloutEdits
 from engine.recipes.pool import DEFAULT_TAUS, PoolStats
 from engine.core.records import ScoredRollout
+from engine.service.api import (
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+)
 from engine.service.workbench import FORK_SAMPLING, WorkbenchInfo
 
 STOP_POLL_S = 0.05
@@ -30,26 +36,19 @@ STREAM_READ_TIMEOUT_S = 30.0
 """A stream idle longer than this is dead: the daemon sends a keepalive line every few seconds."""
 
 
+def _never() -> bool:
+    return False
+
+
 class EngineLost(RmxError):
     """The daemon stopped answering (stopped, crashed, or the SSH tunnel dropped) and reconnecting failed."""
 
 
-def _ids(ids: Sequence[int]) -> list[int]:
-    return [int(i) for i in ids]
-
-
-def _pairs(force: Sequence[tuple[int, int]]) -> list[list[int]]:
+def _pairs(force: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     try:
-        return [[int(pos), int(token)] for pos, token in force]
+        return [(int(pos), int(token)) for pos, token in force]
     except (TypeError, ValueError):
         raise RmxError(f"forced tokens are (position, token id) pairs, got {list(force)!r}") from None
-
-
-def _tau(tau: str | float | Tau | None) -> str | float | None:
-    """τ as the daemon parses it: a Tau is written out in full (str(Tau) rounds to 6 digits)."""
-    if isinstance(tau, Tau):
-        return f"q{tau.value!r}" if tau.quantile else repr(tau.value)
-    return tau
 
 
 class StepStream:
@@ -229,11 +228,20 @@ class RemoteClient:
             response.close()
         raise EngineLost(f"the stream from the engine at {self.target} ended before its done frame")
 
-    def _stoppable(self, path: str, body: Any, should_stop: ShouldStop) -> dict[str, Any]:
-        """The answer of a stoppable call's NDJSON stream (a blank line every few tenths of a second, then the
-        answer); should_stop is asked at every line, and True drops the connection, which stops the daemon's work."""
+    def _stoppable(self, path: str, body: Any, should_stop: ShouldStop | None,
+                   on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """The answer of a stoppable call's NDJSON stream (a blank line every few tenths of a second, or progress
+        events with slash keys handed to `on_event`, then the answer); should_stop is asked at every line, and True
+        drops the connection, which stops the daemon's work."""
         response = self._open("POST", path, body, timeout=self._stream_timeout)
-        [answer] = self._frames(response, should_stop)
+        answers = []
+        for frame in self._frames(response, should_stop or _never):
+            if frame and all("/" in key for key in frame):
+                if on_event is not None:
+                    on_event(frame)
+            else:
+                answers.append(frame)
+        [answer] = answers
         return answer
 
     # --- EngineClient -------------------------------------------------------------------------
@@ -242,7 +250,7 @@ class RemoteClient:
         return self._call("GET", "/health")
 
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
-        body = {"base": asdict(base), "teacher": asdict(teacher) if teacher else None}
+        body = LoadBody.wire(base=base, teacher=teacher)
         # No read timeout: a large checkpoint may take minutes to load, and the daemon answers when done.
         return WorkbenchInfo.from_json(self._call("POST", "/load", body, timeout=httpx.Timeout(None, connect=5.0)))
 
@@ -250,20 +258,20 @@ class RemoteClient:
         return WorkbenchInfo.from_json(self._call("GET", "/info"))
 
     def prompt_ids(self, problem: str, template: str | None = "raw") -> list[int]:
-        return self._call("POST", "/prompt_ids", {"problem": problem, "template": template})["ids"]
+        return self._call("POST", "/prompt_ids", PromptBody.wire(problem=problem, template=template))["ids"]
 
     def template_choice(self, template: str | None = "auto") -> TemplateChoice:
-        data = self._call("POST", "/template", {"template": template})
+        data = self._call("POST", "/template", TemplateBody.wire(template=template))
         return TemplateChoice(data["template"], data["template_reason"])
 
     def tokenize(self, text: str) -> list[int]:
-        return self._call("POST", "/tokenize", {"text": text})["ids"]
+        return self._call("POST", "/tokenize", TextBody.wire(text=text))["ids"]
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return self._call("POST", "/detokenize", {"ids": [int(i) for i in ids]})["text"]
+        return self._call("POST", "/detokenize", IdsBody.wire(ids=ids))["text"]
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
-        return self._call("POST", "/token_texts", {"ids": [int(i) for i in ids]})["texts"]
+        return self._call("POST", "/token_texts", IdsBody.wire(ids=ids))["texts"]
 
     def score(self, prompt: Sequence[int], completion: Sequence[int], top_k: int = 5,
               with_teacher: bool = True, *, should_stop: ShouldStop | None = None) -> ScoredRollout:
@@ -271,8 +279,7 @@ class RemoteClient:
 
         The daemon finishes that score (one call, no stream to drop); only the caller stops waiting for it.
         """
-        body = {"prompt_ids": [int(i) for i in prompt], "completion_ids": [int(i) for i in completion],
-                "top_k": top_k, "with_teacher": with_teacher}
+        body = ScoreBody.wire(prompt=prompt, completion=completion, top_k=top_k, with_teacher=with_teacher)
         if should_stop is None:
             return ScoredRollout.from_json(self._call("POST", "/score", body))
         outcome: list[Any] = []
@@ -295,8 +302,8 @@ class RemoteClient:
 
     def score_text(self, prompt: str, completion: str, template: str | None = "raw", top_k: int = 5,
                    with_teacher: bool = True) -> ScoredRollout:
-        body = {"prompt": prompt, "completion": completion, "template": template, "top_k": top_k,
-                "with_teacher": with_teacher}
+        body = ScoreTextBody.wire(prompt=prompt, completion=completion, template=template, top_k=top_k,
+                                  with_teacher=with_teacher)
         return ScoredRollout.from_json(self._call("POST", "/score_text", body))
 
     def decode(self, prompt: Sequence[int], sampling: SamplingSpec = SamplingSpec(), rollout: Sequence[int] = (),
@@ -305,8 +312,7 @@ class RemoteClient:
 
         The request waits for the first step (a long prompt's prefill) under the client's own timeout.
         """
-        body = {"prompt_ids": _ids(prompt), "sampling": asdict(sampling), "rollout": _ids(rollout),
-                "force": _pairs(force), "n": n, "top": top}
+        body = DecodeBody.wire(prompt=prompt, sampling=sampling, rollout=rollout, force=_pairs(force), n=n, top=top)
         response = self._open("POST", "/decode", body)
         return StepStream(response, self._frames(response))
 
@@ -319,8 +325,8 @@ class RemoteClient:
         With `should_stop` the run is streamed instead, and stopped on the daemon (Interrupted here) once it says
         True.
         """
-        body = {"prompt_ids": _ids(prompt_ids), "mode": mode, "sampling": asdict(sampling), "tau": _tau(tau),
-                "gold": gold, "force": _pairs(force), "rollout": _ids(rollout), "top": top}
+        body = InterveneBody.wire(prompt_ids=prompt_ids, mode=mode, sampling=sampling, tau=tau, gold=gold,
+                                  force=_pairs(force), rollout=rollout, top=top)
         if should_stop is not None:
             return InterventionResult.from_json(self._stoppable("/intervene/stream", body, should_stop))
         data = self._call("POST", "/intervene", body, timeout=httpx.Timeout(None, connect=5.0))
@@ -333,28 +339,59 @@ class RemoteClient:
 
         With `should_stop` the estimate is streamed, and stopped on the daemon as intervene's run is.
         """
-        body = {"prompt_ids": _ids(prompt_ids), "rollout": _ids(rollout), "pos": pos, "token": token, "gold": gold,
-                "n": n, "sampling": asdict(sampling)}
+        body = ForkBody.wire(prompt_ids=prompt_ids, rollout=rollout, pos=pos, token=token, gold=gold, n=n,
+                             sampling=sampling)
         if should_stop is not None:
             return ForkEstimate.from_json(self._stoppable("/fork/stream", body, should_stop))
         data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
         return ForkEstimate.from_json(data)
 
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The overlap from the daemon (`adapter` is a path on its machine); no read timeout, as decoding and
+        scoring twice answers only when done."""
+        body = EditOverlapBody.wire(prompt_ids=prompt_ids, adapter=str(adapter), max_new_tokens=max_new_tokens)
+        return RolloutEdits.from_json(self._call("POST", "/edit_overlap", body,
+                                                 timeout=httpx.Timeout(None, connect=5.0)))
+
+    def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
+                 force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
+                 tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,
+                 should_stop: ShouldStop | None = None) -> list[InterventionResult]:
+        """n completions on the daemon, streamed: leaving early (Ctrl-C, or should_stop saying True) drops the
+        connection, which stops the daemon's run."""
+        body = GenerateBody.wire(prompt_ids=prompt_ids, sampling=sampling, force=_pairs(force), intervene=intervene,
+                                 tau=tau, n=n, gold=gold, top=top)
+        return [InterventionResult.from_json(r) for r in self._stoppable("/generate", body, should_stop)["results"]]
+
+    def analyze(self, dataset: str, limit: int | None = None, tau: str | float | Tau = "1.4",
+                template: str | None = "auto", max_new_tokens: int = 512, batch_size: int | None = None, *,
+                should_stop: ShouldStop | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Analysis:
+        """Table 2 on the daemon (`dataset` is a bundled name or a path on its machine), progress as it goes."""
+        body = AnalyzeBody.wire(dataset=dataset, limit=limit, tau=tau, template=template,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if on_progress is not None and "analyze/done" in event:
+                on_progress(event["analyze/done"], event["analyze/total"])
+
+        return Analysis.from_json(self._stoppable("/analyze", body, should_stop, on_event))
+
     def pool_stats(self, rollouts: str, size: int | None = None, keep_shortest: float = 1.0,
                    taus: Sequence[str] = DEFAULT_TAUS, with_base: bool = False) -> PoolStats:
         """The pool's stats from the daemon (`rollouts` is a path on its machine); no read timeout, as scoring a
         large pool under the base answers only when done."""
-        body = {"rollouts": str(rollouts), "size": size, "keep_shortest": keep_shortest, "taus": list(taus),
-                "with_base": with_base}
+        body = PoolStatsBody.wire(rollouts=str(rollouts), size=size, keep_shortest=keep_shortest, taus=taus,
+                                  with_base=with_base)
         return PoolStats.from_json(self._call("POST", "/pool_stats", body, timeout=httpx.Timeout(None, connect=5.0)))
 
     def grade(self, completion: str, gold: str, finish: str | None = None,
               extract: str = "strict") -> GradeResult:
-        body = {"completion": completion, "gold": gold, "finish": finish, "extract": extract}
+        body = GradeBody.wire(completion=completion, gold=gold, finish=finish, extract=extract)
         return GradeResult(**self._call("POST", "/grade", body))
 
     def problems(self, dataset: str, limit: int | None = None) -> list[Problem]:
-        data = self._call("POST", "/problems", {"dataset": dataset, "limit": limit})
+        data = self._call("POST", "/problems", ProblemsBody.wire(dataset=dataset, limit=limit))
         return [Problem(**item) for item in data["problems"]]
 
     # --- JobsClient ---------------------------------------------------------------------------
@@ -364,7 +401,7 @@ class RemoteClient:
 
     def submit_job(self, kind: str, config: dict[str, Any], entry: str | None = None) -> JobStatus:
         """Start a job on the daemon; a kind registered in this process sends its entry, so the daemon can import it."""
-        body = {"kind": kind, "config": config, "entry": entry or job_entry(kind)}
+        body = SubmitBody.wire(kind=kind, config=config, entry=entry or job_entry(kind))
         return JobStatus.from_json(self._call("POST", "/jobs", body, idempotent=False))
 
     def job(self, job_id: str) -> JobView:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import hmac
 import ipaddress
 import logging
@@ -25,12 +26,13 @@ from starlette.concurrency import run_in_threadpool
 from engine.core.diskfull import DiskFull, disk_full, is_disk_full
 from engine.core.errors import RmxError
 from engine.jobs.store import (
-    POLL_S, EventTail, JobConflict, JobNotFound, JobView, RunDamaged, cancel_job, check_outputs, data_dir, find_run,
-    json_bytes, list_runs, load_run, resume_job, rmx_version, submit_job,
+    POLL_S, EventTail, JobConflict, JobNotFound, RunDamaged, check_outputs, data_dir, find_run,
+    json_bytes, load_run, rmx_version,
 )
 from engine.service.api import (
-    DecodeBody, ForkBody, GradeBody, IdsBody, InterveneBody, LoadBody, PoolStatsBody, ProblemsBody,
-    PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
+    Body,
+    AnalyzeBody, DecodeBody, EditOverlapBody, ForkBody, GenerateBody, GradeBody, IdsBody, InterveneBody, LoadBody,
+    PoolStatsBody, ProblemsBody, PromptBody, ScoreBody, ScoreTextBody, SubmitBody, TemplateBody, TextBody,
 )
 from engine.service.workbench import Workbench, WorkbenchInfo
 
@@ -179,8 +181,18 @@ class _ClosingStream(StreamingResponse):
                     await run_in_threadpool(self._close)
 
 
-async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator[Any]:
+def _drained(progress: deque[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while progress:
+        frames.append(progress.popleft())
+    return frames
+
+
+async def _stoppable(call: Callable[[Callable[[], bool]], Any],
+                     progress: deque[dict[str, Any]] | None = None) -> AsyncIterator[Any]:
     """Run a blocking engine call in a worker thread, None (a blank line) every WORKING_S meanwhile, then its answer.
+
+    The progress events the call appends to `progress` (slash keys) are sent in place of the blank lines.
 
     The call gets a should_stop that turns true once this stream is over, so when the client leaves first (the
     stream is cancelled) the engine stops at its next step and lets go of the Workbench.
@@ -189,7 +201,9 @@ async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator
     pending = asyncio.ensure_future(run_in_threadpool(call, stop.is_set))
     try:
         while not (await asyncio.wait({pending}, timeout=WORKING_S))[0]:
-            yield None
+            yield _drained(progress) or None
+        if progress:
+            yield _drained(progress)
         yield pending.result()
     finally:
         stop.set()
@@ -197,6 +211,27 @@ async def _stoppable(call: Callable[[Callable[[], bool]], Any]) -> AsyncIterator
             await asyncio.wait({pending})
             if not pending.cancelled():
                 pending.exception()  # a client that left has nobody to hear the call's error (its Interrupted)
+
+
+def _with_ids(record: Any) -> dict[str, Any]:
+    return record.to_json(with_ids=True)
+
+
+def _stoppable_call(method: Callable[..., Any], body: Body, render: Callable[[Any], Any],
+                    progress: str | None = None) -> StreamingResponse:
+    """The one path of a stoppable operation: the body's arguments to the Workbench method, streamed as _stoppable
+    does, its answer rendered to JSON. With `progress`, the method's on_progress(done, total) is sent as
+    `{"PROGRESS/done", "PROGRESS/total"}` frames."""
+    arguments = body.arguments()
+    frames: deque[dict[str, Any]] = deque()
+    if progress is not None:
+        arguments["on_progress"] = lambda done, total: frames.append({f"{progress}/done": done,
+                                                                      f"{progress}/total": total})
+
+    def run(should_stop: Callable[[], bool]) -> Any:
+        return render(method(**arguments, should_stop=should_stop))
+
+    return ndjson_response(_stoppable(run, frames))
 
 
 def ndjson_response(frames: Iterable[Any] | AsyncIterator[Any], close: Callable[[], Any] | None = None
@@ -395,40 +430,37 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         if remote_code and not policy.allow_remote_code:
             raise RmxError("trust_remote_code is refused over the API: it runs the checkpoint's own code in the "
                            "engine; start the engine with --allow-remote-code if you trust every caller")
-        return info_json(workbench.load(body.base.spec(), body.teacher.spec() if body.teacher else None))
+        return info_json(workbench.load(**body.arguments()))
 
     @app.post("/prompt_ids")
     def prompt_ids(body: PromptBody) -> dict[str, Any]:
-        return {"ids": workbench.prompt_ids(body.problem, body.template),
-                **workbench.template_choice(body.template).to_json()}
+        return {"ids": workbench.prompt_ids(**body.arguments()), **workbench.template_choice(body.template).to_json()}
 
     @app.post("/template")
     def template(body: TemplateBody) -> dict[str, Any]:
-        return workbench.template_choice(body.template).to_json()
+        return workbench.template_choice(**body.arguments()).to_json()
 
     @app.post("/tokenize")
     def tokenize(body: TextBody) -> dict[str, Any]:
-        return {"ids": workbench.tokenize(body.text)}
+        return {"ids": workbench.tokenize(**body.arguments())}
 
     @app.post("/detokenize")
     def detokenize(body: IdsBody) -> dict[str, Any]:
         check_ids(body.ids)
-        return {"text": workbench.detokenize(body.ids)}
+        return {"text": workbench.detokenize(**body.arguments())}
 
     @app.post("/token_texts")
     def token_texts(body: IdsBody) -> dict[str, Any]:
         check_ids(body.ids)
-        return {"texts": workbench.token_texts(body.ids)}
+        return {"texts": workbench.token_texts(**body.arguments())}
 
     @app.post("/score")
     def score(body: ScoreBody) -> dict[str, Any]:
-        scored = workbench.score(body.prompt_ids, body.completion_ids, body.top_k, body.with_teacher)
-        return scored.to_json(with_ids=True)
+        return workbench.score(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/score_text")
     def score_text(body: ScoreTextBody) -> dict[str, Any]:
-        scored = workbench.score_text(body.prompt, body.completion, body.template, body.top_k, body.with_teacher)
-        return scored.to_json(with_ids=True)
+        return workbench.score_text(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/decode", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
     def decode(body: DecodeBody):
@@ -437,7 +469,7 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         A problem found before the first step (bad input, a prompt too long) is a 400; one met later ends the
         stream with `{"done": true, "error": ...}`. Closing the connection stops the decode and frees the engine.
         """
-        steps = workbench.decode(body.prompt_ids, body.sampling.spec(), body.rollout, body.force, body.n, body.top)
+        steps = workbench.decode(**body.arguments())
         try:
             first = next(steps)
         except StopIteration:
@@ -461,15 +493,11 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/intervene")
     def intervene(body: InterveneBody) -> dict[str, Any]:
-        result = workbench.intervene(body.prompt_ids, body.mode, body.sampling.spec(), body.tau, body.gold,
-                                     body.force, body.rollout, body.top)
-        return result.to_json(with_ids=True)
+        return workbench.intervene(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/fork")
     def fork(body: ForkBody) -> dict[str, Any]:
-        estimate = workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
-                                           body.sampling.spec())
-        return estimate.to_json(with_ids=True)
+        return workbench.fork_outcomes(**body.arguments()).to_json(with_ids=True)
 
     @app.post("/intervene/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
@@ -477,55 +505,64 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
         """/intervene as NDJSON: blank lines while it runs, then the result, then done. Closing the connection
         stops the run at its next step and frees the engine. A malformed request is a 4xx; a problem the engine
         finds ends the stream with `{"done": true, "error": ...}`."""
-        sampling = body.sampling.spec()
-
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.intervene(body.prompt_ids, body.mode, sampling, body.tau, body.gold, body.force,
-                                       body.rollout, body.top, should_stop=should_stop).to_json(with_ids=True)
-
-        return ndjson_response(_stoppable(run))
+        return _stoppable_call(workbench.intervene, body, _with_ids)
 
     @app.post("/fork/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}}}})
     async def fork_stream(body: ForkBody):
         """/fork as NDJSON, as /intervene/stream: blank lines, the estimate, done; closing the connection stops it."""
-        sampling = body.sampling.spec()
+        return _stoppable_call(workbench.fork_outcomes, body, _with_ids)
 
-        def run(should_stop: Callable[[], bool]) -> dict[str, Any]:
-            return workbench.fork_outcomes(body.prompt_ids, body.rollout, body.pos, body.token, body.gold, body.n,
-                                           sampling, should_stop=should_stop).to_json(with_ids=True)
+    @app.post("/edit_overlap")
+    def edit_overlap(body: EditOverlapBody) -> dict[str, Any]:
+        """The base's greedy rollout, each token marked as edited by the teacher, the adapter or both."""
+        return workbench.edit_overlap(**body.arguments()).to_json()
 
-        return ndjson_response(_stoppable(run))
+    @app.post("/generate", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def generate(body: GenerateBody):
+        """n completions as NDJSON, as /intervene/stream: blank lines while it runs, then `{"results": [...]}`, then
+        done; closing the connection stops it."""
+        return _stoppable_call(workbench.generate, body,
+                               lambda results: {"results": [_with_ids(result) for result in results]})
+
+    @app.post("/analyze", response_class=StreamingResponse,
+              responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def analyze(body: AnalyzeBody):
+        """Table 2 over a dataset on this machine, as NDJSON: `{"analyze/done", "analyze/total"}` as problems are
+        scored, then the analysis (`rmx analyze --json`'s shape plus each problem's `rollout`), then done; closing
+        the connection stops it after the problem in progress."""
+        return _stoppable_call(workbench.analyze, body, lambda analysis: analysis.to_json(with_rollouts=True),
+                               progress="analyze")
 
     @app.post("/pool_stats")
     def pool_stats(body: PoolStatsBody) -> dict[str, Any]:
         """The pass-rate histogram, lengths and trim of a rollouts.jsonl on this machine; with_base adds the
         decision-point rate per τ under the loaded base."""
-        return workbench.pool_stats(body.rollouts, body.size, body.keep_shortest, body.taus,
-                                    body.with_base).to_json()
+        return workbench.pool_stats(**body.arguments()).to_json()
 
     @app.post("/grade")
     def grade(body: GradeBody) -> dict[str, Any]:
-        return asdict(workbench.grade(body.completion, body.gold, body.finish, body.extract))
+        return asdict(workbench.grade(**body.arguments()))
 
     @app.post("/problems")
     def problems(body: ProblemsBody) -> dict[str, Any]:
-        found = workbench.problems(body.dataset, body.limit)
+        found = workbench.problems(**body.arguments())
         return {"problems": [{"id": p.id, "problem": p.problem, "answer": p.answer, "source": p.source,
                               "meta": _jsonable(dict(p.meta))} for p in found]}
 
     @app.get("/jobs")
     def jobs() -> list[dict[str, Any]]:
-        return [status.to_json() for status in list_runs()]
+        return [status.to_json() for status in workbench.list_jobs()]
 
     @app.post("/jobs", status_code=201)
     def submit(body: SubmitBody) -> dict[str, Any]:
         check_outputs(body.config, [data_dir()])  # an API caller writes under the data folder, nowhere else
-        return submit_job(body.kind, body.config, body.entry).to_json()
+        return workbench.submit_job(**body.arguments()).to_json()
 
     @app.get("/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:
-        return JobView(*load_run(find_run(job_id))).to_json()
+        return workbench.job(job_id).to_json()
 
     @app.get("/jobs/{job_id}/events", response_class=StreamingResponse,
              responses={200: {"content": {"application/x-ndjson": {}}}})
@@ -536,11 +573,11 @@ def create_app(workbench: Workbench, token: str | None = None, policy: ServerPol
 
     @app.post("/jobs/{job_id}/cancel")
     def cancel(job_id: str) -> dict[str, Any]:
-        return cancel_job(job_id).to_json()
+        return workbench.cancel_job(job_id).to_json()
 
     @app.post("/jobs/{job_id}/resume")
     def resume(job_id: str) -> dict[str, Any]:
-        return resume_job(job_id).to_json()
+        return workbench.resume_job(job_id).to_json()
 
     return app
 

@@ -1,18 +1,23 @@
-"""The loaded models and the interactive operations on them: what the daemon serves and clients call."""
+"""The loaded models, the interactive operations on them, and the jobs: what the daemon serves and clients call."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
 
 from engine.core.config import ModelSpec, ScoreSpec, Tau
 from engine.core.data import Problem, load_problems
 from engine.core.decode import DecodeSession, SamplingSpec, Step
 from engine.core.errors import RmxError
 from engine.core.grading import GradeResult, grade
-from engine.core.interventions import RUN_MODES, ForkEstimate, InterventionResult, ShouldStop, fork, run_mode
-from engine.core.models import LoadedModel, load_pair
+from engine.core.interventions import (
+    MODES, RUN_MODES, ForkEstimate, InterventionResult, Interrupted, ShouldStop, fork, run_mode,
+)
+from engine.core.models import LoadedModel, load_pair, load_views
+from engine.jobs.store import LocalJobs
+from engine.recipes.analysis import Analysis, analyze
+from engine.recipes.overlap import RolloutEdits, rollout_edits
 from engine.recipes.pool import DEFAULT_TAUS, PoolSpec, PoolStats, inspect_pool
 from engine.core.prompts import TemplateChoice, choose_template, completion_ids, prompt_ids
 from engine.core.records import ModelInfo, ScoredRollout
@@ -46,8 +51,9 @@ class WorkbenchInfo:
                    teacher=ModelInfo(**data["teacher"]) if data.get("teacher") else None)
 
 
-class Workbench:
-    """Holds a base and an optional teacher; model calls are serialised on one lock (one device, one model).
+class Workbench(LocalJobs):
+    """The in-process EngineClient: holds a base and an optional teacher, and reaches this machine's jobs (the job
+    operations are LocalJobs'). Model calls are serialised on one lock (one device, one model).
 
     The lock is a plain Lock, never re-entered: a decode stream may be closed from another thread
     than the one that opened it (a cancelled TUI worker), and only a Lock may be released there.
@@ -57,6 +63,8 @@ class Workbench:
         self._base: LoadedModel | None = None
         self._teacher: LoadedModel | None = None
         self._session: DecodeSession | None = None
+        self._adapter: LoadedModel | None = None
+        """The last adapter edit_overlap compared with the teacher, kept for the next call."""
         self._lock = threading.Lock()
 
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
@@ -68,6 +76,7 @@ class Workbench:
                 return self.info()
             self._base, self._teacher = load_pair(base, teacher)
             self._session = DecodeSession(self._base, self._teacher)
+            self._adapter = None
             return self.info()
 
     def info(self) -> WorkbenchInfo:
@@ -153,6 +162,40 @@ class Workbench:
             return run_mode(session, mode, prompt_ids, sampling, force=force, tau=gate, gold=gold,
                             rollout=rollout, top=top, should_stop=should_stop)[0]
 
+    def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
+                 force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
+                 tau: str | float | Tau | None = None, n: int = 1, gold: str | None = None, top: int = 5, *,
+                 should_stop: ShouldStop | None = None) -> list[InterventionResult]:
+        """What `rmx generate` runs: n completions of a prompt, the base driving, steered by `intervene` (None: the
+        base alone plus any forced tokens; oracle, random, gated or manual). `should_stop` as in intervene."""
+        if intervene is not None and intervene not in MODES:
+            raise RmxError(f"unknown intervention '{intervene}': use one of {', '.join(MODES)}")
+        gate = _tau(tau)
+        with self._lock:
+            session = self._loaded_session()
+            return run_mode(session, intervene or "base", prompt_ids, sampling, force=force, tau=gate, n=n, gold=gold,
+                            top=top, should_stop=should_stop)
+
+    def analyze(self, dataset: str, limit: int | None = None, tau: str | float | Tau = "1.4",
+                template: str | None = "auto", max_new_tokens: int = 512, batch_size: int | None = None, *,
+                should_stop: ShouldStop | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Analysis:
+        """Table 2 over `dataset` (a path on the engine's machine, or a bundled name) with the loaded base and
+        teacher. `on_progress(done, total)` is called as each problem is scored; `should_stop`, asked then, ends the
+        analysis early with Interrupted."""
+        problems = load_problems(dataset, limit=limit)
+        gate = _tau(tau)
+
+        def progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(done, total)
+            if should_stop is not None and should_stop():
+                raise Interrupted("analysis stopped")
+
+        with self._lock:
+            return analyze(self.base, self._teacher, problems, tau=gate, template=template,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, on_progress=progress)
+
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
                       n: int = 8, sampling: SamplingSpec = FORK_SAMPLING, *,
                       should_stop: ShouldStop | None = None) -> ForkEstimate:
@@ -163,6 +206,21 @@ class Workbench:
         with self._lock:
             session = self._loaded_session()
             return fork(session, prompt_ids, rollout, pos, token, gold, sampling, n, should_stop)
+
+    def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
+        """The base's greedy rollout of `prompt_ids`, each token marked when the teacher, the adapter (a PEFT folder
+        for the loaded base) or both would pick another token than the base's argmax (as `rmx overlap`)."""
+        with self._lock:
+            base = self.base
+            if self._teacher is None:
+                raise RmxError("no teacher is loaded: the edit overlap compares the teacher's edits with an adapter's")
+            if base.spec.adapter:
+                raise RmxError("the loaded base carries an adapter: load a bare base to compare edits with an adapter")
+            if self._adapter is None or self._adapter.spec.adapter != adapter:
+                self._adapter = None
+                # Its own copy of the base: attaching to the loaded module would change what the teacher shares.
+                self._adapter = load_views(base.spec, {"adapter": replace(base.spec, adapter=adapter)})["adapter"]
+            return rollout_edits(base, self._teacher, self._adapter, prompt_ids, max_new_tokens)
 
     def _loaded_session(self) -> DecodeSession:
         self.base  # noqa: B018  (raises the one-line "no model is loaded")

@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 
-CLIENT_COMMANDS = ("tui", "demo", "serve", "score")
+CLIENT_COMMANDS = ("tui", "demo", "serve", "score", "generate", "analyze", "jobs")
 """The commands that reach the engine through its client: `--connect` sends their work to a daemon."""
 
 

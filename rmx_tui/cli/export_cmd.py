@@ -34,15 +34,16 @@ def export_adapter(
 
 
 def _run_folder(run: str) -> str:
-    """A job id names its run dir's artifacts; anything else is a path."""
+    """A job id names the adapter its result.json lists (else its run dir's artifacts); anything else is a path."""
     if Path(run).expanduser().exists():
         return run
-    from engine.jobs.store import JobNotFound, find_run
+    from engine.jobs.store import JobNotFound, find_run, run_outputs
 
     try:
-        return str(find_run(run) / "artifacts")
+        folder = find_run(run)
     except JobNotFound:
         return run  # the export says it found nothing there
+    return run_outputs(folder).get("adapter") or str(folder / "artifacts")
 
 
 def register(app: typer.Typer) -> None:

@@ -46,6 +46,7 @@ Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3
 
 
 def generate(
+    ctx: typer.Context,
     base: opt.Base = "demo",
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
@@ -75,7 +76,7 @@ def generate(
 ) -> None:
     """Decode a completion, forcing tokens or steering with the teacher (oracle, random, gated)."""
     from engine.core.config import Tau
-    from engine.core.interventions import MODES, generate as run_generate
+    from engine.core.interventions import MODES
 
     forced = parse_force(force)
     sampling = sampling_spec(greedy, temperature, top_p, top_k, seed, max_new_tokens, stop, ignore_eos)
@@ -97,16 +98,12 @@ def generate(
         prompt_text, gold, template = problem.problem, gold or problem.answer, template or "auto"
     if prompt_text is None:
         raise RmxError("no prompt: give --prompt-text or --dataset")
-    from engine.core.models import load_pair
-    from engine.core.prompts import choose_template, prompt_ids
-
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    base_model, teacher_model = load_pair(base_spec, teacher_spec)
-    choice = choose_template(template or "auto", base_model.tokenizer, base_model.template_facts)
-    prompt = prompt_ids(base_model.tokenizer, prompt_text, choice.template)
-    results = run_generate(base_model, teacher_model, prompt, sampling, force=forced, intervene=intervene,
-                           tau=gate, n=n, gold=gold)
+    with opt.loaded_engine(ctx, base_spec, teacher_spec) as client:  # `rmx --connect …`: the daemon's models
+        choice = client.template_choice(template or "auto")
+        prompt = client.prompt_ids(prompt_text, choice.template)
+        results = client.generate(prompt, sampling, force=forced, intervene=intervene, tau=gate, n=n, gold=gold)
     if json_output:
         for result in results:  # one object per completion: exactly one line when n = 1
             opt.print_json({**result.to_json(), **choice.to_json()})

@@ -1,4 +1,5 @@
-"""`rmx jobs list|show|logs|cancel|resume|repair`: the runs on this machine, read from their run dirs."""
+"""`rmx jobs list|show|logs|cancel|resume|repair`: the runs on this machine, read from their run dirs, or the
+daemon's with `rmx --connect`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ from rmx_tui.cli.options import Json, print_json
 JobId = Annotated[str, typer.Argument(help="The job id, as `rmx jobs list` shows it.")]
 
 
-def _jobs():
-    """The run dirs are the truth, so the CLI reads them directly: it works with or without a daemon."""
+def _connect_target(ctx: typer.Context) -> str | None:
+    options = ctx.find_root().obj
+    return options.get("connect") if isinstance(options, dict) else None
+
+
+def _jobs(ctx: typer.Context):
+    """`rmx --connect TARGET jobs …`: the daemon's jobs, through the engine client. Otherwise the run dirs here,
+    read directly: they are the truth, so this works with or without a daemon."""
+    target = _connect_target(ctx)
+    if target:
+        from engine.service.daemon import connect
+
+        return connect(target)
     from engine.jobs.store import LocalJobs
 
     return LocalJobs()
@@ -39,9 +51,9 @@ def _event_text(event: dict[str, Any]) -> str:
     return f"{stamp}  step {event.get('step', '-')}  {fields}"
 
 
-def _list(json: Json = False) -> None:
+def _list(ctx: typer.Context, json: Json = False) -> None:
     """List every run, oldest first."""
-    runs = _jobs().list_jobs()
+    runs = _jobs(ctx).list_jobs()
     if json:
         print_json([s.to_json() for s in runs])
         return
@@ -54,9 +66,9 @@ def _list(json: Json = False) -> None:
         typer.echo(f"{s.id:<{width}}  {s.state:<9}  {_progress(s):>10}  {_ago(s.heartbeat):>10}  {s.error or ''}")
 
 
-def _show(job_id: JobId, json: Json = False) -> None:
+def _show(ctx: typer.Context, job_id: JobId, json: Json = False) -> None:
     """Show a job's status and config."""
-    view = _jobs().job(job_id)
+    view = _jobs(ctx).job(job_id)
     if json:
         print_json(view.to_json())
         return
@@ -84,37 +96,40 @@ def _show(job_id: JobId, json: Json = False) -> None:
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")]
 
 
-def _logs(job_id: JobId, follow: Follow = False, json: Json = False) -> None:
+def _logs(ctx: typer.Context, job_id: JobId, follow: Follow = False, json: Json = False) -> None:
     """Print a job's events (history first; with -f, then new ones as they come)."""
-    for event in _jobs().job_events(job_id, follow=follow):
+    for event in _jobs(ctx).job_events(job_id, follow=follow):
         if json:
             print_json(event)
         else:
             typer.echo(_event_text(event))
 
 
-def _cancel(job_id: JobId, json: Json = False) -> None:
+def _cancel(ctx: typer.Context, job_id: JobId, json: Json = False) -> None:
     """Ask a job to stop: it finishes its current step and ends `cancelled`."""
-    status = _jobs().cancel_job(job_id)
+    status = _jobs(ctx).cancel_job(job_id)
     if json:
         print_json(status.to_json())
     else:
         typer.echo(f"{job_id}: cancel requested (state {status.state})")
 
 
-def _resume(job_id: JobId, json: Json = False) -> None:
+def _resume(ctx: typer.Context, job_id: JobId, json: Json = False) -> None:
     """Relaunch a failed, cancelled or diverged job in its run dir; it continues from its checkpoints."""
-    status = _jobs().resume_job(job_id)
+    status = _jobs(ctx).resume_job(job_id)
     if json:
         print_json(status.to_json())
     else:
         typer.echo(f"{job_id}: resumed (attempt {status.attempt})")
 
 
-def _repair(job_id: JobId, json: Json = False) -> None:
+def _repair(ctx: typer.Context, job_id: JobId, json: Json = False) -> None:
     """Rebuild a damaged run's status.json from its events.jsonl and the process table; say what is lost."""
+    from engine.core.errors import RmxError
     from engine.jobs.repair import repair_run
 
+    if _connect_target(ctx):
+        raise RmxError("rmx jobs repair mends the run folders of this machine: run it there, without --connect")
     report = repair_run(job_id)
     if json:
         print_json(report.to_json())

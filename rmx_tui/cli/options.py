@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import sys
-from typing import Annotated, Any, Optional
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, Iterator, Optional, get_args, get_origin
 
 import typer
+from typer.models import OptionInfo
 
 from engine.core.config import ModelSpec
+from engine.core.fielddocs import field_docs
 
 Base = Annotated[str, typer.Option("--base", help="Base model: a hub id, a folder, a .gguf file, or 'demo'.")]
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model (same tokenizer as the base).")]
@@ -26,6 +31,58 @@ BatchSize = Annotated[Optional[int], typer.Option(
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
+RENAMED = {"grade_timeout": "grade_timeout_s"}
+"""Options whose name predates the spec's name for the field (a public contract: `--grade-timeout`)."""
+
+
+def spec_help(*specs: tuple[str, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give each option of the decorated command that sets a field of one of `specs` ((module, class), first wins)
+    that field's docstring as its help, so the spec is the one source of the text (tests/test_cli_specs.py)."""
+
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        params = []
+        for param in signature.parameters.values():
+            field = RENAMED.get(param.name, param.name)
+            doc = next((docs[field] for docs in (field_docs(*spec) for spec in specs) if field in docs), None)
+            if doc is not None and get_origin(param.annotation) is Annotated:
+                kind, *extras = get_args(param.annotation)
+                extras = [_helped(extra, doc) for extra in extras]
+                param = param.replace(annotation=Annotated[tuple([kind, *extras])])  # type: ignore[valid-type]
+            params.append(param)
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return command
+
+    return wrap
+
+
+def spec_options(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Every field of the spec dataclass (but `exclude`) as an option: `--field-name` with the field's type and
+    default (a bool that defaults to on gets its `--no-` form), for `with_options`; spec_help adds the help."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(spec)
+    options: dict[str, tuple[Any, Any]] = {}
+    for field in dataclasses.fields(spec):
+        if field.name in exclude:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is True:
+            flag += f"/--no-{flag[2:]}"
+        options[field.name] = (Annotated[hints[field.name], typer.Option(flag)], field.default)
+    return options
+
+
+def _helped(extra: Any, doc: str) -> Any:
+    """A copy of a typer option with `doc` as its help (the option may be shared by commands of other specs)."""
+    if not isinstance(extra, OptionInfo):
+        return extra
+    helped = copy.copy(extra)
+    helped.help = doc
+    return helped
+
+
 def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_adapter: str | None,
                 dtype: str, device: str, revision: str | None, trust_remote_code: bool
                 ) -> tuple[ModelSpec, ModelSpec | None]:
@@ -40,6 +97,7 @@ def model_specs(base: str, teacher: str | None, adapter: str | None, teacher_ada
 # Problem sets, prompts and Ray: the same options on every command that walks a benchmark.
 Dataset = Annotated[str, typer.Option("--dataset", help="A bundled benchmark name or a .jsonl file.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")]
+Extract = Annotated[str, typer.Option("--extract", help="How answers are extracted for grading: strict (default) or lenient (also the last number anywhere); see `rmx grade`.")]
 Template = Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
 RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
@@ -62,6 +120,23 @@ def print_json(data: Any) -> None:
     """One JSON document on stdout (NaN-free; floats as Python writes them)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def loaded_engine(ctx: typer.Context | None, base: Any, teacher: Any = None) -> Iterator[Any]:
+    """The engine client of a one-shot command (`--connect`: the daemon; otherwise this process's Workbench) with
+    `base` and `teacher` loaded (a daemon keeps models it already has), closed when the command is done."""
+    client = engine_client(ctx, default_local=True)
+    if client is None:
+        from engine.service.workbench import Workbench
+
+        client = Workbench()
+    try:
+        client.load(base, teacher)
+        yield client
+    finally:
+        if hasattr(client, "close"):
+            client.close()
 
 
 def engine_client(ctx: typer.Context | None, default_local: bool) -> Any:

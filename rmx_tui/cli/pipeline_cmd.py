@@ -13,6 +13,8 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from engine.core.errors import RmxError
+from engine.recipes.distill import DistillSpec
+from engine.recipes.train import TrainSpec
 from rmx_tui.cli import options as opt
 
 Job = Annotated[bool, typer.Option("--job", help="Run as a detached job (see `rmx jobs`) instead of in this process.")]
@@ -20,38 +22,51 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue the run already
 ReportTo = Annotated[Optional[list[str]], typer.Option(
     "--report-to", help="Mirror metrics and config to trackers: none, tensorboard, trackio, wandb (repeat or comma-separate).")]
 
-# Training options, shared by `rmx train` and `rmx sweep`; each maps onto a TrainSpec field.
-KlWeight = Annotated[float, typer.Option("--kl-weight", help="λ in L = L_dec + λ·L_anchor.")]
-AdvClip = Annotated[float, typer.Option("--adv-clip", help="Clip advantages to [−clip, clip].")]
-Objective = Annotated[str, typer.Option("--objective", help="contrastive (paper) or positive-only (its ablation: correct rollouts only).")]
-Negative = Annotated[str, typer.Option("--negative", help="signed: −A·log p (paper; unbounded below for A < 0). bounded: |A|·(−log(1 − p)) for A < 0 (rmx's fix for divergence).")]
-Anchor = Annotated[str, typer.Option("--anchor", help="all: KL anchor on every non-decision token, prompt included (paper). completion: generated tokens only.")]
-Order = Annotated[str, typer.Option("--order", help="shuffle (seeded) or clarity (the authors' curriculum: |advantage| × decision fraction, descending).")]
-Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
-WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps of linear warmup, then linear decay to 0.")]
-GradAccum = Annotated[int, typer.Option("--grad-accum", help="Sequences per optimizer step (batch 1, accumulated).")]
-Epochs = Annotated[int, typer.Option("--epochs", help="Passes over the training sequences.")]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the data order, LoRA init and every RNG.")]
-LoraR = Annotated[int, typer.Option("--lora-r", help="LoRA rank.")]
-LoraAlpha = Annotated[int, typer.Option("--lora-alpha", help="LoRA α.")]
-LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout.")]
-LoraTargets = Annotated[Optional[str], typer.Option("--lora-targets", help="Regex over full module paths (default: every linear layer inside attention).")]
-MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", help="Truncate prompt+completion to this many tokens.")]
-CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Optimizer steps between checkpoints (0: every 15% of the run).")]
-ChunkElements = Annotated[int, typer.Option("--chunk-elements", help="Most positions × vocab fp32 logits alive at once.")]
-CacheBase = Annotated[bool, typer.Option("--cache-base/--no-cache-base", help="Keep the base's hidden states from the scoring pass on disk instead of a base forward every step.")]
-AlarmAbs = Annotated[float, typer.Option("--alarm-abs", help="Stop as diverged when |loss| exceeds this (0: off).")]
-AlarmRatio = Annotated[float, typer.Option("--alarm-ratio", help="Stop as diverged when |loss| exceeds this × its running median (0: off).")]
-Template = Annotated[Optional[str], typer.Option("--template", help="qwen, qwen3, mistral, r1-distill, chat, raw or auto.")]
-Backend = Annotated[str, typer.Option("--backend", help="auto (default: paged on CUDA, else hf), hf (engine.core.decode's step decoder), paged (transformers' continuous batching, paged KV cache) or vllm (pip install 'rmx[vllm]', CUDA only).")]
+ROLLOUT_SPEC = ("engine.recipes.rollouts", "RolloutSpec")
+TRAIN_SPEC = ("engine.recipes.train", "TrainSpec")
+SWEEP_SPEC = ("engine.recipes.sweep", "SweepSpec")
+EVAL_SPEC = ("engine.recipes.evaluate", "EvalSpec")
+DISTILL_SPEC = ("engine.recipes.distill", "DistillSpec")
+"""The spec behind each command's options: their help is its field docstrings (opt.spec_help)."""
+
+Backend = Annotated[str, typer.Option("--backend")]
 
 
-def _model(base: str, adapter: str | None, dtype: str, device: str, revision: str | None, trust: bool):
+def with_options(options: dict[str, tuple[Any, Any]], after: str, into: str | None = None):
+    """Give a command `options` (name: (annotated type, default)) after its parameter `after`; the command
+    receives them in its `**values` parameter, or as one dict in its parameter `into`."""
+
+    def wrap(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name != into]
+        at = [p.name for p in own].index(after) + 1
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                 for name, (kind, default) in options.items()]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            if into is not None:
+                kwargs[into] = {name: kwargs.pop(name) for name in options}
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])  # type: ignore[attr-defined]
+        return run
+
+    return wrap
+
+
+LOADING: dict[str, tuple[Any, Any]] = {"dtype": (opt.Dtype, "auto"), "device": (opt.Device, "auto"),
+                                      "revision": (opt.Revision, None),
+                                      "trust_remote_code": (opt.TrustRemoteCode, False)}
+"""How a command loads its model (ModelSpec's dtype, device, revision, trust_remote_code), written once for every
+command here; each receives them as one dict, `loading`."""
+
+
+def _model(base: str, adapter: str | None, loading: dict[str, Any]):
     from engine.core.config import ModelSpec
 
-    return ModelSpec(base, adapter=adapter, dtype=dtype, device=device, revision=revision, trust_remote_code=trust)
+    return ModelSpec(base, adapter=adapter, **loading)
 
 
 def _with_ray(config: dict[str, Any], ray) -> dict[str, Any]:
@@ -110,6 +125,13 @@ def _foreground(kind: str, config: dict[str, Any], out: str, json_output: bool) 
         yield run
 
 
+def _record(run: Any, kind: str, result: Any, out: str) -> None:
+    """artifacts/result.json, listing the outputs, as a detached job of the kind writes it."""
+    from engine.jobs.kinds import record_result
+
+    record_result(kind, result, run.context.artifacts, out)
+
+
 def _reported(config: dict[str, Any], report_to: list[str] | None) -> dict[str, Any]:
     """The job config with its trackers (checked now: a missing package is one line before any work)."""
     from engine.recipes.trackers import ReportSpec
@@ -139,28 +161,28 @@ def _result(result, json_output: bool, summary: str) -> None:
 # --- rollouts -----------------------------------------------------------------------------------------------
 
 
+@opt.spec_help(ROLLOUT_SPEC)
+@with_options(LOADING, after="ray_shards", into="loading")
 def rollouts(
-    dataset: Annotated[str, typer.Option("--dataset", help="Bundled dataset (smoke, math_train_pool_150, …) or a problem file.")],
+    dataset: opt.Dataset,
     base: opt.Base = "demo",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
-    k: Annotated[int, typer.Option("--k", help="Samples per problem.")] = 20,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 8192,
-    template: Template = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Base seed; each problem draws from its own derived seed.")] = 0,
+    limit: opt.Limit = None,
+    offset: Annotated[int, typer.Option("--offset")] = 0,
+    k: Annotated[int, typer.Option("--k")] = 20,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 8192,
+    template: opt.Template = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
-    grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for the grader.")] = 5.0,
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
+    extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="The rollouts.jsonl to write.")] = "rollouts.jsonl",
     resume: Resume = False,
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
     ray_shards: opt.RayShards = None,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -169,9 +191,10 @@ def rollouts(
     from engine.recipes.rollouts import RolloutSpec
     from engine.recipes.shards import sample_rollouts_on
 
-    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    model = _model(base, None, loading)
     spec = RolloutSpec(dataset, limit, offset=offset, k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout)
+                       template=template, seed=seed, backend=backend, grade_timeout_s=grade_timeout,
+                       extract=extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(model), "rollouts": asdict(spec)}, cluster), report_to)
     if job:
@@ -180,6 +203,7 @@ def rollouts(
     with _foreground("rollouts", config, out, json_output) as run:
         result = sample_rollouts_on(cluster, model, spec, out, resume=resume, emit=run.emit,
                                     should_stop=run.should_stop, progress=run.set_progress)
+        _record(run, "rollouts", result, out)
     _result(result, json_output, f"{result.samples} rollouts of {result.problems} problems in {result.path}: "
             f"{result.correct} correct, {result.mixed} problems with mixed success, {result.tok_s:.1f} tok/s "
             f"({result.backend})")
@@ -196,16 +220,14 @@ KeepShortest = Annotated[float, typer.Option(
          "wrong ones and teaches brevity along with correctness.")]
 
 
+@with_options(LOADING, after="taus", into="loading")
 def pool_show(
     rollouts: Rollouts,
     size: Size = None,
     keep_shortest: KeepShortest = 1.0,
     base: Annotated[Optional[str], typer.Option("--base", help="Score the pool under this base for decision-point rates per τ (entropies cached beside the rollouts as NAME.entropies.jsonl).")] = None,
     taus: Annotated[str, typer.Option("--taus", help="τ values for the decision-point rates (nats or qX).")] = "1.0,1.2,1.4,1.6,1.8,2.2,q0.95,q0.97",
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     json_output: opt.Json = False,
 ) -> None:
     """Pass-rate histogram, correct vs wrong lengths, the trim's effect, and decision-point rates per τ."""
@@ -217,7 +239,7 @@ def pool_show(
     def load_base():
         from engine.core.models import load_model
 
-        return load_model(_model(base, None, dtype, device, revision, trust_remote_code))
+        return load_model(_model(base, None, loading))
 
     stats = inspect_pool(spec, tau_list, load_base if base is not None else None)
     if json_output:
@@ -285,39 +307,9 @@ def _train_spec(rollouts: str, **values):
     return TrainSpec(rollouts, **values)
 
 
-TRAINING: dict[str, tuple[Any, Any]] = {
-    "kl_weight": (KlWeight, 0.2), "adv_clip": (AdvClip, 2.5), "objective": (Objective, "contrastive"),
-    "negative": (Negative, "signed"), "anchor": (Anchor, "all"), "order": (Order, "shuffle"), "lr": (Lr, 1e-4),
-    "weight_decay": (WeightDecay, 0.01), "warmup_ratio": (WarmupRatio, 0.4), "grad_accum": (GradAccum, 8),
-    "epochs": (Epochs, 1), "max_steps": (MaxSteps, None), "seed": (Seed, 0), "lora_r": (LoraR, 32),
-    "lora_alpha": (LoraAlpha, 64), "lora_dropout": (LoraDropout, 0.0), "lora_targets": (LoraTargets, None),
-    "max_tokens": (MaxTokens, None), "checkpoint_every": (CheckpointEvery, 0), "chunk_elements": (ChunkElements, 1 << 24),
-    "cache_base": (CacheBase, True), "alarm_abs": (AlarmAbs, 100.0), "alarm_ratio": (AlarmRatio, 20.0),
-}
-"""TrainSpec's fields (τ aside) as options, written once for `train` and `sweep` (tests/test_cli_specs.py holds
-their names and defaults to the spec's)."""
-
-
-def with_options(options: dict[str, tuple[Any, Any]], after: str):
-    """Give a command `options` (name: (annotated type, default)) after its parameter `after`; the command
-    receives them in its `**values` parameter."""
-
-    def wrap(command):
-        signature = inspect.signature(command, eval_str=True)
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        at = [p.name for p in own].index(after) + 1
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-                 for name, (kind, default) in options.items()]
-
-        @functools.wraps(command)
-        def run(**kwargs: Any) -> Any:
-            return command(**kwargs)
-
-        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])  # type: ignore[attr-defined]
-        return run
-
-    return wrap
+TRAINING = opt.spec_options(TrainSpec, exclude=("rollouts", "tau", "tau_correct", "tau_wrong"))
+"""TrainSpec's fields (the input and τ aside) as options, generated for `train` and `sweep` (tests/test_cli_specs.py
+holds their names, defaults and help to the spec's)."""
 
 
 def _diverged(result) -> None:
@@ -326,19 +318,18 @@ def _diverged(result) -> None:
     raise typer.Exit(1)
 
 
+@opt.spec_help(TRAIN_SPEC)
 @with_options(TRAINING, after="tau_wrong")
+@with_options(LOADING, after="resume", into="loading")
 def train(
     rollouts: Rollouts,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Run folder: checkpoints/, adapter/, base_pass/, train_summary.json.")] = "train",
-    tau: Annotated[str, typer.Option("--tau", help="Decision gate: nats (1.4) or a quantile of the pool's base entropies (q0.97).")] = "1.4",
-    tau_correct: Annotated[Optional[str], typer.Option("--tau-correct", help="τ for correct rollouts (default --tau).")] = None,
-    tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong", help="τ for wrong rollouts (default --tau).")] = None,
+    tau: Annotated[str, typer.Option("--tau")] = "1.4",
+    tau_correct: Annotated[Optional[str], typer.Option("--tau-correct")] = None,
+    tau_wrong: Annotated[Optional[str], typer.Option("--tau-wrong")] = None,
     resume: Resume = False,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -347,7 +338,7 @@ def train(
     """Train a ReasonMaxxer LoRA: advantage-weighted loss at entropy-gated decision points, KL anchor elsewhere."""
     from engine.recipes.train import train as run
 
-    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    model = _model(base, None, loading)
     spec = _train_spec(rollouts, tau=tau, tau_correct=tau_correct, tau_wrong=tau_wrong, **training)
     config = _reported({"model": asdict(model), "train": asdict(spec)}, report_to)
     if job:
@@ -356,6 +347,7 @@ def train(
     with _foreground("train", config, out, json_output) as fg:
         result = run(model, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
+        _record(fg, "train", result, out)
         if result.state == "diverged":
             fg.diverged(result.reason or "diverged")
     _result(result, json_output, f"{result.state} after {result.step}/{result.total} steps on {result.sequences} "
@@ -365,25 +357,24 @@ def train(
         _diverged(result)
 
 
+@opt.spec_help(TRAIN_SPEC, SWEEP_SPEC)
 @with_options(TRAINING, after="template")
+@with_options(LOADING, after="ray_retries", into="loading")
 def sweep(
     rollouts: Rollouts,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Sweep folder: one tau-X/ run per τ, sweep.json.")] = "sweep",
-    taus: Annotated[str, typer.Option("--taus", help="τ values to try (nats or qX), comma-separated.")] = "1.2,1.4,1.6,1.8",
-    holdout: Annotated[int, typer.Option("--holdout", help="Holdout problems each adapter is scored on.")] = 50,
-    holdout_dataset: Annotated[str, typer.Option("--holdout-dataset", help="Where the holdout comes from.")] = "math_train_pool_500",
-    holdout_offset: Annotated[int, typer.Option("--holdout-offset", help="First holdout problem (450+: disjoint from math_train_pool_150).")] = 450,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest holdout completion.")] = 4096,
-    template: Template = "auto",
-    devices: Annotated[str, typer.Option("--devices", help="Spread the τ runs over these devices (cuda:0,cuda:1); default: every GPU when several are visible.")] = "",
+    taus: Annotated[str, typer.Option("--taus")] = "1.2,1.4,1.6,1.8",
+    holdout: Annotated[int, typer.Option("--holdout")] = 50,
+    holdout_dataset: Annotated[str, typer.Option("--holdout-dataset")] = "math_train_pool_500",
+    holdout_offset: Annotated[int, typer.Option("--holdout-offset")] = 450,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 4096,
+    template: opt.Template = "auto",
+    devices: Annotated[str, typer.Option("--devices")] = "",
     resume: Resume = False,
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
@@ -393,7 +384,7 @@ def sweep(
     from engine.recipes.sweep import SweepSpec
     from engine.recipes.sweep import sweep as run
 
-    model = _model(base, None, dtype, device, revision, trust_remote_code)
+    model = _model(base, None, loading)
     spec = _train_spec(rollouts, **training)
     sweep_spec = SweepSpec(taus, holdout, holdout_dataset, holdout_offset, max_new_tokens, template, devices)
     cluster = opt.ray_spec(ray, ray_retries)
@@ -405,6 +396,7 @@ def sweep(
     with _foreground("sweep", config, out, json_output) as fg:
         result = run(model, spec, sweep_spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      ray=cluster)
+        _record(fg, "sweep", result, out)
     if json_output:
         opt.print_json(result.to_json())
         return
@@ -418,27 +410,27 @@ def sweep(
 # --- eval ---------------------------------------------------------------------------------------------------
 
 
+@opt.spec_help(EVAL_SPEC)
+@with_options(LOADING, after="out", into="loading")
 def eval_run(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", help="The model: a hub id, a folder, a .gguf file or 'demo'.")] = None,
     adapter: opt.Adapter = None,
-    benchmarks: Annotated[str, typer.Option("--benchmarks", help="Comma-separated: math500,gsm8k,minerva,olympiadbench,aime24,amc23 or files.")] = "math500",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems of each benchmark.")] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems of each benchmark first.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion.")] = 4096,
-    template: Template = "auto",
-    avg_k: Annotated[int, typer.Option("--avg-k", help="Samples per problem on the avg@k benchmarks.")] = 8,
-    avg_benchmarks: Annotated[str, typer.Option("--avg-benchmarks", help="Benchmarks scored as avg@k (the rest: greedy pass@1).")] = "aime24,amc23",
-    temperature: Annotated[float, typer.Option("--temperature", help="Temperature of the avg@k samples.")] = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass of the avg@k samples.")] = 0.95,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the avg@k samples.")] = 0,
+    benchmarks: Annotated[str, typer.Option("--benchmarks")] = "math500",
+    limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+    offset: Annotated[int, typer.Option("--offset")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 4096,
+    template: opt.Template = "auto",
+    avg_k: Annotated[int, typer.Option("--avg-k")] = 8,
+    avg_benchmarks: Annotated[str, typer.Option("--avg-benchmarks")] = "aime24,amc23",
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Backend = "auto",
-    grade_timeout: Annotated[float, typer.Option("--grade-timeout", help="Seconds per answer for each grader.")] = 5.0,
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout")] = 5.0,
+    extract: opt.Extract = "strict",
     out: Annotated[str, typer.Option("--out", help="Folder for eval.json, eval.md and items.jsonl.")] = "eval",
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
     resume: Resume = False,
     ray: opt.RayAddress = None,
     ray_retries: opt.RayRetries = 2,
@@ -455,9 +447,9 @@ def eval_run(
     from engine.recipes.evaluate import EvalSpec, markdown_table
     from engine.recipes.shards import evaluate_on
 
-    spec_model = _model(model, adapter, dtype, device, revision, trust_remote_code)
+    spec_model = _model(model, adapter, loading)
     spec = EvalSpec(benchmarks, limit, offset, max_new_tokens, template, avg_k, avg_benchmarks, temperature, top_p,
-                    seed, backend, grade_timeout)
+                    seed, backend, grade_timeout, extract)
     cluster = opt.ray_spec(ray, ray_retries, ray_shards)
     config = _reported(_with_ray({"model": asdict(spec_model), "eval": asdict(spec)}, cluster), report_to)
     if job:
@@ -466,6 +458,7 @@ def eval_run(
     with _foreground("eval", config, out, json_output) as run:
         result = evaluate_on(cluster, spec_model, spec, out, resume=resume, emit=run.emit,
                              should_stop=run.should_stop, progress=run.set_progress)
+        _record(run, "eval", result, out)
     _result(result, json_output, markdown_table(result))
 
 
@@ -491,46 +484,29 @@ def eval_compare(
 # --- distill ------------------------------------------------------------------------------------------------
 
 
+@opt.spec_help(DISTILL_SPEC)
+@with_options(opt.spec_options(DistillSpec, exclude=("rollouts",)), after="out", into="fitting")
+@with_options(LOADING, after="resume", into="loading")
 def distill(
-    rollouts: Annotated[str, typer.Option("--rollouts", help="Completions to distill on, sampled from the teacher.")],
+    rollouts: Annotated[str, typer.Option("--rollouts")],
     teacher: opt.Teacher = None,
     teacher_adapter: opt.TeacherAdapter = None,
     base: opt.Base = "demo",
     out: Annotated[str, typer.Option("--out", help="Folder for teacher_topk.npz, adapter/ and distill_summary.json.")] = "distill",
-    top_k: Annotated[int, typer.Option("--top-k", help="Teacher logits kept per position.")] = 64,
-    epochs: Epochs = 3,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 2,
-    grad_accum: GradAccum = 8,
-    lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.1,
-    lora_r: LoraR = 32,
-    lora_alpha: LoraAlpha = 64,
-    lora_dropout: LoraDropout = 0.0,
-    lora_targets: LoraTargets = None,
-    max_tokens: MaxTokens = None,
-    seed: Seed = 0,
-    chunk_elements: ChunkElements = 1 << 24,
-    checkpoint_every: CheckpointEvery = 0,
     resume: Resume = False,
-    dtype: opt.Dtype = "auto",
-    device: opt.Device = "auto",
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
+    loading: dict[str, Any] = {},  # filled in by with_options(LOADING)
+    fitting: dict[str, Any] = {},  # DistillSpec's fields, filled in by with_options
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
 ) -> None:
     """KL-LoRA: fit a LoRA on the base to the teacher's top-k next-token distribution (paper §4)."""
-    from engine.recipes.distill import DistillSpec
     from engine.recipes.distill import distill as run
 
-    base_spec, teacher_spec = opt.model_specs(base, teacher, None, teacher_adapter, dtype, device, revision,
-                                              trust_remote_code)
+    base_spec, teacher_spec = opt.model_specs(base, teacher, None, teacher_adapter, **loading)
     if teacher_spec is None:
         raise RmxError("rmx distill needs a teacher: --teacher MODEL and/or --teacher-adapter ADAPTER")
-    spec = DistillSpec(rollouts, top_k, epochs, batch_size, grad_accum, lr, weight_decay, warmup_ratio, lora_r,
-                       lora_alpha, lora_dropout, lora_targets, max_tokens, seed, chunk_elements, checkpoint_every)
+    spec = DistillSpec(rollouts, **fitting)
     config = _reported({"model": asdict(base_spec), "teacher": asdict(teacher_spec), "distill": asdict(spec)},
                        report_to)
     if job:
@@ -539,6 +515,7 @@ def distill(
     with _foreground("distill", config, out, json_output) as fg:
         result = run(base_spec, teacher_spec, spec, out, resume=resume, emit=fg.emit, should_stop=fg.should_stop,
                      progress=fg.set_progress)
+        _record(fg, "distill", result, out)
     _result(result, json_output, f"adapter {result.adapter}: {result.steps} steps on {result.sequences} sequences, "
             f"final KL {result.final_kl:.4f}")
 
@@ -613,6 +590,7 @@ def pipeline(
     try:
         with _foreground("pipeline", {"pipeline": checked}, out, json_output) as run:
             result = run_pipeline(checked, out, resume=resume, emit=run.emit, should_stop=run.should_stop)
+            _record(run, "pipeline", result, out)
     except Diverged as error:
         print(f"rmx: {error}", file=sys.stderr)
         raise typer.Exit(1) from None

@@ -47,7 +47,6 @@ def score(
     """Score a completion token by token: exact entropy, rank, top-k, and the teacher's pick."""
     from engine.core.config import ScoreSpec, Tau
     from engine.core.scoring import summarize
-    from engine.service.workbench import Workbench
 
     ScoreSpec(top_k=top_k)
     gate = Tau.parse(tau) if tau is not None else None
@@ -68,14 +67,9 @@ def score(
         raise RmxError("empty completion: there is nothing to score")
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
-    client = opt.engine_client(ctx, default_local=True) or Workbench()  # `rmx --connect …`: the daemon's models
-    try:
-        client.load(base_spec, teacher_spec)
+    with opt.loaded_engine(ctx, base_spec, teacher_spec) as client:  # `rmx --connect …`: the daemon's models
         choice = client.template_choice(template or "auto")
         rollout = client.score(client.prompt_ids(prompt, choice.template), client.tokenize(completion), top_k=top_k)
-    finally:
-        if hasattr(client, "close"):
-            client.close()
     rollout = replace(rollout, summary=summarize([rollout], gate))
     if json_output:
         opt.print_json({**rollout.to_json(), **choice.to_json()})
@@ -88,6 +82,7 @@ def score(
 
 
 def analyze(
+    ctx: typer.Context,
     base: opt.Base = "demo",
     teacher: opt.Teacher = None,
     adapter: opt.Adapter = None,
@@ -109,14 +104,14 @@ def analyze(
 ) -> None:
     """Table 2: greedy base rollouts on a benchmark, scored against the teacher."""
     from engine.core.config import Tau
-    from engine.core.data import load_problems
 
     gate = Tau.parse(tau)
     if limit is not None and limit < 1:
         raise RmxError(f"--limit must be ≥ 1, got {limit}")
     if teacher is None and teacher_adapter is None:
         raise RmxError("analyze compares the base with a teacher: give --teacher and/or --teacher-adapter")
-    problems = load_problems(dataset, limit=limit)
+    if ray is not None and (ctx.obj or {}).get("connect"):
+        raise RmxError("--ray shards analyze from this process: leave out --connect (or --ray)")
     base_spec, teacher_spec = opt.model_specs(base, teacher, adapter, teacher_adapter, dtype, device, revision,
                                               trust_remote_code)
 
@@ -126,29 +121,33 @@ def analyze(
         return f"analyzed {event['analyze/done']}/{event['analyze/total']} problems" if "analyze/done" in event else None
 
     with live_or_plain(line) as emit:
-        result = _analysis(base_spec, teacher_spec, problems, dataset, limit, gate, template, max_new_tokens,
+        result = _analysis(ctx, base_spec, teacher_spec, dataset, limit, gate, template, max_new_tokens,
                            batch_size, ray, ray_retries, ray_shards,
                            lambda done, total: emit({"analyze/done": done, "analyze/total": total}))
-    _print_analysis(result, base_spec, teacher_spec, dataset, gate, len(problems), json_output)
+    _print_analysis(result, base_spec, teacher_spec, dataset, gate, len(result.problems), json_output)
 
 
-def _analysis(base_spec, teacher_spec, problems, dataset, limit, gate, template, max_new_tokens, batch_size, ray,
+def _analysis(ctx, base_spec, teacher_spec, dataset, limit, gate, template, max_new_tokens, batch_size, ray,
               ray_retries, ray_shards, progress):
-    """Table 2 in this process, or sharded over a Ray cluster."""
-    from engine.core.models import load_pair
-    from engine.recipes.analysis import analyze as run_analysis
-
+    """Table 2 through the engine client (this process's Workbench, or the daemon), or sharded over Ray."""
     if ray is not None:
         from engine.recipes.shards import analyze_sharded
 
         cluster = opt.ray_spec(ray, ray_retries, ray_shards)
         result = analyze_sharded(base_spec, teacher_spec, dataset, limit, cluster, tau=gate, template=template,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
-    else:
-        base_model, teacher_model = load_pair(base_spec, teacher_spec)
-        result = run_analysis(base_model, teacher_model, problems, tau=gate, template=template,
-                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_progress=progress)
-    return result
+        return result
+    with opt.loaded_engine(ctx, base_spec, teacher_spec) as client:  # `rmx --connect …`: the daemon's models
+        return client.analyze(_dataset_path(dataset), limit, gate, template, max_new_tokens, batch_size,
+                              on_progress=progress)
+
+
+def _dataset_path(dataset: str) -> str:
+    """A dataset file that exists here, made absolute (the daemon does not run in this folder); names as given."""
+    from engine.core.data import BUNDLED
+    from rmx_tui.cli.generate_cmd import _absolute
+
+    return dataset if dataset in BUNDLED or dataset.startswith("hf:") else _absolute(dataset)
 
 
 def _print_analysis(result, base_spec, teacher_spec, dataset, gate, count: int, json_output: bool) -> None:

@@ -43,7 +43,8 @@ for (const tok of document.querySelectorAll('.tok')) {
 """
 
 
-def _token(rollout: FigureRollout, index: int) -> str:
+def token_span(rollout: FigureRollout, index: int) -> str:
+    """One token as a focusable span: heatmap colours, class marks, who chose it, and its hover lines."""
     token, source = rollout.tokens[index], rollout.sources[index]
     background, foreground = colours(token)
     classes = ["tok"]
@@ -74,7 +75,7 @@ def render_html(rollout: FigureRollout) -> str:
     verdict = "" if rollout.correct is None else (" ✓ correct" if rollout.correct else " ✗ wrong")
     answer = f'<p>answer: {escape(str(rollout.answer))}{verdict}</p>' if rollout.answer is not None else ""
     problem = f'<p class="problem">{escape(rollout.problem)}</p>' if rollout.problem else ""
-    tokens = "".join(_token(rollout, index) for index in range(len(rollout.tokens)))
+    tokens = "".join(token_span(rollout, index) for index in range(len(rollout.tokens)))
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="generator" content="rmx export"><title>rmx · {escape(rollout.title)}</title>'
             f'<style>{STYLE}</style></head><body>\n<h1>{escape(rollout.title)}</h1>{problem}{legend_html()}\n'

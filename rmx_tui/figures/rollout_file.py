@@ -48,14 +48,18 @@ class FigureRollout:
 
 def load_rollout(path: str | Path) -> FigureRollout:
     """The rollout in `path`; a missing or malformed file is an RmxError naming it."""
+    return rollout_from_data(read_export(path), str(path), Path(path).stem)
+
+
+def read_export(path: str | Path) -> Any:
+    """The JSON in an export file (a rollout or a branch comparison); missing or not JSON is an RmxError naming it."""
     file = Path(path)
     if not file.is_file():
         raise RmxError(f"rollout file not found: {path}")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        return json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RmxError(f"{path}: not a JSON rollout export ({error})") from None
-    return rollout_from_data(data, str(path), file.stem)
 
 
 def rollout_from_data(data: Any, path: str, default_title: str = "rollout") -> FigureRollout:

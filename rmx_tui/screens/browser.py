@@ -771,7 +771,10 @@ class BrowserScreen(Screen):
     def action_compare(self) -> None:
         from rmx_tui.screens.compare import CompareScreen
 
-        self.app.push_screen(CompareScreen())
+        branch = self.current_view().branch
+        while branch is not None and branch.parent is not None:
+            branch = branch.parent
+        self.app.push_screen(CompareScreen(branch))
 
     def action_toggle_problems(self) -> None:
         problems = self.query_one(ProblemList)
@@ -787,6 +790,7 @@ class BrowserScreen(Screen):
         self.notify(f"saved {path}")
 
     def action_export_rollout(self) -> None:
+        from rmx_tui.figures.comparison import comparison_data, comparison_from_data
         from rmx_tui.figures.rollout_file import free_path, rollout_from_data
         from rmx_tui.figures.write import export_rollout
         from rmx_tui.screens.modals import ExportFormat
@@ -796,18 +800,23 @@ class BrowserScreen(Screen):
             self.notify("no branch to export", severity="warning")
             return
         data = branch.to_json()
+        # A fork is exported beside its parent (what the branch view shows); a root rollout alone.
+        compared = branch.parent is not None and branch.fork_pos is not None and branch.parent.tokens
+        if compared:
+            data = comparison_data(branch.parent.to_json(), data, branch.fork_pos)
 
         def write(fmt: str | None) -> None:
             if fmt is None:
                 return
-            name = "rmx-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", branch.key) + "." + fmt
+            name = "rmx-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", branch.key) + ("-vs-parent" if compared else "") + "." + fmt
             try:
-                if fmt == "json":  # the full branch: everything `rmx export` and a reload need
+                if fmt == "json":  # the full branch (and parent): everything `rmx export` and a reload need
                     path = free_path(self.app.settings.export_dir / name)
                     path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
                 else:
-                    rollout = rollout_from_data(data, branch.key, f"{branch.problem.id} · {branch.label}")
-                    path = export_rollout(rollout, fmt, free_path(self.app.settings.export_dir / name))
+                    figure = (comparison_from_data(data, branch.key) if compared
+                              else rollout_from_data(data, branch.key, f"{branch.problem.id} · {branch.label}"))
+                    path = export_rollout(figure, fmt, free_path(self.app.settings.export_dir / name))
             except (OSError, RmxError) as error:
                 self.notify(f"export failed: {error}", severity="error")
                 return

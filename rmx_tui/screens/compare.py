@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from engine.core.config import Tau
 from engine.core.scoring import gate_quality, summarize
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.color import Color
@@ -15,7 +16,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual_plotext import PlotextPlot
 
+from rmx_tui import workers
 from rmx_tui.gate import count_above
+from rmx_tui.messages import EditsCompared, EngineFailed
+from rmx_tui.ui_state import Branch
+from rmx_tui.widgets.edit_overlap import KIND_NAMES, EditOverlap
 from rmx_tui.widgets.status_bar import StatusBar
 
 if TYPE_CHECKING:
@@ -34,7 +39,8 @@ def _fmt(value: float | int | None, unit: str = "", digits: int = 3) -> str:
 
 
 class CompareScreen(Screen):
-    """Table 2 and the gate's precision/recall against the teacher, both following τ as it moves."""
+    """Table 2 and the gate's precision/recall against the teacher, both following τ as it moves; below, the edit
+    overlap of the teacher and an adapter on the base's greedy rollout of the open problem."""
 
     app: "RmxApp"
 
@@ -43,7 +49,20 @@ class CompareScreen(Screen):
         Binding("plus,equals_sign", "tau(1)", "τ up", key_display="+/-"),
         Binding("minus", "tau(-1)", "τ down", show=False),
         Binding("q", "tau_mode", "τ nats/quantile"),
+        Binding("a", "pick_adapter", "overlap: adapter"),
+        Binding("1", "edit('teacher')", "next edit", key_display="1-3"),
+        Binding("2", "edit('adapter')", "next adapter edit", show=False),
+        Binding("3", "edit('both')", "next both edit", show=False),
+        Binding("n", "any_edit(1)", "next / previous edit", key_display="n/N"),
+        Binding("N", "any_edit(-1)", "previous edit", show=False),
     ]
+
+    def __init__(self, root: Branch | None = None) -> None:
+        super().__init__()
+        self.root = root
+        """The open problem's root rollout: its prompt is what the edit overlap decodes."""
+        self.adapter: str | None = None
+        """The adapter last compared (offered again the next time `a` is pressed)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-title")
@@ -52,6 +71,7 @@ class CompareScreen(Screen):
             with Vertical(id="gate-side"):
                 yield DataTable(id="gate", cursor_type="none", zebra_stripes=True)
                 yield PlotextPlot(id="curve")
+        yield EditOverlap(id="overlap")
         yield StatusBar(id="compare-status")
         yield Footer()
 
@@ -65,6 +85,53 @@ class CompareScreen(Screen):
     def on_screen_resume(self) -> None:
         self.refresh_tables()
 
+
+    def action_pick_adapter(self) -> None:
+        from rmx_tui.adapter_choice import newest_adapter
+        from rmx_tui.screens.modals import AdapterPrompt
+
+        if self.root is None:
+            self.notify("open a problem first: the overlap decodes its prompt", severity="warning")
+            return
+        if self.app.info is None or self.app.info.teacher is None:
+            self.notify("load a teacher first: the overlap compares its edits with an adapter's", severity="warning")
+            return
+
+        def compare(adapter: str | None) -> None:
+            if adapter is None:
+                return
+            self.adapter = adapter
+            self.query_one(EditOverlap).say(f"decoding the base greedily and scoring under the teacher and {adapter}…")
+            max_new = self.app.settings.sampling.max_new_tokens
+            self._compare_edits(self.root.problem.id, self.root.prompt_ids, adapter, max_new)
+
+        self.app.push_screen(AdapterPrompt(self.adapter or newest_adapter()), compare)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="overlap")
+    def _compare_edits(self, problem_id: str, prompt_ids: tuple[int, ...], adapter: str, max_new: int) -> None:
+        workers.compare_edits(self.app.client, problem_id, prompt_ids, adapter, max_new, self.post_message)
+
+    def on_edits_compared(self, message: EditsCompared) -> None:
+        self.query_one(EditOverlap).show(message.problem_id, message.edits, message.names)
+
+    def on_engine_failed(self, message: EngineFailed) -> None:
+        self.query_one(EditOverlap).say(f"overlap failed: {message.error}")
+        self.notify(f"{message.during} failed: {message.error}", severity="error")
+
+    def action_edit(self, kind: str) -> None:
+        self._landed(self.query_one(EditOverlap).jump(kind), KIND_NAMES[kind])
+
+    def action_any_edit(self, direction: int) -> None:
+        self._landed(self.query_one(EditOverlap).jump(None, direction), "any")
+
+    def _landed(self, pos: int | None, what: str) -> None:
+        overlap = self.query_one(EditOverlap)
+        if overlap.edits is None:
+            self.notify("no overlap yet: press a to pick an adapter", severity="warning")
+        elif pos is None:
+            self.notify(f"no {what} edit on this rollout", severity="warning")
+        else:
+            overlap.scroll_visible()
 
     def action_tau(self, steps: int) -> None:
         self.app.gate = self.app.gate.moved(steps)

@@ -6,8 +6,7 @@ import time
 
 from engine.service.client import EngineClient
 from engine.service.workbench import Workbench
-from engine.core.errors import RmxError
-from engine.jobs.store import JobsClient, JobStatus, read_spec, runs_dir
+from engine.jobs.store import JobsClient, JobStatus, runs_dir
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,7 +16,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Label, Static
 from textual.worker import Worker, WorkerState
 
-from rmx_tui.job_messages import JobCallFailed, JobCancelRequested, JobResumed, JobsListed, SweepRead
+from rmx_tui.job_messages import JobCallFailed, JobCancelRequested, JobResumed, JobsListed, JobViewRead, SweepRead
 from rmx_tui.job_templates import Defaults
 from rmx_tui.workers import describe
 from rmx_tui.screens.launch import LaunchJob
@@ -125,6 +124,14 @@ class JobsScreen(Screen):
                 self.post_message(SweepRead(job_id, tau, since + len(events), sweep_points(events)))
             except Exception as error:
                 self.post_message(JobCallFailed("sweep", describe(error), job_id))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="jobs-view")
+    def _view_for_pool(self, job_id: str) -> None:
+        """The run's config and the outputs its result.json lists, through the jobs client (a daemon's too)."""
+        try:
+            self.post_message(JobViewRead(self.client.job(job_id)))
+        except Exception as error:
+            self.post_message(JobCallFailed("pool", describe(error), job_id))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="jobs-act")
     def _cancel(self, job_id: str) -> None:
@@ -272,20 +279,19 @@ class JobsScreen(Screen):
 
     def action_pool(self) -> None:
         status = self._selected()
-        if status is None:
-            return
-        run_dir = runs_dir() / status.id
-        try:
-            config = read_spec(run_dir).config
-        except (OSError, RmxError, ValueError, KeyError, TypeError):  # a daemon on another machine keeps its run dirs there
-            self.notify(f"the run dir of {status.id} is not on this machine", severity="warning")
-            return
-        path = rollouts_file_of(run_dir, status.kind, config)
+        if status is not None:
+            self._view_for_pool(status.id)
+
+    def on_job_view_read(self, message: JobViewRead) -> None:
+        view = message.view
+        kind = view.status.kind
+        config = view.spec.config if view.spec is not None else {}
+        path = rollouts_file_of(view.outputs, kind, config)
         if path is None:
-            self.notify(f"a {status.kind} run has no pool: p inspects rollouts, pool and pipeline runs",
-                        severity="warning")
+            self.notify(f"a {kind} run has no pool: p inspects finished rollouts and pipeline runs, "
+                        "and pool runs", severity="warning")
             return
-        pool = config.get("pool") if status.kind == "pool" and isinstance(config.get("pool"), dict) else {}
+        pool = config.get("pool") if kind == "pool" and isinstance(config.get("pool"), dict) else {}
         engine = getattr(self.app, "client", None)
         # The workbench's client scores the pool under its loaded base; a bare host has none but reads the file.
         self.app.push_screen(PoolScreen(engine if isinstance(engine, EngineClient) else Workbench(), path,

@@ -65,6 +65,27 @@ class LoadModel(ModalScreen[tuple[str, str | None] | None]):
         self.dismiss((base, teacher or None) if base else None)
 
 
+class AdapterPrompt(ModalScreen[str | None]):
+    """Asks for the adapter whose edits the compare view sets beside the teacher's (prefilled: the newest trained)."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="AdapterPrompt")
+    BINDINGS = [Binding("escape", "dismiss(None)", "cancel")]
+
+    def __init__(self, suggested: str | None) -> None:
+        super().__init__()
+        self.suggested = suggested
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Compare the teacher's edits with an adapter's (a PEFT folder for the loaded base)")
+            yield Input(value=self.suggested or "", placeholder="path/to/adapter", id="adapter")
+            yield Label("Prefilled with the newest finished train or pipeline job's adapter. Enter compares on "
+                        "the base's greedy rollout of this problem, esc cancels.", classes="hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
 class ExportFormat(ModalScreen[str | None]):
     """Asks in which format to export the branch under the cursor."""
 

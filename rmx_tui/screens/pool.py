@@ -22,15 +22,12 @@ KEEP_STEP = 0.05
 """How much one press of +/- moves the fraction of rollouts the length trim keeps."""
 
 
-def rollouts_file_of(run_dir: Path, kind: str, config: dict[str, Any]) -> Path | None:
-    """The rollouts.jsonl a run sampled or selected from, None for kinds that have none.
-
-    The file may not exist yet (a run still queued): the pool screen says so when it reads it.
-    """
-    if kind == "rollouts":
-        return run_dir / "artifacts" / "rollouts.jsonl"
-    if kind == "pipeline":
-        return run_dir / "artifacts" / "rollouts" / "rollouts.jsonl"
+def rollouts_file_of(outputs: dict[str, str], kind: str, config: dict[str, Any]) -> Path | None:
+    """The rollouts file a run sampled or selected from, None for kinds that have none or a run that has not
+    finished: a rollouts or pipeline run's from the outputs its result.json lists, a pool run's from its config."""
+    if kind in ("rollouts", "pipeline"):
+        rollouts = outputs.get("rollouts")
+        return Path(rollouts) if rollouts else None
     if kind == "pool":
         pool = config.get("pool")
         rollouts = pool.get("rollouts") if isinstance(pool, dict) else None

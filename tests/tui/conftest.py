@@ -25,6 +25,15 @@ def specs(tiny_llama, tiny_llama_adapter) -> tuple[ModelSpec, ModelSpec]:
     return base, ModelSpec(str(tiny_llama), adapter=str(tiny_llama_adapter), dtype="float32", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def overlap_adapter(tiny_root, tiny_llama):
+    """A small random adapter beside the teacher's: it changes some of the base's argmaxes, some where the teacher
+    does (the compare view's edit overlap)."""
+    from tests.tiny import build_adapter
+
+    return build_adapter(tiny_root / "overlap-weak", tiny_llama, seed=2, scale=0.05)
+
+
 @pytest.fixture
 def client(specs) -> Workbench:
     """A fresh client per test: a reused KV cache must not make one test's numbers depend on another's."""

@@ -264,6 +264,30 @@ async def test_exports_write_json_html_and_svg_and_never_replace_a_file(make_app
         assert list(tmp_path.glob("*.svg"))
 
 
+async def test_export_on_a_fork_writes_the_branch_beside_its_parent(make_app, tmp_path):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await rollout_ready(pilot)
+        screen = app.screen
+        root = screen.active
+        await pilot.press("home", "right", "right", "2")
+        await until(pilot, lambda: screen.active.parent is root and screen.active.state == "done")
+        fork = screen.active
+        await pilot.press("X", "j")
+        await pilot.pause()
+        [exported] = tmp_path.glob("rmx-*-vs-parent.json")
+        data = json.loads(exported.read_text())
+        assert data["kind"] == "comparison" and data["fork_pos"] == fork.fork_pos == 2
+        assert data["parent"]["completion_ids"] == root.ids and data["branch"]["completion_ids"] == fork.ids
+        assert data["branch"]["sources"][2] == "forced"
+        await pilot.press("X", "h")
+        await pilot.pause()
+        [page] = tmp_path.glob("rmx-*-vs-parent.html")
+        html = page.read_text()
+        assert html.count('class="side"') == 2 and "src-forced" in html
+        assert html.count('class="tok') == 2 + (len(root.tokens) - 2) + (len(fork.tokens) - 2)
+
+
 async def test_stored_rollouts_are_listed_with_marks_and_scored_when_opened(make_app, client, tmp_path):
     from engine.core.data import load_problems
     from engine.core.records import Rollout

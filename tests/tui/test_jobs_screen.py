@@ -289,6 +289,7 @@ def test_snapshot_of_the_run_view(snap_compare):
 async def test_p_opens_the_pool_of_a_rollouts_run_and_refuses_other_kinds():
     from rmx_tui.screens.pool import PoolScreen
     from rmx_tui.widgets.pass_rate_histogram import PassRateHistogram
+    from engine.jobs.store import find_run, write_result
     from tests.tui.test_pool_screen import write_rollouts
 
     normalised_run(3)
@@ -298,16 +299,19 @@ async def test_p_opens_the_pool_of_a_rollouts_run_and_refuses_other_kinds():
     write_rollouts(run_dir / "artifacts" / "rollouts.jsonl")
     job_id = pin(run_dir, "20260101-120200-rollouts-0002", state="done", started=FIXED_T + 121, ended=FIXED_T + 130,
                  heartbeat=FIXED_T + 130, host="node")
+    artifacts = find_run(job_id) / "artifacts"  # pinned: renamed to its fixed id
+    write_result(artifacts, {}, {"rollouts": str(artifacts / "rollouts.jsonl")})
     async with Host().run_test(size=SIZE) as pilot:
         table = pilot.app.screen.query_one(JobTable)
         await until(pilot, lambda: table.row_count == 2)
         table.focus()
         assert table.selected.id == job_id  # newest first
         await pilot.press("down", "p")  # the selftest run
-        assert "has no pool" in " ".join(str(n.message) for n in pilot.app._notifications)
-        await pilot.press("up", "p")
+        await until(pilot, lambda: "has no pool" in " ".join(str(n.message) for n in pilot.app._notifications))
+        assert isinstance(pilot.app.screen, JobsScreen)
+        await pilot.press("up", "p")  # the rollouts file comes from the outputs the jobs client lists
+        await until(pilot, lambda: isinstance(pilot.app.screen, PoolScreen))
         screen = pilot.app.screen
-        assert isinstance(screen, PoolScreen)
         await until(pilot, lambda: screen.stats is not None)
         assert screen.stats.problems == 6 and screen.stats.mixed == 4
         assert screen.query_one(PassRateHistogram).display

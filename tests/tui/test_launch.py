@@ -14,7 +14,7 @@ from textual.widgets import Label, OptionList, TextArea
 
 from engine.service.daemon import client_for, daemon_status, start_daemon, stop_daemon
 from engine.core.errors import RmxError
-from engine.jobs.store import JobStatus, list_runs, resolve_entry, submit_job
+from engine.jobs.store import JobStatus, list_runs, resolve_entry, submit_job, write_result
 from engine.core.records import ModelInfo, Rollout
 from engine.service.workbench import WorkbenchInfo
 from rmx_tui.job_templates import KINDS, NO_ROLLOUTS, Defaults, job_config, template
@@ -135,12 +135,17 @@ def test_templates_take_the_loaded_models_and_the_newest_finished_outputs(tiny_l
             run("20260101-120100-rollouts-0002", "rollouts", "done", 2.0),
             run("20260101-120200-rollouts-0003", "rollouts", "failed", 3.0),
             run("20260101-120300-pool-0004", "pool", "done", 4.0)]
+    for status in runs:  # each lists its output in result.json, wherever it wrote it (a failed run lists none)
+        if status.state == "done":
+            write_result(tmp_path / status.id / "artifacts", {}, {status.kind: f"/out/{status.id}.jsonl"})
     defaults = Defaults.of(info, runs, tmp_path)
-    newest = str(tmp_path / "20260101-120100-rollouts-0002" / "artifacts" / "rollouts.jsonl")
-    pool = str(tmp_path / "20260101-120300-pool-0004" / "artifacts" / "pool.jsonl")
+    newest, pool = "/out/20260101-120100-rollouts-0002.jsonl", "/out/20260101-120300-pool-0004.jsonl"
     assert (defaults.rollouts, defaults.pool) == (newest, pool)
+    # A finished run whose result.json is missing has no output to offer: nothing is guessed from its folder.
+    (tmp_path / "20260101-120100-rollouts-0002" / "artifacts" / "result.json").unlink()
+    assert Defaults.of(info, runs, tmp_path).rollouts == "/out/20260101-120000-rollouts-0001.jsonl"
 
-    base = {"source": str(tiny_llama), "dtype": "auto", "device": "auto"}
+    base = {"source": str(tiny_llama), "dtype": "auto", "device": "auto", "trust_remote_code": False}
     teacher = {**base, "adapter": str(tiny_llama_adapter)}
     distill = job_config("distill", template("distill", defaults))
     assert (distill["model"], distill["teacher"], distill["distill"]["rollouts"]) == (base, teacher, newest)
@@ -154,6 +159,50 @@ def test_templates_take_the_loaded_models_and_the_newest_finished_outputs(tiny_l
     assert (alone.teacher, alone.teacher_adapter, alone.rollouts) == (str(tiny_llama), None, None)  # its own teacher
     assert job_config("pool", template("pool", alone))["pool"]["rollouts"] == NO_ROLLOUTS
     assert Defaults.of(None, [], tmp_path) == Defaults()
+
+
+def test_a_new_spec_field_appears_in_its_template_and_is_read_back(tmp_path, monkeypatch):
+    """The templates are rendered from the specs: a field added to one shows up, documented, without a template edit."""
+    import dataclasses
+    import importlib
+    import sys
+
+    from engine.recipes import schema
+    from engine.recipes.pool import PoolSpec
+
+    (tmp_path / "grown_spec.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from engine.recipes.pool import PoolSpec\n\n\n"
+        "@dataclass(frozen=True)\n"
+        "class GrownPoolSpec(PoolSpec):\n"
+        "    min_pass_rate: float = 0.1\n"
+        '    """Leave out problems solved less often than this."""\n', encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grown = importlib.import_module("grown_spec").GrownPoolSpec
+    monkeypatch.setitem(schema.TABLES, "pool", grown)
+    try:
+        text = template("pool", Defaults(rollouts="/r.jsonl"))
+        assert "# Leave out problems solved less often than this.\nmin_pass_rate = 0.1\n" in text
+        for field in dataclasses.fields(PoolSpec):  # every field of the spec, each under its docstring
+            assert f"\n{field.name} = " in text or f"\n# {field.name} =" in text, field.name
+        assert job_config("pool", text.replace("min_pass_rate = 0.1", "min_pass_rate = 0.3"))["pool"][
+            "min_pass_rate"] == 0.3
+    finally:
+        sys.modules.pop("grown_spec", None)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("k = 4", "k = 4\nbogus = 1"), "job config: unknown key(s) bogus in [rollouts] (known: backend, dataset, "),
+    (("[rollouts]", "[rollout]"), "job config: unknown table(s) rollout for a rollouts job (known: model, rollouts"),
+    (("k = 4", 'k = "four"'), "--k must be a positive integer, got four"),
+    (('dtype = "auto"', 'dtype = "fp8"'), "unknown dtype 'fp8'"),
+])
+def test_an_edited_template_is_read_back_through_the_specs_with_one_line_per_fault(edit, message):
+    text = template("rollouts")
+    assert edit[0] in text
+    with pytest.raises(RmxError) as refused:
+        job_config("rollouts", text.replace(*edit, 1))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_the_pipeline_template_is_the_example_pipeline():

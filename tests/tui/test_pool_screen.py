@@ -15,6 +15,7 @@ from engine.service.client import EngineClient
 from engine.service.workbench import Workbench
 from engine.core.config import ModelSpec
 from engine.core.records import Rollout
+from engine.jobs.store import run_outputs, write_result
 from rmx_tui.screens.pool import PoolScreen, rollouts_file_of
 from rmx_tui.widgets.pass_rate_histogram import PassRateHistogram
 from tests.tui.harness import SIZE, until
@@ -95,12 +96,31 @@ async def read(pilot) -> PoolScreen:
 
 def test_rollouts_file_of_each_kind(tmp_path):
     run = tmp_path / "runs" / "20260101-120000-rollouts-0001"
-    assert rollouts_file_of(run, "rollouts", {}) == run / "artifacts" / "rollouts.jsonl"
-    assert rollouts_file_of(run, "pipeline", {"pipeline": {}}) == run / "artifacts" / "rollouts" / "rollouts.jsonl"
-    assert rollouts_file_of(run, "pool", {"pool": {"rollouts": "out/r.jsonl", "size": 50}}) == Path("out/r.jsonl")
-    assert rollouts_file_of(run, "pool", {"pool": "broken"}) is None
-    assert rollouts_file_of(run, "pool", {}) is None
-    assert rollouts_file_of(run, "train", {"train": {"rollouts": "pool.jsonl"}}) is None
+    write_result(run / "artifacts", {}, {"rollouts": "/elsewhere/r.jsonl"})
+    assert rollouts_file_of(run_outputs(run), "rollouts", {}) == Path("/elsewhere/r.jsonl")  # listed, not guessed
+    assert rollouts_file_of(run_outputs(run), "pipeline", {"pipeline": {}}) == Path("/elsewhere/r.jsonl")
+    assert rollouts_file_of({}, "rollouts", {}) is None  # not finished: no result.json yet
+    assert rollouts_file_of({}, "pool", {"pool": {"rollouts": "out/r.jsonl", "size": 50}}) == Path("out/r.jsonl")
+    assert rollouts_file_of({}, "pool", {"pool": "broken"}) is None
+    assert rollouts_file_of({}, "pool", {}) is None
+    assert rollouts_file_of({"adapter": "a"}, "train", {"train": {"rollouts": "pool.jsonl"}}) is None
+
+
+def test_outputs_of_a_result_json_written_before_outputs_existed_are_read_from_its_fields(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    old = tmp_path / "artifacts" / "result.json"
+    old.write_text(json.dumps({"path": "/r/rollouts.jsonl", "samples": 4}))
+    assert run_outputs(tmp_path) == {"rollouts": "/r/rollouts.jsonl"}
+    old.write_text(json.dumps({"path": "/r/pool.jsonl", "stats": {}}))
+    assert run_outputs(tmp_path) == {"pool": "/r/pool.jsonl"}
+    old.write_text(json.dumps({"stages": {"rollouts": {"path": "/p/r.jsonl"}, "pool": {"path": "/p/pool.jsonl"}},
+                               "adapter": "/p/adapter", "report": "/p/report.md", "comparison": None}))
+    assert run_outputs(tmp_path) == {"rollouts": "/p/r.jsonl", "pool": "/p/pool.jsonl", "adapter": "/p/adapter",
+                                     "report": "/p/report.md"}
+    old.write_text(json.dumps({"rows": [], "best_tau": "1.4", "best_adapter": "/s/tau_1.4/adapter"}))
+    assert run_outputs(tmp_path) == {"adapter": "/s/tau_1.4/adapter"}
+    old.write_text("{half")
+    assert run_outputs(tmp_path) == {}
 
 
 async def test_histogram_lengths_and_the_tau_table_after_b(loaded, tmp_path):
@@ -185,3 +205,22 @@ def test_snapshot_of_the_pool_screen(snap_compare, loaded, tmp_path, monkeypatch
         await until(pilot, lambda: screen.decision is not None)
 
     assert snap_compare(Host(loaded, "rollouts.jsonl"), terminal_size=SIZE, run_before=scored)
+
+
+def test_the_compare_views_adapter_is_the_newest_finished_runs_listed_adapter():
+    from engine.jobs.store import JobSpec, create_run, read_status, write_json_atomic
+    from rmx_tui.adapter_choice import newest_adapter
+
+    def finished(kind: str, created: float, outputs: dict[str, str] | None) -> None:
+        run_dir = create_run(JobSpec(kind=kind, entry="engine.jobs.kinds:train_job", config={}, rmx_version="0",
+                                     created=created))
+        write_json_atomic(run_dir / "status.json", {**read_status(run_dir).to_json(), "state": "done"})
+        if outputs is not None:
+            write_result(run_dir / "artifacts", {}, outputs)
+
+    assert newest_adapter() is None
+    finished("train", 1.0, {"adapter": "/runs/a/adapter"})
+    finished("distill", 2.0, {"adapter": "/elsewhere/distilled"})  # wherever it wrote it: listed, not guessed
+    finished("rollouts", 3.0, {"rollouts": "/r.jsonl"})  # no adapter
+    finished("train", 4.0, None)  # its result.json missing: nothing to offer
+    assert newest_adapter() == "/elsewhere/distilled"

@@ -1,4 +1,4 @@
-"""Snapshots at 120x36 (and the browser at 80x24, 120x40, 200x60) of the browser, the inspector, the branch view and the compare view (greedy, seeded, fp32)."""
+"""Snapshots at 120x36 (and the browser at 80x24, 120x40, 200x60) of the browser, the inspector, the branch view and the compare view, with and without its edit overlap (greedy, seeded, fp32)."""
 
 from __future__ import annotations
 
@@ -49,4 +49,26 @@ def test_compare_view(snap_compare, make_app):
         await pilot.press("t", "minus")
         await pilot.pause()
 
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=compared)
+
+
+def test_compare_view_with_the_edit_overlap(snap_compare, make_app, overlap_adapter, monkeypatch):
+    from textual.widgets import Input
+
+    from rmx_tui.widgets.edit_overlap import EditOverlap
+
+    monkeypatch.setattr("rmx_tui.adapter_choice.newest_adapter", lambda: None)
+
+    async def compared(pilot):
+        await rollout_ready(pilot)
+        await pilot.press("t", "a")
+        await pilot.pause()
+        pilot.app.screen.query_one("#adapter", Input).value = overlap_adapter.name
+        await pilot.press("enter")
+        overlap = pilot.app.screen.query_one(EditOverlap)
+        await until(pilot, lambda: overlap.edits is not None)
+        await pilot.press("3")
+        await pilot.pause()
+
+    monkeypatch.chdir(overlap_adapter.parent)  # a relative path: the title is the same on every machine
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=compared)
