@@ -100,3 +100,16 @@ def test_datasets_lists_the_bundled_benchmarks(capsys, monkeypatch):
     assert code == 0, err
     rows = {row["name"]: row["rows"] for row in json.loads(out)}
     assert rows["math500"] == 500 and rows["smoke"] == 20 and rows["aime24"] == 30
+
+
+def test_extract_and_template_misfits_are_one_line_errors(tiny_llama, tmp_path, capsys, monkeypatch):
+    """`--extract` on rollouts/eval maps onto the spec's field; a Qwen template on a Llama is refused with the reason."""
+    for argv in (["rollouts", "--dataset", "smoke", "--base", str(tiny_llama), "--out", str(tmp_path / "r.jsonl")],
+                 ["eval", "--model", str(tiny_llama), "--out", str(tmp_path / "eval")]):
+        code, out, err = run_cli([*argv, "--extract", "loose"], capsys, monkeypatch)
+        assert code == 2 and "--extract must be one of strict, lenient, got 'loose'" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, out, err = run_cli(["score", "--base", str(tiny_llama), "--dataset", "smoke", "--index", "0",
+                              "--completion-text", "7", "--template", "qwen3"], capsys, monkeypatch)
+    assert code == 2 and "template 'qwen3' is for qwen3 / qwen3_moe models, and this model's model_type is llama" in err
+    assert len(err.strip().splitlines()) == 1

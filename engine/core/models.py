@@ -59,7 +59,7 @@ def demo_gguf_path() -> Path:
     raise RmxError(f"the '{DEMO_PACKAGE}' package does not contain {DEMO_GGUF}")
 
 
-DEMO_TEACHER_SHA256 = "ddf300ea6a3580b9418d999a23850dd54072efad2a28dd70e53bb6d40f1263d7"
+DEMO_TEACHER_SHA256 = "f8c287677b7cdcdb85efcf2a69f56b53e52834e78c701e15e330d04ce31f5109"
 """sha256 of the shipped demo teacher's adapter_model.safetensors (provenance: engine/data/README.md)."""
 
 
