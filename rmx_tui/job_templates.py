@@ -8,14 +8,13 @@ import json
 import textwrap
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.core.config import ModelSpec
 from engine.core.decode import SamplingSpec
 from engine.core.errors import RmxError
 from engine.core.fielddocs import field_docs
-from engine.jobs.store import JobStatus, run_outputs
+from engine.jobs.store import JobStatus
 from engine.recipes.schema import KIND_TABLES, TABLES, check_job_config
 from engine.service.workbench import WorkbenchInfo
 
@@ -40,9 +39,10 @@ class Defaults:
     """The pool file the newest finished pool run lists in its result.json."""
 
     @classmethod
-    def of(cls, info: WorkbenchInfo | None, statuses: Iterable[JobStatus], runs: Path) -> "Defaults":
-        """From the loaded models and the listed runs, whose artifacts lie under `runs` (the daemon's data dir is
-        this machine's, as `rmx engine start` made it)."""
+    def of(cls, info: WorkbenchInfo | None, statuses: Iterable[JobStatus],
+           outputs: Callable[[str], dict[str, str]]) -> "Defaults":
+        """From the loaded models and the listed runs; `outputs(job_id)` is what a run's result.json lists, as the
+        jobs client reports it (so a daemon on another machine answers for its own runs)."""
         base = info.base if info is not None else None
         teacher = (info.teacher or base) if info is not None else None
         finished = sorted((s for s in statuses if s.state == "done"), key=lambda s: (s.created, s.id))
@@ -50,7 +50,7 @@ class Defaults:
         def newest(kind: str) -> str | None:
             """The `kind` output of the newest finished run of that kind, as its result.json lists it."""
             return next((output for s in reversed(finished) if s.kind == kind
-                         for output in [run_outputs(runs / s.id).get(kind)] if output), None)
+                         for output in [outputs(s.id).get(kind)] if output), None)
 
         return cls(base=base.source if base else "demo", base_adapter=base.adapter if base else None,
                    teacher=teacher.source if teacher else "demo", teacher_adapter=teacher.adapter if teacher else None,

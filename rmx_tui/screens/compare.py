@@ -105,7 +105,7 @@ class CompareScreen(Screen):
             max_new = self.app.settings.sampling.max_new_tokens
             self._compare_edits(self.root.problem.id, self.root.prompt_ids, adapter, max_new)
 
-        self.app.push_screen(AdapterPrompt(self.adapter or newest_adapter()), compare)
+        self.app.push_screen(AdapterPrompt(self.adapter or newest_adapter(self.app.client)), compare)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="overlap")
     def _compare_edits(self, problem_id: str, prompt_ids: tuple[int, ...], adapter: str, max_new: int) -> None:

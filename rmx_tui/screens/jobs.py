@@ -6,7 +6,7 @@ import time
 
 from engine.service.client import EngineClient
 from engine.service.workbench import Workbench
-from engine.jobs.store import JobsClient, JobStatus, runs_dir
+from engine.jobs.store import JobsClient, JobStatus
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -243,7 +243,8 @@ class JobsScreen(Screen):
 
     def action_new(self) -> None:
         # The workbench's loaded models fill the templates in; a bare host app (tests) has none.
-        defaults = Defaults.of(getattr(self.app, "info", None), self.query_one(JobTable).statuses.values(), runs_dir())
+        defaults = Defaults.of(getattr(self.app, "info", None), self.query_one(JobTable).statuses.values(),
+                               lambda job_id: self.client.job(job_id).outputs)
 
         def launched(status: JobStatus | None) -> None:
             if status is not None:

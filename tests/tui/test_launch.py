@@ -14,7 +14,7 @@ from textual.widgets import Label, OptionList, TextArea
 
 from engine.service.daemon import client_for, daemon_status, start_daemon, stop_daemon
 from engine.core.errors import RmxError
-from engine.jobs.store import JobStatus, list_runs, resolve_entry, submit_job, write_result
+from engine.jobs.store import JobStatus, list_runs, resolve_entry, run_outputs, submit_job, write_result
 from engine.core.records import ModelInfo, Rollout
 from engine.service.workbench import WorkbenchInfo
 from rmx_tui.job_templates import KINDS, NO_ROLLOUTS, Defaults, job_config, template
@@ -138,12 +138,12 @@ def test_templates_take_the_loaded_models_and_the_newest_finished_outputs(tiny_l
     for status in runs:  # each lists its output in result.json, wherever it wrote it (a failed run lists none)
         if status.state == "done":
             write_result(tmp_path / status.id / "artifacts", {}, {status.kind: f"/out/{status.id}.jsonl"})
-    defaults = Defaults.of(info, runs, tmp_path)
+    defaults = Defaults.of(info, runs, lambda job_id: run_outputs(tmp_path / job_id))
     newest, pool = "/out/20260101-120100-rollouts-0002.jsonl", "/out/20260101-120300-pool-0004.jsonl"
     assert (defaults.rollouts, defaults.pool) == (newest, pool)
     # A finished run whose result.json is missing has no output to offer: nothing is guessed from its folder.
     (tmp_path / "20260101-120100-rollouts-0002" / "artifacts" / "result.json").unlink()
-    assert Defaults.of(info, runs, tmp_path).rollouts == "/out/20260101-120000-rollouts-0001.jsonl"
+    assert Defaults.of(info, runs, lambda job_id: run_outputs(tmp_path / job_id)).rollouts == "/out/20260101-120000-rollouts-0001.jsonl"
 
     base = {"source": str(tiny_llama), "dtype": "auto", "device": "auto", "trust_remote_code": False}
     teacher = {**base, "adapter": str(tiny_llama_adapter)}
@@ -155,10 +155,10 @@ def test_templates_take_the_loaded_models_and_the_newest_finished_outputs(tiny_l
     assert (intervene["base"], intervene["teacher"]) == (base, teacher)
     resolve_entry("intervene", None).validate(intervene)  # the models are there
 
-    alone = Defaults.of(WorkbenchInfo(base=model(str(tiny_llama), None), teacher=None), [], tmp_path)
+    alone = Defaults.of(WorkbenchInfo(base=model(str(tiny_llama), None), teacher=None), [], dict)
     assert (alone.teacher, alone.teacher_adapter, alone.rollouts) == (str(tiny_llama), None, None)  # its own teacher
     assert job_config("pool", template("pool", alone))["pool"]["rollouts"] == NO_ROLLOUTS
-    assert Defaults.of(None, [], tmp_path) == Defaults()
+    assert Defaults.of(None, [], dict) == Defaults()
 
 
 def test_a_new_spec_field_appears_in_its_template_and_is_read_back(tmp_path, monkeypatch):

@@ -209,6 +209,7 @@ def test_snapshot_of_the_pool_screen(snap_compare, loaded, tmp_path, monkeypatch
 
 def test_the_compare_views_adapter_is_the_newest_finished_runs_listed_adapter():
     from engine.jobs.store import JobSpec, create_run, read_status, write_json_atomic
+    from engine.jobs.store import LocalJobs
     from rmx_tui.adapter_choice import newest_adapter
 
     def finished(kind: str, created: float, outputs: dict[str, str] | None) -> None:
@@ -218,9 +219,9 @@ def test_the_compare_views_adapter_is_the_newest_finished_runs_listed_adapter():
         if outputs is not None:
             write_result(run_dir / "artifacts", {}, outputs)
 
-    assert newest_adapter() is None
+    assert newest_adapter(LocalJobs()) is None
     finished("train", 1.0, {"adapter": "/runs/a/adapter"})
     finished("distill", 2.0, {"adapter": "/elsewhere/distilled"})  # wherever it wrote it: listed, not guessed
     finished("rollouts", 3.0, {"rollouts": "/r.jsonl"})  # no adapter
     finished("train", 4.0, None)  # its result.json missing: nothing to offer
-    assert newest_adapter() == "/elsewhere/distilled"
+    assert newest_adapter(LocalJobs()) == "/elsewhere/distilled"

@@ -57,7 +57,7 @@ def test_compare_view_with_the_edit_overlap(snap_compare, make_app, overlap_adap
 
     from rmx_tui.widgets.edit_overlap import EditOverlap
 
-    monkeypatch.setattr("rmx_tui.adapter_choice.newest_adapter", lambda: None)
+    monkeypatch.setattr("rmx_tui.adapter_choice.newest_adapter", lambda client: None)
 
     async def compared(pilot):
         await rollout_ready(pilot)
