@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from bench_decode import PROBLEMS, cpu_name, make_adapter  # noqa: E402
+from bench_decode import PROBLEMS, cpu_name  # noqa: E402
 from engine.core.batched import oracle_lockstep  # noqa: E402
 from engine.core.config import ModelSpec  # noqa: E402
 from engine.core.decode import SamplingSpec  # noqa: E402
 from engine.core.errors import RmxError  # noqa: E402
 from engine.core.lockstep import RowRequest, decode_rows  # noqa: E402
-from engine.core.models import load_pair, resolve_source  # noqa: E402
+from engine.core.models import demo_teacher_path, load_pair  # noqa: E402
 from engine.core.prompts import prompt_ids  # noqa: E402
 
 ABBA = (0, 1, 1, 0)
@@ -40,13 +40,12 @@ ABBA = (0, 1, 1, 0)
 
 
 def models(tiny: bool, work: Path):
-    """(base, teacher, base source, adapter folder, label): the demo model and a random LoRA teacher on it."""
+    """(base, teacher, base source, adapter folder, label): the demo model and its shipped teacher adapter."""
     if not tiny:
         try:
-            folder = resolve_source(ModelSpec("demo")).path
-            adapter = make_adapter(folder, work / "adapter", "demo")
+            adapter = demo_teacher_path()
             base, teacher = load_pair(ModelSpec("demo"), ModelSpec("demo", adapter=str(adapter)))
-            return base, teacher, "demo", adapter, "demo (SmolLM2-135M-Instruct), teacher = demo + a random LoRA"
+            return base, teacher, "demo", adapter, "demo (SmolLM2-135M-Instruct), teacher = the shipped demo teacher"
         except RmxError as error:
             print(f"demo model unavailable ({error}); falling back to tiny models", file=sys.stderr)
     from tests.tiny import build_adapter, build_model
@@ -142,8 +141,8 @@ def write_markdown(path: Path, header: dict, lock: dict | None, cli: dict) -> No
     text = f"""# Batched lockstep results
 
 Measured {header['date']} on {header['machine']}. Model: {header['model']}, dtype auto.
-Sides alternated A B B A in one run; medians. The machine was shared with other engineers' test runs
-(load average {header['load']} at the start), so absolute rates are slow and noisy: read the ratios.
+Sides alternated A B B A in one run; medians. Load average at the start: {header['load']} (1/5/15 min), and
+{header['end_load']} at the end; on a shared machine absolute rates are noisy: read the ratios.
 
 ## Oracle lockstep over {size} prompts, {lock['gen']} new tokens each (greedy)
 
@@ -192,7 +191,10 @@ def main() -> None:
         os.environ.setdefault("RMX_DATA_DIR", str(work / "data"))
         os.environ.setdefault("RMX_RUNTIME_DIR", str(work / "rt"))
         base, teacher, source, adapter, label = models(args.tiny, work)
-        prompts = [prompt_ids(base.tokenizer, text, "auto") for text in PROBLEMS[:8]]
+        # The model's own template (Appendix C's rule: the demo is an Instruct model, so its chat template), as
+        # `rmx intervene` uses: on a raw prompt half the demo's rows end at once on EOS, and the
+        # prompts' prefill, which batching cannot speed, would be most of what is timed.
+        prompts = [prompt_ids(base.tokenizer, text, "auto", base.template_facts) for text in PROBLEMS[:8]]
         header = {"date": datetime.date.today().isoformat(),
                   "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch threads {args.threads}",
                   "model": label, "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
@@ -200,6 +202,7 @@ def main() -> None:
         print(json.dumps(lock, indent=1), flush=True)
         cli = bench_intervene(source, adapter, args.limit, args.intervene_gen, work, args.threads, args.dtype)
         print(json.dumps(cli, indent=1), flush=True)
+        header["end_load"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
         write_markdown(args.out, header, lock, cli)
     print(f"wrote {args.out}")
 
