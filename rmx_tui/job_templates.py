@@ -161,41 +161,35 @@ def template(kind: str, defaults: Defaults = Defaults()) -> str:
     raise RmxError(f"no template for job kind '{kind}': use one of {', '.join(KINDS)}")
 
 
+PIPELINE: dict[str, dict[str, Any]] = {
+    "rollouts": {"dataset": "smoke", "limit": 12, "k": 8, "max_new_tokens": 48, "temperature": 0.6, "top_p": 0.95,
+                 "template": "chat"},
+    "pool": {"size": 8, "keep_shortest": 1.0},
+    "train": {"tau": "q0.95", "grad_accum": 4, "lr": 1e-4, "negative": "bounded", "lora_r": 32, "lora_alpha": 64},
+    "eval": {"benchmarks": ("smoke",), "max_new_tokens": 48, "template": "chat"},
+}
+"""Where the pipeline template departs from the specs' defaults: examples/pipeline-demo.toml's values (a test holds
+the two to the same specs), sized for a 2-core CPU."""
+
+
 def _pipeline(defaults: Defaults) -> str:
-    """examples/pipeline-demo.toml (a test holds them equal), on the loaded base."""
-    adapter = (f"adapter = {_quoted(defaults.base_adapter)}\n" if defaults.base_adapter else "")
-    return (
-        "# pipeline: rollouts → pool → train → eval of base and tuned, with artifacts/report.md.\n"
-        "# About a quarter of an hour on a 2-core CPU with the demo model. The smoke set is both\n"
-        "# the pool and the eval set: this shows the machinery, not a held-out gain.\n\n"
-        "[model]\n"
-        f"base = {_quoted(defaults.base)}\n"
-        f"{adapter}"
-        'dtype = "auto"            # bf16 where the device computes it natively, else fp32\n\n'
-        "[rollouts]\n"
-        'dataset = "smoke"          # paper: math_train_pool_150\n'
-        "limit = 12                 # the first 12 smoke problems: 8 have mixed success at K = 8 on the demo\n"
-        "k = 8                      # paper: 20\n"
-        "max_new_tokens = 48        # paper: up to 8192\n"
-        "temperature = 0.6\n"
-        "top_p = 0.95\n"
-        'template = "chat"\n\n'
-        "[pool]\n"
-        "size = 8                   # paper: the 50 problems with pass rate closest to 0.5\n"
-        "keep_shortest = 1.0        # the authors keep 0.8 (a length bias)\n\n"
-        "[train]\n"
-        "# SmolLM2's entropy is high everywhere (41% of tokens above 1.2 nats): a quantile\n"
-        '# keeps "the top few percent" the paper aims for.\n'
-        'tau = "q0.95"              # paper: 1.4 nats on Qwen2.5-1.5B (about 5% of tokens)\n'
-        "grad_accum = 4             # paper: 8\n"
-        "lr = 1e-4\n"
-        'negative = "bounded"       # paper: signed; bounded cannot run away to −∞\n'
-        "lora_r = 32\n"
-        "lora_alpha = 64\n\n"
-        "[eval]\n"
-        'benchmarks = ["smoke"]     # paper: math500, gsm8k, minerva, … (avg@8 on aime24, amc23)\n'
-        "max_new_tokens = 48\n"
-        'template = "chat"\n')
+    """The pipeline's tables rendered from their specs with examples/pipeline-demo.toml's values, on the loaded base.
+
+    A stage's input file (`rollouts` of [pool] and [train]) is the previous stage's output, so it stays commented."""
+    from engine.recipes.pipeline import RUNTIME_FIELDS
+
+    header = ("# pipeline: rollouts → pool → train → eval of base and tuned, with artifacts/report.md.\n"
+              "# About a quarter of an hour on a 2-core CPU with the demo model. The smoke set is both\n"
+              "# the pool and the eval set: this shows the machinery, not a held-out gain. The paper's\n"
+              "# setting is next to each value in examples/pipeline-demo.toml.\n\n")
+    # A pipeline's [model] says `base = …`, as the CLI's --base does (engine.recipes.pipeline maps it to source).
+    tables = [_model("model", defaults.base, defaults.base_adapter).replace("\nsource = ", "\nbase = ", 1)]
+    for table, values in PIPELINE.items():
+        rendered = render_table(table, TABLES[table], values)
+        for name in RUNTIME_FIELDS.get(table, ()):
+            rendered = rendered.replace(f"\n# {name} =\n", f"\n# {name}: the previous stage's output\n")
+        tables.append(rendered)
+    return header + "\n".join(tables)
 
 
 def job_config(kind: str, text: str) -> dict[str, Any]:

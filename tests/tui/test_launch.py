@@ -205,9 +205,24 @@ def test_an_edited_template_is_read_back_through_the_specs_with_one_line_per_fau
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_the_pipeline_template_is_the_example_pipeline():
+def test_the_pipeline_template_is_rendered_from_the_specs_and_builds_the_example_pipeline():
+    """The dialog's pipeline is rendered from the schema (every field of each stage's spec), and it builds the same
+    specs as examples/pipeline-demo.toml, the commented document a newcomer reads."""
+    import dataclasses
+
+    from engine.recipes.pipeline import SECTIONS, _build
+    from engine.recipes.train import TrainSpec
+
+    def specs(config: dict) -> dict:
+        return {section: _build(section, values, "test") for section, values in config.items() if section in SECTIONS}
+
     example = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    assert job_config("pipeline", template("pipeline")) == {"pipeline": example}
+    rendered = job_config("pipeline", template("pipeline"))["pipeline"]
+    assert specs(rendered) == specs(example)
+    text = template("pipeline")
+    assert all(f"\n{field.name} = " in text or f"\n# {field.name} =" in text
+               for field in dataclasses.fields(TrainSpec) if field.name != "rollouts")
+    assert "# rollouts: the previous stage's output" in text
 
 
 def test_an_unknown_kind_has_no_template():
