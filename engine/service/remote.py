@@ -89,6 +89,16 @@ class StepStream:
             pass
 
 
+Timeout = tuple[float, float | None, float | None, float | None]
+"""A request's (connect, read, write, pool) timeouts in seconds, None for no limit."""
+
+
+def _timeout(read: float | None) -> Timeout:
+    """A 5-second connect timeout and `read` for the rest, as a plain tuple: any httpx-compatible client (the
+    tests' Starlette TestClient is an httpx2 one) takes it, where an httpx.Timeout object ties it to httpx."""
+    return (5.0, read, read, read)
+
+
 def _detail(response: httpx.Response) -> str:
     """The server's one-line reason; FastAPI's validation errors (a list) become `field: reason; ...`."""
     try:
@@ -118,7 +128,7 @@ class RemoteClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=url, transport=transport, headers=headers, verify=verify,
                                   timeout=httpx.Timeout(timeout, connect=5.0))
-        self._stream_timeout = httpx.Timeout(STREAM_READ_TIMEOUT_S, connect=5.0)
+        self._stream_timeout = _timeout(STREAM_READ_TIMEOUT_S)
 
     def close(self) -> None:
         self._http.close()
@@ -174,14 +184,14 @@ class RemoteClient:
         raise RmxError(detail)
 
     def _call(self, method: str, path: str, body: Any = None, idempotent: bool = True,
-              timeout: httpx.Timeout | None = None) -> Any:
+              timeout: Timeout | None = None) -> Any:
         extra = {"timeout": timeout} if timeout is not None else {}
         response = self._send(lambda: self._http.request(method, path, json=body, **extra), idempotent)
         self._check(response)
         return response.json()
 
     def _open(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
-              idempotent: bool = True, timeout: httpx.Timeout | None = None) -> httpx.Response:
+              idempotent: bool = True, timeout: Timeout | None = None) -> httpx.Response:
         """Send a request whose answer is a stream; an error status raises (the response closed) before any frame."""
         extra = {"timeout": timeout} if timeout is not None else {}
         request = self._http.build_request(method, path, json=body, params=params, **extra)
@@ -252,7 +262,7 @@ class RemoteClient:
     def load(self, base: ModelSpec, teacher: ModelSpec | None = None) -> WorkbenchInfo:
         body = LoadBody.wire(base=base, teacher=teacher)
         # No read timeout: a large checkpoint may take minutes to load, and the daemon answers when done.
-        return WorkbenchInfo.from_json(self._call("POST", "/load", body, timeout=httpx.Timeout(None, connect=5.0)))
+        return WorkbenchInfo.from_json(self._call("POST", "/load", body, timeout=_timeout(None)))
 
     def info(self) -> WorkbenchInfo:
         return WorkbenchInfo.from_json(self._call("GET", "/info"))
@@ -329,7 +339,7 @@ class RemoteClient:
                                   force=_pairs(force), rollout=rollout, top=top)
         if should_stop is not None:
             return InterventionResult.from_json(self._stoppable("/intervene/stream", body, should_stop))
-        data = self._call("POST", "/intervene", body, timeout=httpx.Timeout(None, connect=5.0))
+        data = self._call("POST", "/intervene", body, timeout=_timeout(None))
         return InterventionResult.from_json(data)
 
     def fork_outcomes(self, prompt_ids: Sequence[int], rollout: Sequence[int], pos: int, token: int, gold: str,
@@ -343,7 +353,7 @@ class RemoteClient:
                              sampling=sampling)
         if should_stop is not None:
             return ForkEstimate.from_json(self._stoppable("/fork/stream", body, should_stop))
-        data = self._call("POST", "/fork", body, timeout=httpx.Timeout(None, connect=5.0))
+        data = self._call("POST", "/fork", body, timeout=_timeout(None))
         return ForkEstimate.from_json(data)
 
     def edit_overlap(self, prompt_ids: Sequence[int], adapter: str, max_new_tokens: int = 256) -> RolloutEdits:
@@ -351,7 +361,7 @@ class RemoteClient:
         scoring twice answers only when done."""
         body = EditOverlapBody.wire(prompt_ids=prompt_ids, adapter=str(adapter), max_new_tokens=max_new_tokens)
         return RolloutEdits.from_json(self._call("POST", "/edit_overlap", body,
-                                                 timeout=httpx.Timeout(None, connect=5.0)))
+                                                 timeout=_timeout(None)))
 
     def generate(self, prompt_ids: Sequence[int], sampling: SamplingSpec = SamplingSpec(),
                  force: Sequence[tuple[int, int]] = (), intervene: str | None = None,
@@ -383,7 +393,7 @@ class RemoteClient:
         large pool under the base answers only when done."""
         body = PoolStatsBody.wire(rollouts=str(rollouts), size=size, keep_shortest=keep_shortest, taus=taus,
                                   with_base=with_base)
-        return PoolStats.from_json(self._call("POST", "/pool_stats", body, timeout=httpx.Timeout(None, connect=5.0)))
+        return PoolStats.from_json(self._call("POST", "/pool_stats", body, timeout=_timeout(None)))
 
     def grade(self, completion: str, gold: str, finish: str | None = None,
               extract: str = "strict") -> GradeResult:
