@@ -193,16 +193,6 @@ def intervene(
     Console().print(figure2_table(figure, f"Figure 2 — {base_spec.label} on {dataset} (τ={gate}), results in {out_path}"))
 
 
-def _absolute(path: str | None) -> str | None:
-    """A path that exists here, made absolute: a detached job does not run in this folder. Others stay as given."""
-    from pathlib import Path
-
-    if path is None or path == "demo":
-        return path
-    local = Path(path).expanduser()
-    return str(local.resolve()) if local.exists() else path
-
-
 def _submit_intervene(ctx: typer.Context, base_spec, teacher_spec, dataset: str, limit: int | None, modes: tuple[str, ...], tau: str,
                       template: str | None, sampling, out: str | None, json_output: bool,
                       batch_size: int | None = None, cluster=None) -> None:
@@ -216,12 +206,12 @@ def _submit_intervene(ctx: typer.Context, base_spec, teacher_spec, dataset: str,
     def model(spec):
         if spec is None:
             return None
-        return asdict(replace(spec, source=_absolute(spec.source), adapter=_absolute(spec.adapter)))
+        return asdict(replace(spec, source=opt.absolute_path(spec.source), adapter=opt.absolute_path(spec.adapter)))
 
     config = {
         "base": model(base_spec),
         "teacher": model(teacher_spec),
-        "dataset": dataset if dataset in BUNDLED or dataset.startswith("hf:") else _absolute(dataset),
+        "dataset": dataset if dataset in BUNDLED or dataset.startswith("hf:") else opt.absolute_path(dataset),
         "limit": limit,
         "modes": list(modes),
         "tau": tau,

@@ -176,10 +176,19 @@ def absolute_paths(value: Any) -> Any:
     if isinstance(value, list):
         return [absolute_paths(item) for item in value]
     if isinstance(value, str) and value and ("/" in value or Path(value).suffix):
-        path = Path(value).expanduser()
-        if not path.is_absolute() and path.exists():
-            return str(path.resolve())
+        return absolute_path(value)
     return value
+
+
+def absolute_path(path: str | None) -> str | None:
+    """A path that exists here, made absolute: a detached job or a daemon does not run in this folder. Others (and
+    `demo`) stay as given."""
+    from pathlib import Path
+
+    if path is None or path == "demo":
+        return path
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
 
 
 def engine_client(ctx: typer.Context | None, default_local: bool) -> Any:

@@ -145,9 +145,8 @@ def _analysis(ctx, base_spec, teacher_spec, dataset, limit, gate, template, max_
 def _dataset_path(dataset: str) -> str:
     """A dataset file that exists here, made absolute (the daemon does not run in this folder); names as given."""
     from engine.core.data import BUNDLED
-    from rmx_tui.cli.generate_cmd import _absolute
 
-    return dataset if dataset in BUNDLED or dataset.startswith("hf:") else _absolute(dataset)
+    return dataset if dataset in BUNDLED or dataset.startswith("hf:") else opt.absolute_path(dataset)
 
 
 def _print_analysis(result, base_spec, teacher_spec, dataset, gate, count: int, json_output: bool) -> None:
