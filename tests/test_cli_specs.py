@@ -60,3 +60,26 @@ def test_connect_is_refused_by_a_command_that_would_ignore_it():
 
     result = CliRunner().invoke(app, ["--connect", "/nowhere.sock", "grade", "--completion-text", "4", "--gold", "4"])
     assert isinstance(result.exception, RmxError) and "--connect applies to rmx tui" in str(result.exception)
+
+
+def test_help_shows_the_brackets_its_text_has():
+    """typer renders help as rich markup, where `rmx[ray]` loses its `[ray]`: bracketed words are escaped."""
+    import re
+
+    from typer.testing import CliRunner
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, [*path, name])
+
+    checked = 0
+    for path, command in walk(typer.main.get_command(app), []):
+        words = {w for p in command.params for w in re.findall(r"\\?\[[a-z][^\]]*\]", getattr(p, "help", None) or "")}
+        if not words:
+            continue
+        shown = " ".join(CliRunner().invoke(app, [*path, "--help"], terminal_width=400).output.split())
+        for word in words:
+            assert word.lstrip("\\") in shown, f"rmx {' '.join(path)} --help drops {word}"
+            checked += 1
+    assert checked >= 5

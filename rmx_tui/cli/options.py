@@ -99,7 +99,7 @@ Dataset = Annotated[str, typer.Option("--dataset", help="A bundled benchmark nam
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems.")]
 Extract = Annotated[str, typer.Option("--extract", help="How answers are extracted for grading: strict (default) or lenient (also the last number anywhere); see `rmx grade`.")]
 Template = Annotated[Optional[str], typer.Option("--template", help="Prompt template: qwen, qwen3, mistral, r1-distill, chat, raw or auto (the model's own, see the README).")]
-RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (pip install 'rmx\\[ray]'): auto (the cluster this node is in), local (a one-machine cluster), or the head's host:port.")]
 RayRetries = Annotated[int, typer.Option("--ray-retries", help="With --ray: how often a task whose worker died is retried, from its last checkpoint or finished problem.")]
 RayShards = Annotated[Optional[int], typer.Option("--ray-shards", help="With --ray: shards of the problem list (default: as many as the cluster runs at once).")]
 

@@ -583,7 +583,7 @@ def pipeline(
     config: Annotated[str, typer.Argument(help="A pipeline TOML file (see examples/pipeline-demo.toml).")],
     out: Annotated[str, typer.Option("--out", help="Folder for every stage's output and report.md.")] = "pipeline",
     resume: Resume = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Run rollouts, sweep and evals on a Ray cluster (auto, local or host:port); overrides the TOML's [ray] address.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run rollouts, sweep and evals on a Ray cluster (auto, local or host:port); overrides the TOML's \\[ray] address.")] = None,
     report_to: ReportTo = None,
     job: Job = False,
     json_output: opt.Json = False,
