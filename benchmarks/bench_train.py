@@ -55,8 +55,9 @@ def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> d
 
     from engine.core.config import ModelSpec
     from engine.core.models import load_model
-    from engine.core.scoring import hidden_states, logit_transform, logit_transform_is_linear
-    from engine.recipes.train import Example, TrainSpec, _Sequence, _sequence_backward, base_rows, lora_model
+    from engine.core.scoring import hidden_states
+    from engine.recipes.basepass import ChunkedHead
+    from engine.recipes.train import Example, TrainSpec, _Sequence, _sequence_backward, lora_model
 
     loaded = load_model(ModelSpec(base))
     params_total = sum(p.numel() for p in loaded.core.parameters())
@@ -67,28 +68,27 @@ def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> d
     spec = TrainSpec("unused.jsonl")
     model = lora_model(loaded.module, spec, base)
     model.eval()
-    core = model.get_base_model()
-    head, transform = core.get_output_embeddings(), logit_transform(core.config)
-    linear = logit_transform_is_linear(core.config)
+    # As in a run: one ChunkedHead for the base pass over every sequence, one for the steps.
+    base_head = ChunkedHead(model.get_base_model(), spec.chunk_elements)
+    step_head = ChunkedHead(model.get_base_model(), spec.chunk_elements)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     # About 5% decision points, the paper's τ = 1.4 rate on Qwen2.5-1.5B.
     entropies = tuple(2.0 if rng.random() < 0.05 else 0.5 for _ in range(completion_len))
     seq = _Sequence(Example("p", 0, ids, prompt_len, 1.0, True, entropies), 1.0, "all", loaded.device)
-    step_rows = max(1, spec.chunk_elements // vocab)
     parts: dict[str, list[float]] = {"base pass": [], "step": []}
 
     def base_pass():
         with torch.inference_mode(), model.disable_adapter():
             h = hidden_states(model, tensor, torch.ones_like(tensor))[0, :-1]
-            found = base_rows(head, transform, linear, h, tensor[0, 1:], step_rows)
+            found = base_head.base_rows(h, tensor[0, 1:])
         return found
 
     def end_to_end(_rep: int) -> None:
         t0 = time.perf_counter()
         found = base_pass()
         t1 = time.perf_counter()
-        _sequence_backward(model, head, transform, seq, 1.0, spec, 1.0, step_rows, found)
+        _sequence_backward(model, step_head, seq, 1.0, spec, 1.0, found)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         parts["base pass"].append(t1 - t0)
@@ -103,7 +103,7 @@ def bench_steps(base: str, prompt_len: int, completion_len: int, reps: int) -> d
                    "plain LoRA cross-entropy step": plain_lora_ce}, reps)
     parts = {name: values[1:] for name, values in parts.items()}  # drop the warm-up call
     return {"tokens": len(ids), "params": params_total, "times": times, "parts": parts,
-            "dtype": str(next(core.parameters()).dtype).replace("torch.", "")}
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
 
 
 def bench_sampling(base: str, k: int, max_new_tokens: int, reps: int) -> dict:

@@ -353,7 +353,7 @@ def bench_train(model, sizes: Sizes, device: str) -> dict:
 
     import torch
 
-    from engine.core.scoring import logit_transform
+    from engine.recipes.basepass import ChunkedHead
     from engine.recipes.train import Example, TrainSpec, _Sequence, _sequence_backward, lora_model
 
     rng = random.Random(0)
@@ -363,17 +363,16 @@ def bench_train(model, sizes: Sizes, device: str) -> dict:
     peft_model = lora_model(model.module, spec, model.spec.source)
     peft_model.eval()
     core = peft_model.get_base_model()
-    head, transform = core.get_output_embeddings(), logit_transform(core.config)
+    head = ChunkedHead(core, spec.chunk_elements)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     # About 5% decision points, the paper's τ = 1.4 rate on Qwen2.5-1.5B.
     completion = total - sizes.prompt
     entropies = tuple(2.0 if rng.random() < 0.05 else 0.5 for _ in range(completion))
     seq = _Sequence(Example("p", 0, ids, sizes.prompt, 1.0, True, entropies), 1.0, "all", device)
-    step_rows = max(1, spec.chunk_elements // model.vocab_size)
 
     def reasonmaxxer():
-        _sequence_backward(peft_model, head, transform, seq, 1.0, spec, 1.0, step_rows)
+        _sequence_backward(peft_model, head, seq, 1.0, spec, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -130,6 +130,7 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama, softcap)
 
     from engine.core.models import load_model
     from engine.core.scoring import logit_transform, hidden_states
+    from engine.recipes.basepass import ChunkedHead
     from engine.recipes.train import Example, _Sequence, _sequence_backward, lora_model, loss_terms
 
     loaded = load_model(ModelSpec(str(tiny_llama), dtype="float32"))
@@ -148,7 +149,8 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama, softcap)
     seq = _Sequence(ex, 1.5, "all", "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
 
-    stats = _sequence_backward(model, head, transform, seq, ex.advantage, spec, 0.5, step_rows=3)
+    chunked_head = ChunkedHead(core, 3 * int(head.weight.shape[0]))  # 3 rows a chunk
+    stats = _sequence_backward(model, chunked_head, seq, ex.advantage, spec, 0.5)
     chunked = [p.grad.clone() for p in params]
     model.zero_grad()
 

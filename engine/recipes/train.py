@@ -7,7 +7,6 @@ import json
 import math
 import random
 import re
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Callable, Sequence
 from engine.core.config import ModelSpec, Tau
 from engine.core.errors import RmxError
 from engine.recipes.pool import group_by_problem, is_mixed, require_signal
-from engine.core.io import commit_folder
 from engine.core.records import Rollout, read_rollouts
+from engine.recipes.basepass import BASE_PASS, BaseRows, ChunkedHead, run_base_pass
 from engine.recipes.loop import Loop, StepMetrics, WindowLoss, latest_checkpoint, finished_run, write_summary
 
 OBJECTIVES = ("contrastive", "positive-only")
@@ -29,9 +28,6 @@ ADV_EPS = 1e-6
 UNLIKELIHOOD_FLOOR = 1e-6
 """Smallest 1 − p inside the bounded term's log, so a token the model is sure of still has a finite gradient."""
 SUMMARY_FILE = "train_summary.json"
-BASE_PASS = "base_pass"
-BASE_PASS_FORMAT = 3
-"""Bumped when the base pass stores something else, so an older folder is recomputed rather than misread."""
 
 
 @dataclass(frozen=True)
@@ -342,170 +338,6 @@ def _sequence_ids(rollout: Rollout, limit: int) -> tuple[int, ...]:
     return (tuple(rollout.prompt_ids) + tuple(rollout.completion_ids))[:limit]
 
 
-@dataclass(frozen=True)
-class BaseRows:
-    """The frozen base at a sequence's prediction rows, reduced to what the loss needs from it.
-
-    KL(p_b ‖ p_θ) = Σ p_b log p_b − Σ p_b z_θ + lse(z_θ), and when the head's logit transform is linear
-    Σ_v p_b(v) z_θ(v) = transform(h_θ · Σ_v p_b(v) W_v + Σ_v p_b(v) b_v). So one row of the base is its entropy,
-    its expected head row e = Σ p_b W (hidden-size floats) and its expected bias: the step never projects the
-    base through the head again. A soft-capping head is not linear; for it the base's hidden states are kept
-    and the step re-projects them (`hidden`), as before.
-    """
-
-    entropy: object
-    """(rows,) fp32 base entropy H_b = −Σ p_b log p_b."""
-    bias: object
-    """(rows,) fp32 Σ_v p_b(v)·b_v, the head bias under the base (0 without a bias)."""
-    target_logp: object
-    """(rows,) fp32 base log p of the row's next token (for Δlog p)."""
-    expected: object | None
-    """(rows, hidden) fp32 Σ_v p_b(v)·W_v, or None with a non-linear logit transform."""
-    hidden: object | None
-    """(rows, hidden) base final hidden states, only with a non-linear logit transform."""
-
-    def select(self, rows) -> "BaseRows":
-        pick = lambda t: None if t is None else t[rows]  # noqa: E731
-        return BaseRows(self.entropy[rows], self.bias[rows], self.target_logp[rows], pick(self.expected),
-                        pick(self.hidden))
-
-
-def base_rows(head, transform, linear: bool, hidden, targets, step_rows: int) -> BaseRows:
-    """The base's `BaseRows` from its final hidden states at prediction rows, chunk by chunk (no T×V block).
-
-    The chunk boundaries are part of the result's bits: the base pass and a recomputing step call this with the
-    same rows and `step_rows`, so a cached run and a recomputing one train the same adapter bit for bit.
-    """
-    import torch
-
-    weight = head.weight.float() if linear else None
-    head_bias = getattr(head, "bias", None)
-    entropy, bias, target_logp, expected = [], [], [], []
-    for a in range(0, hidden.shape[0], step_rows):
-        logits = transform(head(hidden[a:a + step_rows])).float()
-        # Centred on the row max (lse and E[z] are large for real models: their fp32 difference would cancel
-        # ~1e-3 nats); one exp pass then serves the normaliser, the entropy and the expected head row.
-        logits.sub_(logits.amax(dim=-1, keepdim=True))
-        weights = logits.exp()
-        total = weights.sum(dim=-1)
-        lse = total.log()
-        entropy.append((lse - torch.einsum("nv,nv->n", weights, logits) / total).clamp_min(0.0))
-        target_logp.append(logits.gather(1, targets[a:a + step_rows, None])[:, 0] - lse)
-        if linear:
-            expected.append((weights @ weight) / total[:, None])
-            bias.append((weights @ head_bias.float()) / total if head_bias is not None else torch.zeros_like(lse))
-        else:
-            bias.append(torch.zeros_like(lse))
-    cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)  # noqa: E731
-    return BaseRows(cat(entropy), cat(bias), cat(target_logp), torch.cat(expected) if linear else None,
-                    None if linear else hidden)
-
-
-class _BaseStore:
-    """The base pass on disk: per sequence, the base's `BaseRows` at every prediction row (the expected head rows,
-    or the hidden states for a soft-capping head, only when kept) and its entropy at every completion token.
-    Memory-mapped, so RAM holds one sequence."""
-
-    def __init__(self, folder: Path):
-        import numpy as np
-        import torch
-
-        index = json.loads((folder / "index.json").read_text())
-        self.rows = index["rows"]
-        self.starts = index["starts"]
-        self.dtype = getattr(torch, index["dtype"]) if index["dtype"] else None
-        self.stats = np.load(folder / "stats.npy", mmap_mode="r")
-        self.expected = np.load(folder / "expected.npy", mmap_mode="r") if index["kept"] == "expected" else None
-        self.hidden = np.load(folder / "hidden.npy", mmap_mode="r") if index["kept"] == "hidden" else None
-
-    def entropies(self, index: int) -> list[float]:
-        """Base entropy at each completion token of sequence `index` (the gate)."""
-        return self.stats[self.starts[index]:self.rows[index + 1], 0].tolist()
-
-    def base_rows(self, index: int, device: str) -> BaseRows | None:
-        """Sequence `index`'s `BaseRows`, exactly as the base pass computed them; None when nothing was kept."""
-        import numpy as np
-        import torch
-
-        if self.expected is None and self.hidden is None:
-            return None
-        a, b = self.rows[index], self.rows[index + 1]
-        stats = torch.from_numpy(np.array(self.stats[a:b])).to(device)
-        expected = hidden = None
-        if self.expected is not None:
-            expected = torch.from_numpy(np.array(self.expected[a:b])).to(device)
-        else:
-            block = torch.from_numpy(np.array(self.hidden[a:b]))
-            hidden = (block if self.dtype == torch.float32 else block.view(self.dtype)).to(device)
-        return BaseRows(stats[:, 0], stats[:, 1], stats[:, 2], expected, hidden)
-
-
-def _base_pass(loaded, sequences: list[tuple[tuple[int, ...], int]], final: Path, keep: bool,
-               chunk_elements: int) -> _BaseStore:
-    """One forward of the frozen base per sequence: its `BaseRows`, whose completion entropies are the gate.
-
-    With `keep` the rows the anchor needs are stored too, so that no step runs the base again. Written under a
-    temporary name and renamed into place. A folder made from the same base and sequences is reused as is (a
-    resumed run, or the next τ of a sweep), so the gate and the anchor target are the same bits as before.
-    """
-    import numpy as np
-    import torch
-
-    from engine.core.scoring import hidden_states, logit_transform, logit_transform_is_linear
-
-    spec = loaded.spec
-    digest = hashlib.sha256(json.dumps([BASE_PASS_FORMAT, spec.source, spec.dtype, spec.revision, keep,
-                                        chunk_elements, sequences]).encode())
-    fingerprint = digest.hexdigest()
-    if (final / "index.json").exists():
-        if json.loads((final / "index.json").read_text()).get("fingerprint") == fingerprint:
-            return _BaseStore(final)
-        shutil.rmtree(final)
-    head = loaded.core.get_output_embeddings()
-    transform = logit_transform(loaded.core.config)
-    linear = logit_transform_is_linear(loaded.core.config)
-    width = int(head.weight.shape[1])
-    step = max(1, chunk_elements // int(head.weight.shape[0]))
-    rows = [0]
-    starts = []
-    for ids, prompt_len in sequences:
-        starts.append(rows[-1] + prompt_len - 1)
-        rows.append(rows[-1] + len(ids) - 1)
-    dtype = next(loaded.core.parameters()).dtype
-    kept = None if not keep else "expected" if linear else "hidden"
-
-    def write(tmp: Path) -> None:
-        stats = np.lib.format.open_memmap(tmp / "stats.npy", mode="w+", dtype=np.float32, shape=(rows[-1], 3))
-        expected = hidden = None
-        if kept == "expected":
-            expected = np.lib.format.open_memmap(tmp / "expected.npy", mode="w+", dtype=np.float32,
-                                                 shape=(rows[-1], width))
-        elif kept == "hidden":
-            stored = np.float32 if dtype == torch.float32 else np.uint16  # bf16/fp16 kept as raw bits
-            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=stored, shape=(rows[-1], width))
-        for index, (ids, _) in enumerate(sequences):
-            tensor = torch.tensor([ids], device=loaded.device)
-            a, b = rows[index], rows[index + 1]
-            with torch.inference_mode(), loaded.active() as module:
-                h = hidden_states(module, tensor, torch.ones_like(tensor))[0, :-1]
-                found = base_rows(head, transform, linear, h, tensor[0, 1:], step)
-                stats[a:b] = torch.stack([found.entropy, found.bias, found.target_logp], 1).cpu().numpy()
-                if expected is not None:
-                    expected[a:b] = found.expected.cpu().numpy()
-                if hidden is not None:
-                    block = h.cpu() if dtype == torch.float32 else h.cpu().view(torch.int16)
-                    hidden[a:b] = block.numpy().view(hidden.dtype)
-        for array in (stats, expected, hidden):
-            if array is not None:
-                array.flush()
-        index = {"fingerprint": fingerprint, "rows": rows, "starts": starts, "kept": kept,
-                 "dtype": str(dtype).replace("torch.", "")}
-        (tmp / "index.json").write_text(json.dumps(index))
-
-    commit_folder(write, final)
-    return _BaseStore(final)
-
-
 def _order(examples: list[Example], spec: TrainSpec, taus: tuple[float, float]) -> list[int]:
     """Indices of the training sequences for all epochs, in training order."""
     if spec.order == "clarity":
@@ -578,9 +410,11 @@ def _anchored_row_terms(logits, policy_h, base: BaseRows, transform, targets, de
     so no base logits exist and the policy's logits are only normalised, as in a cross-entropy step."""
     import torch
 
-    lse = torch.logsumexp(logits, dim=-1)
+    from engine.recipes.normalise import normalise
+
+    lse, picked = normalise(logits, targets)
     rows = decision.nonzero()[:, 0]
-    target_logp = logits[rows, targets[rows]] - lse[rows]
+    target_logp = picked[rows] - lse[rows]
     dec_sum = decision_terms(target_logp, advantage, negative).sum()
     expected_logit = transform(torch.einsum("nh,nh->n", policy_h[anchor].float(), base.expected[anchor])
                                + base.bias[anchor])
@@ -589,8 +423,8 @@ def _anchored_row_terms(logits, policy_h, base: BaseRows, transform, targets, de
     return dec_sum, kl, delta
 
 
-def _sequence_backward(model, head, transform, seq: _Sequence, advantage: float, spec: TrainSpec,
-                       scale: float, step_rows: int, base: BaseRows | None = None) -> dict:
+def _sequence_backward(model, head: ChunkedHead, seq: _Sequence, advantage: float, spec: TrainSpec, scale: float,
+                       base: BaseRows | None = None) -> dict:
     """Forward the policy once, then the loss chunk by chunk, each chunk's backward into the hidden states.
 
     No positions × vocab tensor larger than one chunk is ever alive: each chunk's logits are freed by its
@@ -600,29 +434,27 @@ def _sequence_backward(model, head, transform, seq: _Sequence, advantage: float,
     """
     import torch
 
-    from engine.core.scoring import hidden_states, logit_transform_is_linear
+    from engine.core.scoring import hidden_states
 
     mask = torch.ones_like(seq.ids)
     if base is None:
-        linear = logit_transform_is_linear(model.get_base_model().config)
         with torch.no_grad(), model.disable_adapter():
-            base = base_rows(head, transform, linear, hidden_states(model, seq.ids, mask)[0, :-1], seq.ids[0, 1:],
-                             step_rows)
+            base = head.base_rows(hidden_states(model, seq.ids, mask)[0, :-1], seq.ids[0, 1:])
     base = base.select(seq.rows)
     policy_h = hidden_states(model, seq.ids, mask)[0, seq.rows]
     leaf = policy_h.detach().requires_grad_()
     dec_total = anchor_total = 0.0
     deltas = []
-    for a in range(0, leaf.shape[0], step_rows):
-        b = a + step_rows
-        logits = transform(head(leaf[a:b]))
+    for a in range(0, leaf.shape[0], head.rows):
+        b = a + head.rows
+        logits = head.logits(leaf[a:b])
         if base.expected is not None:
             dec_sum, kl_sum, delta = _anchored_row_terms(
-                logits.float(), leaf[a:b], base.select(slice(a, b)), transform, seq.targets[a:b],
+                logits, leaf[a:b], base.select(slice(a, b)), head.transform, seq.targets[a:b],
                 seq.decision[a:b], seq.anchor[a:b], advantage, spec.negative)
         else:
             with torch.no_grad():
-                base_logits = transform(head(base.hidden[a:b]))
+                base_logits = head.logits(base.hidden[a:b])
             dec_sum, kl_sum, delta = _row_terms(logits, base_logits, seq.targets[a:b], seq.decision[a:b],
                                                 seq.anchor[a:b], advantage, spec.negative)
         dec = dec_sum / max(seq.n_dec, 1)
@@ -674,7 +506,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
     out.mkdir(parents=True, exist_ok=True)
     emit({"train/phase": "scoring", "train/sequences": len(chosen)})
     sequences = [(_sequence_ids(r, counts["limit"]), len(r.prompt_ids)) for r, _ in chosen]
-    store = _base_pass(loaded, sequences, Path(base_pass) if base_pass else out / BASE_PASS, spec.cache_base,
+    store = run_base_pass(loaded, sequences, Path(base_pass) if base_pass else out / BASE_PASS, spec.cache_base,
                        spec.chunk_elements)
     examples = [Example(r.problem_id, r.sample, ids, prompt_len, adv, r.correct, tuple(store.entropies(i)))
                 for i, ((r, adv), (ids, prompt_len)) in enumerate(zip(chosen, sequences))]
@@ -698,17 +530,13 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
         windows = windows[: spec.max_steps]
     model = lora_model(loaded.module, spec, base.source)
     model.eval()  # the base's own dropout stays off: policy = base + adapter, and KL starts at exactly 0
-    core = model.get_base_model()
-    from engine.core.scoring import logit_transform
-
-    head, transform = core.get_output_embeddings(), logit_transform(core.config)
+    head = ChunkedHead(model.get_base_model(), spec.chunk_elements)
     loop: Loop[TrainWindow] = Loop(
         model, windows, out, lr=spec.lr, weight_decay=spec.weight_decay, warmup_ratio=spec.warmup_ratio,
         seed=spec.seed, fingerprint=fingerprint, checkpoint_every=spec.checkpoint_every, prefix="train", emit=emit,
         alarm_abs=spec.alarm_abs, alarm_ratio=spec.alarm_ratio)
     loop.restore(existing if resume else None)
 
-    step_rows = max(1, spec.chunk_elements // int(head.weight.shape[0]))
     tensors: list[_Sequence | None] = [None] * len(examples)
 
     def backward(window: list[int]) -> TrainWindow:
@@ -720,7 +548,7 @@ def train(base: ModelSpec, spec: TrainSpec, out: str | Path, *, resume: bool = F
                 gate = tau_correct if ex.correct else tau_wrong
                 tensors[index] = _Sequence(ex, gate, spec.anchor, loaded.device)
             seq = tensors[index]
-            stats = _sequence_backward(model, head, transform, seq, ex.advantage, spec, 1.0 / len(window), step_rows,
+            stats = _sequence_backward(model, head, seq, ex.advantage, spec, 1.0 / len(window),
                                        store.base_rows(index, loaded.device))
             dec += stats["dec"] / len(window)
             anchor += stats["anchor"] / len(window)
