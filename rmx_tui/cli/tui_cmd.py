@@ -82,6 +82,9 @@ def tui(
          template, theme, autostart)
 
 
+DemoDtype = Annotated[str, typer.Option(
+    "--dtype", help="auto, float32, bfloat16 or float16 (default float32: the demo's story is the same on every CPU; "
+                    "auto picks bf16 where a CPU computes it natively, and bf16 reorders the base's near-ties).")]
 DemoTeacher = Annotated[Optional[str], typer.Option(
     "--teacher", help="Teacher model (same tokenizer), or 'none' for the base alone (default: the shipped demo teacher).")]
 
@@ -97,7 +100,7 @@ def demo(
     sample: Sample = False,
     seed: Seed = 0,
     theme: ThemeOpt = "rmx-dark",
-    dtype: opt.Dtype = "auto",
+    dtype: DemoDtype = "float32",
     device: opt.Device = "auto",
 ) -> None:
     """Open the workbench on the bundled demo model (SmolLM2-135M-Instruct) and a smoke problem: CPU, no network.
