@@ -236,7 +236,8 @@ def _ranks(logits, reference, scratch):
 def lse_entropy(logits, scratch=None):
     """log-sum-exp and exact entropy H = lse − Σ p·logit; centres `logits` in place (shift-invariant).
 
-    `scratch`, a block shaped like `logits`, takes the exp pass instead of a fresh allocation.
+    `scratch`, a block shaped like `logits`, takes the exp pass instead of a fresh allocation; it holds no result
+    afterwards (the expectation is summed in it, in place: a batched einsum is 3× slower on a CPU).
     """
     import torch
 
@@ -247,7 +248,7 @@ def lse_entropy(logits, scratch=None):
     weights = logits.exp() if scratch is None else torch.exp(logits, out=scratch)
     total = weights.sum(dim=-1)
     lse = total.log()
-    expected_logit = torch.einsum("nv,nv->n", weights, logits) / total
+    expected_logit = weights.mul_(logits).sum(dim=-1) / total
     return lse, (lse - expected_logit).clamp_min(0.0)
 
 
