@@ -194,7 +194,26 @@ def test_ranks_count_strictly_greater_logits_including_ties_and_infinities():
     logits = torch.tensor([[0.5, 2.0, 2.0, -1.0, float("-inf")],
                            [1e-30, 0.0, -1e-30, 3.0, 3.0],
                            [float("-inf"), 1.0, float("-inf"), 0.0, 2.0]])
-    for column in range(5):
-        reference = logits[:, column:column + 1]
-        want = (logits > reference).sum(-1) + 1
-        assert _ranks(logits, reference, torch.empty_like(logits)).tolist() == want.tolist()
+    for k in (1, 2, 5):  # k-th largest above, at and below the reference: counted among the top-k or in full
+        top_values = torch.topk(logits, k, dim=-1).values
+        for column in range(5):
+            reference = logits[:, column:column + 1]
+            want = (logits > reference).sum(-1) + 1
+            assert _ranks(logits, reference, top_values, torch.empty_like(logits)).tolist() == want.tolist()
+
+
+def test_ranks_among_the_top_k_equal_full_counts_on_rows_with_ties():
+    import torch
+
+    from engine.core.scoring import _ranks
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(-6, 6, (64, 300), generator=generator).float() / 2  # many ties
+    references = logits.gather(1, torch.randint(0, 300, (64, 1), generator=generator))
+    held = torch.arange(64) % 3 != 0
+    references[held] = logits.amax(-1, keepdim=True)[held]  # two thirds of the rows hold their argmax
+    want = (logits > references).sum(-1) + 1
+    top_values = torch.topk(logits, 5, dim=-1).values
+    outside = int((references[:, 0] < top_values[:, -1]).sum())
+    assert 0 < 2 * outside <= 64  # counted among the top-5 for most rows, in full for the rest
+    assert _ranks(logits, references, top_values, torch.empty_like(logits)).tolist() == want.tolist()

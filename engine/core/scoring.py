@@ -190,7 +190,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec,
         top_values, top_ids = torch.topk(logits, spec.top_k, dim=-1)
         out["logprob"] += (target_logit[:, 0] - lse).tolist()
         out["entropy"] += entropy.tolist()
-        out["rank"] += _ranks(logits, target_logit, scratch).tolist()
+        out["rank"] += _ranks(logits, target_logit, top_values, scratch).tolist()
         out["top_ids"] += top_ids.tolist()
         out["top_logprobs"] += (top_values - lse[:, None]).tolist()
         out["base_argmax"] += top_ids[:, 0].tolist()
@@ -203,7 +203,7 @@ def _chunked_stats(base, teacher, base_h, teacher_h, targets, spec: ScoreSpec,
             _, teacher_entropy = lse_entropy(teacher_logits, scratch)
             out["t_id"] += teacher_id[:, 0].tolist()
             out["t_entropy"] += teacher_entropy.tolist()
-            out["t_rank"] += _ranks(logits, logits.gather(1, teacher_id), scratch).tolist()
+            out["t_rank"] += _ranks(logits, logits.gather(1, teacher_id), top_values, scratch).tolist()
     return out
 
 
@@ -218,8 +218,25 @@ def _project(head, hidden, product):
     return head(hidden)
 
 
-def _ranks(logits, reference, scratch):
-    """1 + how many logits of each row beat `reference` (one value per row), counted in fp32 in `scratch`.
+def _ranks(logits, reference, top_values, scratch):
+    """1 + how many logits of each row beat `reference` (one value per row).
+
+    A reference at or above the row's k-th largest logit is beaten only by top-k values, so its rank is counted
+    among `top_values` (the rows' top-k logits, descending): the tokens a model decoded, and the teacher's picks,
+    mostly sit there. The other rows are counted over the whole vocabulary in fp32 in `scratch`.
+    """
+
+    outside = (reference[:, 0] < top_values[:, -1]).nonzero()[:, 0]
+    if 2 * outside.numel() > logits.shape[0]:  # gathering most rows costs more than counting them all
+        return _full_counts(logits, reference, scratch) + 1
+    counts = (top_values > reference).sum(-1)
+    if outside.numel():
+        counts[outside] = _full_counts(logits[outside], reference[outside], scratch[:outside.numel()])
+    return counts + 1
+
+
+def _full_counts(logits, reference, scratch):
+    """How many logits of each row beat `reference`, over the whole row.
 
     sign(max(logit − ref, 0)) is 1 exactly where logit > ref (the difference of two distinct finite floats is
     never 0), and a float sum of it is far faster on a CPU than summing a boolean mask.
@@ -230,7 +247,7 @@ def _ranks(logits, reference, scratch):
     unordered = counts.isnan()  # a −inf reference: −inf − (−inf) has no sign, so count those rows directly
     if unordered.any():
         counts[unordered] = (logits[unordered] > reference[unordered]).sum(-1).float()
-    return counts.long() + 1
+    return counts.long()
 
 
 def lse_entropy(logits, scratch=None):
