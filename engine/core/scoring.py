@@ -225,7 +225,6 @@ def _ranks(logits, reference, top_values, scratch):
     among `top_values` (the rows' top-k logits, descending): the tokens a model decoded, and the teacher's picks,
     mostly sit there. The other rows are counted over the whole vocabulary in fp32 in `scratch`.
     """
-
     outside = (reference[:, 0] < top_values[:, -1]).nonzero()[:, 0]
     if 2 * outside.numel() > logits.shape[0]:  # gathering most rows costs more than counting them all
         return _full_counts(logits, reference, scratch) + 1
