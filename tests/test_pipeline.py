@@ -220,6 +220,24 @@ def test_topk_kl_equals_a_float64_reference():
     assert got.double().numpy() == pytest.approx(want, rel=1e-5)
 
 
+def test_topk_kl_gradient_equals_a_float64_autograd_reference():
+    import torch
+
+    from engine.recipes.distill import topk_kl
+
+    generator = torch.Generator().manual_seed(4)
+    student = torch.randn(5, 12, generator=generator)
+    values, ids = torch.topk(torch.randn(5, 12, generator=generator), 4, dim=-1)
+    weights = torch.rand(5, generator=generator)  # an uneven upstream gradient per row
+    got = student.clone().requires_grad_()
+    (topk_kl(got, ids, values) * weights).sum().backward()
+    want = student.double().requires_grad_()
+    t_logp = torch.log_softmax(values.double(), -1)
+    kl = (t_logp.exp() * (t_logp - torch.log_softmax(want, -1).gather(1, ids))).sum(-1)
+    (kl * weights.double()).sum().backward()
+    assert torch.allclose(got.grad.double(), want.grad, atol=1e-6)
+
+
 def test_distill_pulls_the_student_toward_the_teacher(tiny_llama, tiny_llama_teacher, tmp_path):
     from engine.recipes.distill import DistillSpec, distill
     from engine.core.models import load_model

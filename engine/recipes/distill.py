@@ -91,9 +91,11 @@ def topk_kl(student_logits, teacher_ids, teacher_logits):
     full-vocabulary distribution read at those ids."""
     import torch
 
+    from engine.recipes.normalise import normalise
+
     teacher_logp = torch.log_softmax(teacher_logits.float(), dim=-1)
-    student_logp = torch.log_softmax(student_logits.float(), dim=-1).gather(1, teacher_ids)
-    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    lse, picked = normalise(student_logits, teacher_ids)
+    return (teacher_logp.exp() * (teacher_logp - (picked - lse[:, None]))).sum(-1)
 
 
 def _fingerprint(base: ModelSpec, teacher: ModelSpec, spec: DistillSpec) -> str:

@@ -412,9 +412,9 @@ def _anchored_row_terms(logits, policy_h, base: BaseRows, transform, targets, de
 
     from engine.recipes.normalise import normalise
 
-    lse, picked = normalise(logits, targets)
+    lse, picked = normalise(logits, targets[:, None])
     rows = decision.nonzero()[:, 0]
-    target_logp = picked[rows] - lse[rows]
+    target_logp = picked[rows, 0] - lse[rows]
     dec_sum = decision_terms(target_logp, advantage, negative).sum()
     expected_logit = transform(torch.einsum("nh,nh->n", policy_h[anchor].float(), base.expected[anchor])
                                + base.bias[anchor])
