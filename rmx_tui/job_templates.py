@@ -162,11 +162,11 @@ def template(kind: str, defaults: Defaults = Defaults()) -> str:
 
 
 PIPELINE: dict[str, dict[str, Any]] = {
-    "rollouts": {"dataset": "smoke", "limit": 12, "k": 8, "max_new_tokens": 48, "temperature": 0.6, "top_p": 0.95,
+    "rollouts": {"dataset": "smoke", "limit": 12, "k": 8, "max_new_tokens": 128, "temperature": 0.6, "top_p": 0.95,
                  "template": "chat"},
     "pool": {"size": 8, "keep_shortest": 1.0},
     "train": {"tau": "q0.95", "grad_accum": 4, "lr": 1e-4, "negative": "bounded", "lora_r": 32, "lora_alpha": 64},
-    "eval": {"benchmarks": ("smoke",), "max_new_tokens": 48, "template": "chat"},
+    "eval": {"benchmarks": ("smoke",), "max_new_tokens": 128, "template": "chat"},
 }
 """Where the pipeline template departs from the specs' defaults: examples/pipeline-demo.toml's values (a test holds
 the two to the same specs), sized for a 2-core CPU."""
