@@ -90,12 +90,12 @@ def render_table(table: str, spec: type, values: dict[str, Any]) -> str:
 
 
 CPU_SIZED: dict[str, dict[str, Any]] = {
-    "rollouts": {"dataset": "smoke", "limit": 8, "k": 4, "max_new_tokens": 48, "template": "chat"},
+    "rollouts": {"dataset": "smoke", "limit": 8, "k": 4, "max_new_tokens": 128, "template": "chat"},
     "pool": {"size": 4},
     "train": {"tau": "q0.95", "grad_accum": 4, "max_steps": 4, "negative": "bounded", "max_tokens": 256},
     "sweep": {"taus": ("q0.9", "q0.95"), "holdout": 4, "holdout_dataset": "smoke", "holdout_offset": 10,
-              "max_new_tokens": 48, "template": "chat"},
-    "eval": {"benchmarks": ("smoke",), "limit": 4, "max_new_tokens": 48, "template": "chat", "avg_benchmarks": ()},
+              "max_new_tokens": 128, "template": "chat"},
+    "eval": {"benchmarks": ("smoke",), "limit": 4, "max_new_tokens": 128, "template": "chat", "avg_benchmarks": ()},
     "distill": {"top_k": 16, "epochs": 1, "grad_accum": 2, "max_tokens": 256},
 }
 """Where a template departs from the spec's defaults (the paper's recipe): small enough to run on a CPU."""
@@ -155,7 +155,7 @@ def template(kind: str, defaults: Defaults = Defaults()) -> str:
                 "# out = \"/abs/out.jsonl\"     # default: the run's artifacts/figure2.jsonl\n\n"
                 + _model("base", defaults.base, defaults.base_adapter) + "\n"
                 + _model("teacher", defaults.teacher, defaults.teacher_adapter) + "\n"
-                + render_table("sampling", SamplingSpec, {"max_new_tokens": 48}))
+                + render_table("sampling", SamplingSpec, {"max_new_tokens": 128}))
     if kind == "pipeline":
         return _pipeline(defaults)
     raise RmxError(f"no template for job kind '{kind}': use one of {', '.join(KINDS)}")
