@@ -267,5 +267,5 @@ def test_a_full_disk_on_the_engine_is_507_with_what_to_free(monkeypatch):
     assert response.status_code == 507
     assert response.json()["detail"].startswith("no space left on ")
     assert response.json()["detail"].endswith("free space and submit the job again")
-    monkeypatch.undo()
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)  # not undo(): that would also lift the isolated data dir
     assert TestClient(create_app(Workbench())).get("/jobs").json() == []  # no half-made run is left
