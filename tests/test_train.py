@@ -122,10 +122,11 @@ def test_loss_terms_equal_a_float64_hand_computation():
     assert float(same.anchor) == pytest.approx(0.0, abs=1e-6)  # KL of a distribution to itself
 
 
-@pytest.mark.parametrize("softcap", [None, 3.0])
-def test_chunked_backward_matches_the_full_logits_reference(tiny_llama, softcap):
+@pytest.mark.parametrize("softcap, head_bias", [(None, False), (None, True), (3.0, False)])
+def test_chunked_backward_matches_the_full_logits_reference(tiny_llama, softcap, head_bias):
     """Chunked loss + one body backward gives the same gradients as autograd over full logits: with a linear head
-    through the base's reduced rows (entropy, Σ p_b·W), with a soft-capping one through its hidden states."""
+    through the base's reduced rows (entropy, Σ p_b·W, Σ p_b·b with a biased head), with a soft-capping one through
+    its hidden states."""
     import torch
 
     from engine.core.models import load_model
@@ -143,6 +144,9 @@ def test_chunked_backward_matches_the_full_logits_reference(tiny_llama, softcap)
                 param.normal_(0, 0.3)
     core = model.get_base_model()
     head, transform = core.get_output_embeddings(), logit_transform(core.config)
+    if head_bias:
+        head.bias = torch.nn.Parameter(torch.randn(head.weight.shape[0], generator=torch.Generator().manual_seed(5)),
+                                       requires_grad=False)
     rng = random.Random(1)
     ids = tuple(rng.randrange(4, 380) for _ in range(30))
     ex = Example("p", 0, ids, 10, -1.2, False, tuple(rng.uniform(0, 3) for _ in range(20)))

@@ -61,7 +61,7 @@ class ChunkedHead:
         self.transform = logit_transform(core.config)
         self.linear = logit_transform_is_linear(core.config)
         self.rows = max(1, chunk_elements // int(self.head.weight.shape[0]))
-        self._weight = None
+        self._weight = self._bias = None
         self._scratch = None
 
     def logits(self, hidden):
@@ -79,7 +79,8 @@ class ChunkedHead:
 
         if self.linear and self._weight is None:
             self._weight = self.head.weight.float()
-        head_bias = getattr(self.head, "bias", None)
+            head_bias = getattr(self.head, "bias", None)
+            self._bias = None if head_bias is None else head_bias.float()
         entropy, bias, target_logp, expected = [], [], [], []
         for a in range(0, hidden.shape[0], self.rows):
             raw = self.logits(hidden[a:a + self.rows])
@@ -97,7 +98,7 @@ class ChunkedHead:
             entropy.append((lse - weighted / total).clamp_min(0.0))
             if self.linear:
                 expected.append((weights @ self._weight) / total[:, None])
-                bias.append((weights @ head_bias.float()) / total if head_bias is not None else torch.zeros_like(lse))
+                bias.append((weights @ self._bias) / total if self._bias is not None else torch.zeros_like(lse))
             else:
                 bias.append(torch.zeros_like(lse))
         cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)  # noqa: E731
