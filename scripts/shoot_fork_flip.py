@@ -21,24 +21,11 @@ PIXELS = "1960,1240"
 
 
 async def shoot(svg: Path) -> None:
-    from rmx_tui.app import RmxApp
-    from rmx_tui.cli import main
-    from rmx_tui.screens.tour import TourScreen
-    from tests.tui.harness import until
+    from tests.tui.harness import demo_app, past_the_tour, until
 
-    opened: list[RmxApp] = []
-    RmxApp.run = lambda self: opened.append(self)  # type: ignore[method-assign]
-    sys.argv = ["rmx", "demo"]
-    try:
-        main()
-    except SystemExit:
-        pass
-    [app] = opened
+    app = demo_app()
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, TourScreen), timeout=120)
-        await pilot.press("escape")
-        await until(pilot, lambda: getattr(app.screen, "active", None) is not None and app.screen.active.scored,
-                    timeout=600)
+        await past_the_tour(pilot)
         root = app.screen.active
         await pilot.press("home", *["right"] * 12, "2")
         await until(pilot, lambda: app.screen.active is not root and app.screen.active.scored, timeout=600)

@@ -1,7 +1,9 @@
-"""Helpers for the TUI tests: settings, waiting on the workbench, and clients that stall or fail on purpose."""
+"""Helpers for the TUI tests: settings, waiting on the workbench, the app `rmx demo` builds, and clients that stall
+or fail on purpose."""
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import closing
 from typing import Callable, Iterator
@@ -39,6 +41,42 @@ async def rollout_ready(pilot) -> None:
     """Wait for the autostarted rollout to be decoded, graded and scored."""
     screen = pilot.app.screen
     await until(pilot, lambda: screen.active is not None and screen.active.state == "done")
+
+
+def demo_app(*args: str):
+    """The app `rmx demo ARGS` builds, taken before it runs: the caller drives it with `run_test()`."""
+    from rmx_tui.app import RmxApp
+    from rmx_tui.cli import main
+
+    opened: list[RmxApp] = []
+    run, argv = RmxApp.run, sys.argv
+    RmxApp.run = lambda self: opened.append(self)  # type: ignore[method-assign]
+    sys.argv = ["rmx", "demo", *args]
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code:
+            raise
+    finally:
+        RmxApp.run, sys.argv = run, argv  # type: ignore[method-assign]
+    [app] = opened
+    return app
+
+
+async def past_the_tour(pilot) -> None:
+    """Close the first-run tour (shown until dismissed once), then wait for the first rollout to be decoded and
+    scored."""
+    from rmx_tui.screens.tour import TourScreen
+
+    app = pilot.app
+
+    def scored() -> bool:
+        return getattr(app.screen, "active", None) is not None and app.screen.active.scored
+
+    await until(pilot, lambda: isinstance(app.screen, TourScreen) or scored(), timeout=600)
+    if isinstance(app.screen, TourScreen):
+        await pilot.press("escape")
+    await until(pilot, scored, timeout=600)
 
 
 class SlowClient:

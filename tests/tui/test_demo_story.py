@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rmx_tui.app import RmxApp
-from rmx_tui.screens.tour import TourScreen
 from rmx_tui.ui_state import CANCELLED, DONE, FAILED
-from tests.test_cli_score import run_cli
-from tests.tui.harness import until
+from tests.tui.harness import demo_app, past_the_tour, until
 
 pytestmark = pytest.mark.anyio
 
@@ -17,17 +14,10 @@ def _text(branch) -> str:
     return "".join(token.text for token in branch.tokens)
 
 
-async def test_the_readme_walkthrough_flips_smoke_0_in_rmx_demo(capsys, monkeypatch):
-    opened: list[RmxApp] = []
-    monkeypatch.setattr(RmxApp, "run", lambda self: opened.append(self))
-    code, _, err = run_cli(["demo"], capsys, monkeypatch)
-    assert code == 0, err
-    [app] = opened
+async def test_the_readme_walkthrough_flips_smoke_0_in_rmx_demo():
+    app = demo_app()
     async with app.run_test(size=(160, 48)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, TourScreen), timeout=120)
-        await pilot.press("escape")
-        await until(pilot, lambda: getattr(app.screen, "active", None) is not None and app.screen.active.scored,
-                    timeout=600)
+        await past_the_tour(pilot)
         screen = app.screen
         root = screen.active
         # 1. The base's greedy answer is wrong.
